@@ -1,0 +1,65 @@
+"""The `lmstack` command: `lmstack train [overrides]`, `lmstack generate ckpt=PATH prompt=...`."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import OmegaConf
+
+USAGE = """usage:
+  lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
+  lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
+"""
+
+
+def _args(argv: list[str], defaults: dict) -> dict:
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise SystemExit(f"expected key=value arguments, got {bad[0]!r}\n{USAGE}")
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise SystemExit(f"unknown argument {unknown[0]!r}; allowed: {', '.join(defaults)}")
+    missing = [k for k, v in defaults.items() if v == "???" and k not in given]
+    if missing:
+        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
+    return {**defaults, **given}
+
+
+def generate_cmd(argv: list[str]) -> None:
+    import torch
+
+    from lmstack.generate import generate, load_checkpoint
+
+    a = _args(argv, {"ckpt": "???", "prompt": "???", "max_new_tokens": 64, "temperature": 0.8, "top_k": 50,
+                     "top_p": 1.0, "seed": 0, "device": "cpu"})
+    model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
+    if tok is None:
+        raise SystemExit(f"{a['ckpt']} carries no tokenizer")
+    g = torch.Generator(device=a["device"]).manual_seed(int(a["seed"]))
+    ids = generate(model, tok.encode(str(a["prompt"])).ids, int(a["max_new_tokens"]), float(a["temperature"]),
+                   int(a["top_k"]) or None, float(a["top_p"]), generator=g)
+    print(str(a["prompt"]) + tok.decode(ids))
+
+
+def train_cmd(argv: list[str]) -> None:
+    import os
+    import runpy
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+    sys.argv = [script, *argv]
+    runpy.run_path(script, run_name="__main__")
+
+
+COMMANDS = {"train": train_cmd, "generate": generate_cmd}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(USAGE)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The typed schema behind every config group; `validate` checks a composed config before any work."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from lmstack.model.attention import ATTENTION_BACKENDS
+from lmstack.model.config import ModelConfig
+from lmstack.train.schedules import SCHEDULES
+
+from .validate import ConfigError, check_kwargs, check_target, field_, to_dataclass
+
+
+@dataclass
+class ModelSection:
+    d_model: int = field_(min=8)
+    n_layers: int = field_(min=1)
+    n_heads: int = field_(min=1)
+    vocab_size: Optional[int] = field_(None, min=2)  # null: the tokenizer's, rounded up to a multiple of 64
+    max_seq_len: int = field_(2048, min=1)
+    mlp_hidden: Optional[int] = field_(None, min=1)
+    mlp_multiple_of: int = field_(256, min=1)
+    rope_theta: float = field_(10_000.0, min=1.0)
+    tie_embeddings: bool = False
+    init_std: float = field_(0.02, min=0.0)
+    embed_init_std: float = field_(0.02, min=0.0)
+    init_cutoff: float = field_(3.0, min=0.0)
+    depth_scaled_init: bool = False
+
+
+@dataclass
+class AttentionSection:
+    type: Literal["mha", "gqa", "mqa"] = "mha"
+    n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
+    heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
+    backend: str = "sdpa"
+
+
+@dataclass
+class NormSection:
+    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    eps: float = field_(1e-5, min=0.0)
+    bias: bool = False
+    placement: Literal["pre", "reordered"] = "pre"
+    qk_norm: bool = False
+
+
+@dataclass
+class OptimizerSection:
+    name: Literal["adamw"] = "adamw"
+    lr: float = field_(3e-4, min=0.0)
+    betas: list[float] = field_([0.9, 0.95])
+    eps: float = field_(1e-8, min=0.0)
+    weight_decay: float = field_(0.1, min=0.0)
+    no_decay: list[str] = field_(["embed.*"])  # fnmatch patterns on parameter names
+    decay_norms: bool = False
+    decay_biases: bool = False
+    fused: Optional[bool] = None
+
+
+@dataclass
+class ScheduleSection:
+    name: str = "cosine"
+    warmup_tokens: float = field_(0.0, min=0.0)  # <= 1: a fraction of train.max_tokens; > 1: tokens
+    decay_tokens: float = field_(0.0, min=0.0)  # wsd / olmo_anneal: the final linear decay, same units
+    min_lr: float = field_(0.0, min=0.0)
+
+
+@dataclass
+class SourceSection:
+    name: str
+    builtin: Optional[str] = None
+    paths: Optional[list[str]] = None
+    text_field: str = "text"
+    weight: float = field_(1.0, min=0.0)
+
+
+@dataclass
+class DataMixSection:
+    sources: list[SourceSection]
+
+
+@dataclass
+class DataSection:
+    seq_len: int = field_(256, min=2)
+    batch_size: int = field_(16, min=1)  # micro-batch per device
+    val_fraction: float = field_(0.02, min=0.0, max=1.0)
+    val_max_blocks: Optional[int] = field_(None, min=1)
+    vocab_size: int = field_(4096, min=258)
+    min_frequency: int = field_(2, min=1)
+    tokenizer_train_bytes: int = field_(20_000_000, min=1)
+    max_docs: Optional[int] = field_(None, min=1)
+    num_workers: int = field_(0, min=0)
+
+
+@dataclass
+class TrainSection:
+    max_tokens: int = field_(1_000_000, min=1)
+    grad_clip: Optional[float] = field_(1.0, min=0.0)
+    val_every_steps: int = field_(100, min=1)
+    ckpt_every_steps: int = field_(100, min=1)
+    log_every_steps: int = field_(10, min=1)
+    sample_prompt: str = "def "
+    sample_tokens: int = field_(48, min=0)
+
+
+@dataclass
+class LossSection:
+    z_loss: float = field_(1e-5, min=0.0)
+
+
+@dataclass
+class PathsSection:
+    output_root: str = "outputs"
+    cache_dir: str = "~/.cache/lmstack"
+    shared_data: str = "../shared/data"
+
+
+@dataclass
+class RunSpec:
+    model: ModelSection
+    attention: AttentionSection
+    norm: NormSection
+    optimizer: OptimizerSection
+    schedule: ScheduleSection
+    data_mix: DataMixSection
+    data: DataSection
+    train: TrainSection
+    loss: LossSection
+    paths: PathsSection
+    seed: int = 1234
+    run_dir: str = "outputs/run"
+    ckpt_path: Optional[str] = None
+    imports: list[str] = field_([])
+    trainer: dict = field_({})
+    strategy: dict = field_({"name": "auto"})
+    logger: Any = None
+    callbacks: dict = field_({})
+
+
+TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep"}
+# Trainer arguments lmstack derives itself; setting them in `trainer` would silently disagree.
+DERIVED_TRAINER_KEYS = {"max_steps", "max_epochs", "callbacks", "logger", "strategy", "default_root_dir",
+                        "val_check_interval", "gradient_clip_val", "log_every_n_steps"}
+
+
+def import_plugins(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"imports: cannot import {name!r} ({e})") from None
+
+
+def n_kv_heads(att: AttentionSection, n_heads: int) -> int:
+    if att.type == "mqa":
+        expected = 1
+    elif att.type == "mha":
+        expected = n_heads
+    else:
+        expected = att.n_kv_heads or max(1, n_heads // att.heads_per_kv)
+    if att.n_kv_heads is not None and att.n_kv_heads != expected:
+        raise ConfigError(f"attention.n_kv_heads={att.n_kv_heads} contradicts attention.type={att.type} "
+                          f"(which means n_kv_heads={expected}); use attention=gqa to choose the count")
+    return expected
+
+
+def model_config(spec: RunSpec, vocab_size: Optional[int] = None) -> ModelConfig:
+    """The model's dataclass from the model, attention and norm sections."""
+    m, att, norm = spec.model, spec.attention, spec.norm
+    if m.n_heads and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    kv = n_kv_heads(att, m.n_heads)
+    if m.n_heads % kv:
+        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by attention.n_kv_heads={kv}")
+    if att.backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"attention.backend={att.backend!r} is not registered; allowed: "
+                          f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)")
+    try:
+        return ModelConfig(
+            d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=kv,
+            vocab_size=vocab_size or m.vocab_size or 256, max_seq_len=m.max_seq_len, mlp_hidden=m.mlp_hidden,
+            mlp_multiple_of=m.mlp_multiple_of, rope_theta=m.rope_theta, norm=norm.kind, norm_eps=norm.eps,
+            norm_bias=norm.bias, placement=norm.placement, qk_norm=norm.qk_norm, tie_embeddings=m.tie_embeddings,
+            attn_backend=att.backend, init_std=m.init_std, embed_init_std=m.embed_init_std,
+            init_cutoff=m.init_cutoff, depth_scaled_init=m.depth_scaled_init,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate(cfg: dict) -> RunSpec:
+    """Check a composed, resolved config (a plain dict); raise ConfigError naming the first bad key."""
+    cfg = {k: v for k, v in cfg.items() if k not in TOP_LEVEL_EXTRA}
+    spec = to_dataclass(RunSpec, cfg, "")
+    import_plugins(spec.imports)
+    if spec.schedule.name not in SCHEDULES:
+        raise ConfigError(f"schedule.name={spec.schedule.name!r} is not allowed; allowed: {', '.join(SCHEDULES)}")
+    if not spec.data_mix.sources:
+        raise ConfigError("data_mix.sources is empty; name at least one source")
+    for i, src in enumerate(spec.data_mix.sources):
+        if bool(src.builtin) == bool(src.paths):
+            raise ConfigError(f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin` or `paths`")
+    if sum(s.weight for s in spec.data_mix.sources) <= 0:
+        raise ConfigError("data_mix.sources: the weights sum to 0")
+    if len({s.name for s in spec.data_mix.sources}) != len(spec.data_mix.sources):
+        raise ConfigError("data_mix.sources: source names must be unique")
+    if spec.data.seq_len > spec.model.max_seq_len:
+        raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds model.max_seq_len={spec.model.max_seq_len}")
+    model_config(spec)
+    _check_trainer(spec.trainer)
+    if "_target_" in spec.strategy:
+        check_target(spec.strategy, "strategy")
+    elif set(spec.strategy) != {"name"} or not isinstance(spec.strategy["name"], str):
+        raise ConfigError("strategy must be {name: <Lightning strategy name>} or a mapping with a _target_")
+    if spec.logger is not None:
+        check_target(spec.logger, "logger")
+    for name, cb in (spec.callbacks or {}).items():
+        if cb is not None:
+            check_target(cb, f"callbacks.{name}")
+    return spec
+
+
+def _check_trainer(trainer: dict) -> None:
+    from lightning.pytorch import Trainer
+
+    derived = sorted(set(trainer) & DERIVED_TRAINER_KEYS)
+    if derived:
+        raise ConfigError(f"trainer.{derived[0]} is set by lmstack (from train.* / strategy / logger / callbacks); "
+                          "remove it from the trainer config")
+    check_kwargs(Trainer.__init__, trainer, "trainer")

@@ -1,0 +1,1 @@
+"""Data: document sources, tokenizer training, tokenized litdata shards and the LightningDataModule."""

@@ -1,0 +1,156 @@
+"""Turn configured document sources into tokenized litdata shards, cached on disk.
+
+Layout of one prepared corpus (a folder named by a hash of everything that affects it):
+
+    tokenizer.json            byte-level BPE trained on the training documents
+    <source>/train/, <source>/val/   litdata chunks; each item is a block of seq_len + 1 tokens
+                              ("tokens") and, per token, the ordinal of its document ("doc")
+    <source>/documents.jsonl  ordinal -> id, source, split, bytes (for spike forensics and blocklists)
+    meta.json                 written last: its presence means the corpus is complete
+
+Documents are joined with an EOS token between them; a document goes to validation by a hash of its id.
+The curation pipeline (filters, dedup) slots in between reading and tokenizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .sources import is_validation, read_source, source_fingerprint
+from .tokenizer import eos_id, train_bpe
+
+log = logging.getLogger(__name__)
+PREP_VERSION = 1
+
+
+@dataclass
+class PreparedCorpus:
+    root: Path
+    meta: dict
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    def split_dir(self, source: str, split: str) -> Path:
+        return self.root / source / split
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+
+def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int):
+    """Tokenize a shard of (ordinal, text), join with EOS, cut into blocks of seq_len + 1 tokens.
+
+    Consecutive blocks overlap by one token (the last input's target is the next block's first input);
+    a shard's tail shorter than a block is dropped.
+    """
+    eos = eos_id(tok)
+    ordinals, texts = zip(*shard)
+    ids, docs = [], []
+    for ordinal, enc in zip(ordinals, tok.encode_batch(list(texts))):
+        ids.append(np.asarray(enc.ids + [eos], dtype=np.int32))
+        docs.append(np.full(len(enc.ids) + 1, ordinal, dtype=np.int32))
+    ids, docs = np.concatenate(ids), np.concatenate(docs)
+    for start in range(0, len(ids) - seq_len, seq_len):
+        yield {"tokens": ids[start : start + seq_len + 1], "doc": docs[start : start + seq_len + 1]}
+
+
+def corpus_key(sources: list[dict], tokenizer_cfg: dict, seq_len: int, val_fraction: float) -> str:
+    spec = {
+        "v": PREP_VERSION,
+        "sources": [{**s, "fingerprint": source_fingerprint(s.get("builtin"), s.get("paths"))} for s in sources],
+        "tokenizer": tokenizer_cfg,
+        "seq_len": seq_len,
+        "val_fraction": val_fraction,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _shards(docs: list[tuple[int, str]], target_bytes: int) -> list[list[tuple[int, str]]]:
+    shards, cur, size = [], [], 0
+    for d in docs:
+        cur.append(d)
+        size += len(d[1])
+        if size >= target_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes: int) -> int:
+    """Write litdata chunks in this process (deterministic order, no worker start-up); returns #blocks."""
+    from litdata.streaming.writer import BinaryWriter
+
+    writer = BinaryWriter(str(out_dir), chunk_bytes="32MB")
+    n = 0
+    for shard in _shards(docs, shard_bytes):
+        for block in _blocks(tok, shard, seq_len):
+            writer[n] = block
+            n += 1
+    if n == 0:
+        raise ValueError(f"{out_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
+                         "add data, lower data.seq_len or change data.val_fraction")
+    writer.done()
+    writer._merge_no_wait()  # one writer, so no need to wait for other workers' index files
+    return n
+
+
+def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
+                   vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
+                   max_docs: int | None = None, shard_bytes: int = 4_000_000) -> PreparedCorpus:
+    """Prepare (or reuse) the corpus for these sources and settings; returns where it lies."""
+    tok_cfg = {"vocab_size": vocab_size, "min_frequency": min_frequency, "train_bytes": tokenizer_train_bytes}
+    key = corpus_key(sources + [{"max_docs": max_docs}], tok_cfg, seq_len, val_fraction)
+    root = Path(os.path.expanduser(cache_dir)) / "corpora" / key
+    if (root / "meta.json").exists():
+        return PreparedCorpus(root, json.loads((root / "meta.json").read_text()))
+    log.info("preparing corpus in %s", root)
+    tmp = root.with_name(key + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    per_source, sample, sample_bytes = {}, [], 0
+    for src in sources:
+        docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
+        if max_docs:
+            docs = docs[:max_docs]
+        if not docs:
+            raise ValueError(f"data source {src['name']!r} yielded no documents")
+        per_source[src["name"]] = docs
+        for d in docs:
+            if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
+                sample.append(d["text"])
+                sample_bytes += len(d["text"])
+    tok = train_bpe(sample, vocab_size, min_frequency)
+    tok.save(str(tmp / "tokenizer.json"))
+
+    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(), "sources": {}}
+    for name, docs in per_source.items():
+        (tmp / name).mkdir()
+        splits = {"train": [], "val": []}
+        with open(tmp / name / "documents.jsonl", "w") as f:
+            for ordinal, d in enumerate(docs):
+                split = "val" if is_validation(d["id"], val_fraction) else "train"
+                splits[split].append((ordinal, d["text"]))
+                f.write(json.dumps({"ordinal": ordinal, "id": d["id"], "source": name, "split": split,
+                                    "bytes": len(d["text"].encode())}) + "\n")
+        counts = {s: _write_split(splits[s], tmp / name / s, tok, seq_len, shard_bytes)
+                  for s in ("train", "val")}
+        meta["sources"][name] = {"documents": len(docs), "blocks": counts,
+                                 "val_documents": len(splits["val"])}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return PreparedCorpus(root, meta)

@@ -1,0 +1,72 @@
+"""Sampling with a KV cache: greedy, temperature, top-k and top-p; and loading a model from a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from lmstack.model import ModelConfig, Transformer
+
+
+def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set with probability >= top_p."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already reach top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, eos_id: Optional[int] = None,
+             use_cache: bool = True, generator: Optional[torch.Generator] = None) -> list[int]:
+    """Continue `prompt_ids`; temperature 0 is greedy. Returns the new tokens only."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: give at least one token")
+    device = next(model.parameters()).device
+    limit = model.cfg.max_seq_len
+    tokens = torch.tensor([prompt_ids[-(limit - 1):] if len(prompt_ids) >= limit else prompt_ids], device=device)
+    cache = model.new_cache(1, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
+    out: list[int] = []
+    pos, step_input = 0, tokens
+    for _ in range(max_new_tokens):
+        if tokens.shape[1] > limit or (cache is not None and tokens.shape[1] > cache.max_len):
+            break
+        logits = model(step_input, cache=cache, pos=pos)[:, -1].float()
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+        out.append(int(nxt))
+        if eos_id is not None and out[-1] == eos_id:
+            break
+        tokens = torch.cat([tokens, nxt], dim=1)
+        if cache is not None:  # feed only the new token; the cache holds the rest
+            pos, step_input = tokens.shape[1] - 1, nxt
+        else:
+            step_input = tokens
+    return out
+
+
+def load_checkpoint(path: str, device: str = "cpu"):
+    """(model, tokenizer or None, checkpoint dict) from an lmstack Lightning checkpoint."""
+    from tokenizers import Tokenizer
+
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    hp = ckpt.get("hyper_parameters", {})
+    if "model_cfg" not in hp:
+        raise ValueError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")
+    model = Transformer(ModelConfig(**hp["model_cfg"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.to(device).eval()
+    tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if ckpt.get("tokenizer_json") else None
+    return model, tok, ckpt

@@ -1,0 +1,7 @@
+"""The model: plain PyTorch, importable without Lightning or Hydra."""
+
+from .attention import ATTENTION_BACKENDS, KVCache, register_attention_backend
+from .config import ModelConfig
+from .transformer import Block, Transformer
+
+__all__ = ["ATTENTION_BACKENDS", "Block", "KVCache", "ModelConfig", "Transformer", "register_attention_backend"]

@@ -1,0 +1,83 @@
+"""A decoder-only transformer: embedding, N blocks, final norm, LM head. One code path for every size."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import CausalSelfAttention, KVCache
+from .config import ModelConfig
+from .init import init_weights
+from .mlp import SwiGLU
+from .norms import make_norm
+from .rope import rope_cache
+
+
+class Block(nn.Module):
+    """`pre`: x + f(norm(x)).  `reordered` (OLMo 2): x + norm(f(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.reordered = cfg.placement == "reordered"
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.mlp = SwiGLU(cfg.d_model, cfg.hidden_size)
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
+
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0):
+        if self.reordered:
+            x = x + self.attn_norm(self.attn(x, cos, sin, cache, pos))
+            return x + self.mlp_norm(self.mlp(x))
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weights and rebuild the RoPE tables (also after `to_empty` from the meta device)."""
+        self._build_rope(self.embed.weight.device)
+        init_weights(self, self.cfg)
+
+    def _build_rope(self, device) -> None:
+        self.rope_cos, self.rope_sin = rope_cache(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device)
+
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0) -> torch.Tensor:
+        """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab]."""
+        t = idx.shape[1]
+        if pos + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        if self.rope_cos.device != idx.device:
+            self._build_rope(idx.device)
+        cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache, pos)
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len or self.cfg.max_seq_len,
+                       self.cfg.head_dim, p.device, p.dtype)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n

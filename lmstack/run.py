@@ -1,0 +1,144 @@
+"""The pretraining job behind `python train.py`: validate, prepare data, train, report.
+
+Returns the metrics a sweeper optimises (`val/bpb` after training).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lmstack.config import ConfigError, RunSpec, model_config, validate
+from lmstack.data.datamodule import LMDataModule
+from lmstack.train.module import PretrainModule
+from lmstack.train.schedules import tokens_of
+
+log = logging.getLogger("lmstack")
+
+
+def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str | None:
+    """`last`: the newest checkpoints/last.ckpt under output_root from another run; a path: must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        mine = os.path.abspath(run_dir)
+        found = [p for p in glob.glob(os.path.join(output_root, "**", "checkpoints", "last.ckpt"), recursive=True)
+                 if not os.path.abspath(p).startswith(mine + os.sep)]
+        if not found:
+            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {output_root!r}")
+        return max(found, key=os.path.getmtime)
+    if not os.path.exists(ckpt_path):
+        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist")
+    return ckpt_path
+
+
+def build_trainer(spec: RunSpec, extra_callbacks=()) -> L.Trainer:
+    callbacks = [hydra.utils.instantiate(cb) for cb in spec.callbacks.values() if cb]
+    logger = hydra.utils.instantiate(spec.logger) if spec.logger else False
+    strategy = hydra.utils.instantiate(spec.strategy) if "_target_" in spec.strategy else spec.strategy["name"]
+    accum = spec.trainer.get("accumulate_grad_batches", 1)
+    return L.Trainer(
+        **spec.trainer,
+        max_steps=1,  # set from the token budget once the world size is known (see `configure_budget`)
+        max_epochs=-1,
+        callbacks=[*callbacks, *extra_callbacks],
+        logger=logger,
+        strategy=strategy,
+        default_root_dir=spec.run_dir,
+        log_every_n_steps=spec.train.log_every_steps,
+        val_check_interval=spec.train.val_every_steps * accum,
+        check_val_every_n_epoch=None,
+        use_distributed_sampler=False,
+        gradient_clip_val=None,
+    )
+
+
+def tokens_per_step(spec: RunSpec, trainer: L.Trainer) -> int:
+    return spec.data.seq_len * spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
+    """The data module (corpus prepared) and the LightningModule for this spec and trainer."""
+    tps = tokens_per_step(spec, trainer)
+    max_steps = math.ceil(spec.train.max_tokens / tps)
+    trainer.fit_loop.epoch_loop.max_steps = max_steps
+    dm = LMDataModule(
+        sources=[asdict(s) for s in spec.data_mix.sources], cache_dir=spec.paths.cache_dir,
+        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, vocab_size=spec.data.vocab_size,
+        val_fraction=spec.data.val_fraction, val_max_blocks=spec.data.val_max_blocks,
+        min_frequency=spec.data.min_frequency, tokenizer_train_bytes=spec.data.tokenizer_train_bytes,
+        max_docs=spec.data.max_docs, num_workers=spec.data.num_workers, seed=spec.seed,
+        total_micro_steps=max_steps * trainer.accumulate_grad_batches,
+    )
+    dm.prepare_data()
+    tok_vocab = dm.tokenizer_vocab_size
+    if spec.model.vocab_size is not None and spec.model.vocab_size < tok_vocab:
+        raise ConfigError(f"model.vocab_size={spec.model.vocab_size} is smaller than the tokenizer's {tok_vocab}")
+    vocab = spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64)
+    mcfg = model_config(spec, vocab)
+    total = max_steps * tps
+    sched = spec.schedule
+    schedule = {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
+                "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
+                "decay_tokens": tokens_of(sched.decay_tokens, total)}
+    module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
+                            spec.train.grad_clip, tps, config)
+    module.set_token_bytes(dm.token_bytes())
+    module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
+    return module, dm
+
+
+def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: int) -> str:
+    from lmstack.generate import generate
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    model = module.model.eval()
+    ids = generate(model, tokenizer.encode(prompt).ids, n, temperature=0.8, top_k=50,
+                   generator=g if module.device.type == "cpu" else None)
+    return prompt + tokenizer.decode(ids)
+
+
+def run(cfg: DictConfig) -> dict:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    spec = validate(config)
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
+    L.seed_everything(spec.seed, workers=True)
+    trainer = build_trainer(spec)
+    module, dm = build(spec, trainer, config)
+    if trainer.is_global_zero:
+        n = module.model.num_params(non_embedding=True)
+        print(f"model: {n / 1e6:.2f}M non-embedding parameters; corpus: {dm.corpus.root}")
+        print(f"budget: {spec.train.max_tokens:,} tokens = {trainer.max_steps} steps of "
+              f"{module.tokens_per_step:,} tokens")
+    before = None
+    if ckpt is None:
+        before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if module.last_val and module.last_val["step"] == trainer.global_step:
+        after = module.last_val["val/bpb"]  # the fit validated at its last step already
+    else:
+        after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
+    result = {"val/bpb": after, "val/bpb_before": before, "steps": trainer.global_step, "run_dir": str(run_dir)}
+    if trainer.is_global_zero:
+        if before is not None:
+            print(f"val/bpb before: {before:.4f}  after: {after:.4f}  ({(before - after) / before:.1%} lower)")
+        else:
+            print(f"val/bpb after: {after:.4f}")
+        if spec.train.sample_tokens:
+            text = sample_text(module, dm.corpus.tokenizer(), spec.train.sample_prompt,
+                               spec.train.sample_tokens, spec.seed)
+            print("sample:\n" + text)
+        print(f"run directory: {run_dir}")
+    return result

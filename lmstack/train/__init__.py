@@ -1,0 +1,1 @@
+"""Training: the LightningModule, losses, parameter groups and token-based LR schedules."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: compose the real Hydra config with small, CPU-sized overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# A small corpus (150 stdlib files, 512-token vocabulary, 64-token blocks) and a 2-step budget.
+SMALL = [
+    "data.max_docs=150", "data.vocab_size=512", "data.seq_len=64", "data.batch_size=4",
+    "data.val_fraction=0.1", "data.val_max_blocks=16", "data.tokenizer_train_bytes=2000000",
+    "train.max_tokens=512", "train.log_every_steps=1", "train.val_every_steps=1000",
+    "train.sample_tokens=0", "trainer.enable_progress_bar=false",
+]
+
+
+def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(run_dir or "/tmp/lmstack-test-run")
+    if cache_dir:
+        cfg.paths.cache_dir = str(cache_dir)
+    cfg.paths.shared_data = str(SHARED_DATA)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One prepared-corpus cache for the whole session."""
+    return tmp_path_factory.mktemp("lmstack-cache")
+
+
+@pytest.fixture
+def small_cfg(tmp_path, cache_dir):
+    def make(*overrides):
+        return compose_cfg([*SMALL, *overrides], run_dir=tmp_path / "run", cache_dir=cache_dir)
+
+    return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet():
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

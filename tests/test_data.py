@@ -1,0 +1,129 @@
+"""The default data path on real text: sources, tokenizer, packed litdata blocks, caching, the sampler."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from lmstack.data import prepare as prepare_mod
+from lmstack.data.dataset import BlockDataset, ResumableSampler, mixture_stream
+from lmstack.data.prepare import prepare_corpus
+from lmstack.data.sources import is_validation, read_source, stdlib_files
+from lmstack.data.tokenizer import EOS, token_byte_lengths, train_bpe
+
+from .conftest import SHARED_DATA
+
+STDLIB = [{"name": "python_stdlib", "builtin": "python_stdlib"}]
+
+
+@pytest.fixture(scope="module")
+def corpus(cache_dir):
+    return prepare_corpus(STDLIB, str(cache_dir), seq_len=64, val_fraction=0.1, vocab_size=512,
+                          tokenizer_train_bytes=2_000_000, max_docs=150)
+
+
+def test_stdlib_source_reads_the_interpreters_files():
+    docs = list(read_source("py", builtin="python_stdlib"))
+    assert len(docs) > 500 and len(docs) <= len(stdlib_files())
+    assert any(d["id"] == "json/decoder.py" for d in docs)
+    assert all(d["source"] == "py" for d in docs[:10])
+
+
+def test_token_bytes_sum_to_the_utf8_length():
+    docs = [d["text"] for d in read_source("py", builtin="python_stdlib")][:60]
+    tok = train_bpe(docs, 600)
+    tb = token_byte_lengths(tok)
+    text = docs[7] + "\n# naïve café — ünïcode ✓\n"
+    assert tb[tok.encode(text).ids].sum() == len(text.encode("utf-8"))
+    assert tb[tok.token_to_id(EOS)] == 0
+
+
+def test_blocks_are_documents_joined_by_eos_with_their_ids(corpus):
+    tok = corpus.tokenizer()
+    docs = [json.loads(line) for line in open(corpus.root / "python_stdlib" / "documents.jsonl")]
+    texts = {d["id"]: d["text"] for d in read_source("python_stdlib", builtin="python_stdlib")}
+    ds = BlockDataset([str(corpus.split_dir("python_stdlib", "train"))])
+    item = ds[0]
+    assert item["input_ids"].shape == (64,) and item["labels"].shape == (64,)
+    assert item["input_ids"][1:].tolist() == item["labels"][:-1].tolist()
+    first_doc = docs[int(item["doc"][0])]
+    assert first_doc["split"] == "train"
+    decoded = tok.decode(ds[0]["input_ids"].tolist(), skip_special_tokens=False)
+    assert texts[first_doc["id"]].startswith(decoded[:50])
+    # an EOS ends each document; the token after it starts the next training document
+    eos = tok.token_to_id(EOS)
+    train_ordinals = [d["ordinal"] for d in docs if d["split"] == "train"]
+    checked = 0
+    for i in range(len(ds)):
+        tokens, doc = ds[i]["labels"], ds[i]["doc"]
+        for j in (tokens == eos).nonzero().flatten().tolist():
+            if j + 1 < len(tokens):
+                ended = int(doc[j])
+                assert int(doc[j + 1]) == min(o for o in train_ordinals if o > ended)
+                assert tok.decode(tokens[j + 1 : j + 8].tolist()) in texts[docs[int(doc[j + 1])]["id"]][:200]
+                checked += 1
+    assert checked > 20
+
+
+def test_validation_split_is_chosen_by_hash_of_id(corpus):
+    docs = [json.loads(line) for line in open(corpus.root / "python_stdlib" / "documents.jsonl")]
+    val = [d for d in docs if d["split"] == "val"]
+    assert 0 < len(val) < len(docs) / 4
+    assert all(is_validation(d["id"], 0.1) == (d["split"] == "val") for d in docs)
+    val_ds = BlockDataset([str(corpus.split_dir("python_stdlib", "val"))])
+    seen = {int(o) for i in range(len(val_ds)) for o in val_ds[i]["doc"].unique()}
+    assert seen <= {d["ordinal"] for d in val}
+
+
+def test_second_prepare_reuses_the_cache(corpus, cache_dir, monkeypatch):
+    meta_mtime = (corpus.root / "meta.json").stat().st_mtime
+
+    def boom(*a, **k):
+        raise AssertionError("the tokenizer was trained again")
+
+    monkeypatch.setattr(prepare_mod, "train_bpe", boom)
+    again = prepare_corpus(STDLIB, str(cache_dir), seq_len=64, val_fraction=0.1, vocab_size=512,
+                           tokenizer_train_bytes=2_000_000, max_docs=150)
+    assert again.root == corpus.root and (again.root / "meta.json").stat().st_mtime == meta_mtime
+
+
+def test_jsonl_sources_from_shared_data_and_bad_lines(tmp_path):
+    docs = list(read_source("brown", paths=[str(SHARED_DATA / "prose" / "brown.jsonl.gz")]))
+    assert len(docs) == 500 and all(d["text"] for d in docs)
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write('{"text": "fine"}\n{not json}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl.gz:2: not valid JSON"):
+        list(read_source("bad", paths=[str(bad)]))
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        list(read_source("none", paths=[str(tmp_path / "missing*.jsonl")]))
+
+
+def test_mixture_stream_follows_the_weights_and_visits_every_block():
+    stream = mixture_stream([100, 300], [0.25, 0.75], 4000, seed=1)
+    share = (stream < 100).mean()
+    assert abs(share - 0.25) < 0.03
+    first = stream[stream < 100][:100]
+    assert sorted(first.tolist()) == list(range(100))  # one full pass over the small source, no repeats
+
+
+def test_sampler_resumes_and_shards_ranks_disjointly():
+    kw = dict(lengths=[50, 70], weights=[1, 1], batch_size=3, total_micro_steps=10, seed=3)
+    full = list(ResumableSampler(**kw))
+    assert list(ResumableSampler(**kw, start_micro_step=4)) == full[4 * 3 :]
+    r0 = list(ResumableSampler(**kw, rank=0, world_size=2))
+    r1 = list(ResumableSampler(**kw, rank=1, world_size=2))
+    assert len(r0) == len(r1) == 30
+    both = mixture_stream([50, 70], [1, 1], 60, 3)
+    assert r0[:3] == both[:3].tolist() and r1[:3] == both[3:6].tolist()
+
+
+def test_too_little_text_for_one_block_is_a_clear_error(tmp_path):
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps({"id": "a", "text": "tiny " * 30}) + "\n")
+    with pytest.raises(ValueError, match="fewer than seq_len"):
+        prepare_corpus([{"name": "small", "paths": [str(small)]}], str(tmp_path / "c"), seq_len=512,
+                       val_fraction=0.0, vocab_size=300)
