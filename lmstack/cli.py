@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import OmegaConf
-
 USAGE = """usage:
   lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
@@ -13,13 +11,19 @@ USAGE = """usage:
 
 
 def _args(argv: list[str], defaults: dict) -> dict:
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise SystemExit(f"expected key=value arguments, got {bad[0]!r}\n{USAGE}")
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise SystemExit(f"unknown argument {unknown[0]!r}; allowed: {', '.join(defaults)}")
+    """key=value arguments, each cast to its default's type; values are taken verbatim (newlines kept)."""
+    given = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value arguments, got {arg!r}\n{USAGE}")
+        if key not in defaults:
+            raise SystemExit(f"unknown argument {key!r}; allowed: {', '.join(defaults)}")
+        default = defaults[key]
+        try:
+            given[key] = value if default == "???" or isinstance(default, str) else type(default)(value)
+        except ValueError:
+            raise SystemExit(f"{key}={value!r}: expected a {type(default).__name__}") from None
     missing = [k for k, v in defaults.items() if v == "???" and k not in given]
     if missing:
         raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
@@ -33,13 +37,16 @@ def generate_cmd(argv: list[str]) -> None:
 
     a = _args(argv, {"ckpt": "???", "prompt": "???", "max_new_tokens": 64, "temperature": 0.8, "top_k": 50,
                      "top_p": 1.0, "seed": 0, "device": "cpu"})
-    model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
+    try:
+        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
     if tok is None:
         raise SystemExit(f"{a['ckpt']} carries no tokenizer")
     g = torch.Generator(device=a["device"]).manual_seed(int(a["seed"]))
-    ids = generate(model, tok.encode(str(a["prompt"])).ids, int(a["max_new_tokens"]), float(a["temperature"]),
-                   int(a["top_k"]) or None, float(a["top_p"]), generator=g)
-    print(str(a["prompt"]) + tok.decode(ids))
+    ids = generate(model, tok.encode(a["prompt"]).ids, a["max_new_tokens"], a["temperature"], a["top_k"] or None,
+                   a["top_p"], generator=g)
+    print(a["prompt"] + tok.decode(ids))
 
 
 def train_cmd(argv: list[str]) -> None:

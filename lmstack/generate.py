@@ -60,6 +60,10 @@ def load_checkpoint(path: str, device: str = "cpu"):
     """(model, tokenizer or None, checkpoint dict) from an lmstack Lightning checkpoint."""
     from tokenizers import Tokenizer
 
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
     ckpt = torch.load(path, map_location=device, weights_only=False)
     hp = ckpt.get("hyper_parameters", {})
     if "model_cfg" not in hp:

@@ -23,6 +23,7 @@ from lmstack.train.module import PretrainModule
 from lmstack.train.schedules import tokens_of
 
 log = logging.getLogger("lmstack")
+logging.getLogger("litdata").setLevel(logging.WARNING)  # one INFO line per dataset opened otherwise
 
 
 def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str | None:

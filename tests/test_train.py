@@ -86,6 +86,9 @@ def test_generate_cli_from_checkpoint(small_cfg):
     bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "generate", "prompt=x"], capture_output=True,
                          text=True, cwd=ROOT)
     assert bad.returncode != 0 and "missing argument ckpt" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "lmstack.cli", "generate", "ckpt=/nonexistent.ckpt", "prompt=x"],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and "no checkpoint at '/nonexistent.ckpt'" in missing.stderr
 
 
 def test_checkpoint_carries_tokenizer_and_model_config(small_cfg):

@@ -92,13 +92,16 @@ def _shards(docs: list[tuple[int, str]], target_bytes: int) -> list[list[tuple[i
 def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes: int) -> int:
     """Write litdata chunks in this process (deterministic order, no worker start-up); returns #blocks."""
     from litdata.streaming.writer import BinaryWriter
+    from tqdm import tqdm
 
     writer = BinaryWriter(str(out_dir), chunk_bytes="32MB")
     n = 0
-    for shard in _shards(docs, shard_bytes):
-        for block in _blocks(tok, shard, seq_len):
-            writer[n] = block
-            n += 1
+    with tqdm(total=len(docs), unit="doc", desc=f"tokenize {out_dir.parent.name}/{out_dir.name}") as bar:
+        for shard in _shards(docs, shard_bytes):
+            for block in _blocks(tok, shard, seq_len):
+                writer[n] = block
+                n += 1
+            bar.update(len(shard))
     if n == 0:
         raise ValueError(f"{out_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
                          "add data, lower data.seq_len or change data.val_fraction")
@@ -133,6 +136,7 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
             if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
                 sample.append(d["text"])
                 sample_bytes += len(d["text"])
+    log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
     tok = train_bpe(sample, vocab_size, min_frequency)
     tok.save(str(tmp / "tokenizer.json"))
 
