@@ -39,6 +39,17 @@ def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _rates(tokens: int, start, end) -> tuple[float, float]:
+    """Tokens per wall second, and per CPU second divided by the thread count: the second is far less
+    sensitive to other tenants of a shared machine."""
+    return tokens / (end[0] - start[0]), tokens * torch.get_num_threads() / (end[1] - start[1])
+
+
 def flops_per_token(model: Transformer, seq_len: int) -> float:
     """6 N (matmul parameters: everything but the embedding) + 12 L d T for attention scores and values."""
     cfg = model.cfg
@@ -66,9 +77,10 @@ def build(args):
     return spec, model_config(spec, vocab), batches
 
 
-def plain_round(spec, mcfg, batches, warmup: int) -> float:
+def plain_round(spec, mcfg, batches, warmup: int, model=None):
+    """A minimal loop doing the same work per step as lmstack's: loss + z-loss, clipping, AdamW, schedule."""
     torch.manual_seed(0)
-    model = Transformer(mcfg)
+    model = model or Transformer(mcfg)
     from lmstack.train.optim import build_adamw
 
     o = spec.optimizer
@@ -77,7 +89,7 @@ def plain_round(spec, mcfg, batches, warmup: int) -> float:
     tokens = 0
     for i, b in enumerate(batches):
         if i == warmup:
-            t0 = time.perf_counter()
+            t0 = _clock()
         ce, z = lm_loss(model(b["input_ids"]), b["labels"], spec.loss.z_loss)
         (ce + z).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -87,7 +99,7 @@ def plain_round(spec, mcfg, batches, warmup: int) -> float:
         ce.detach().item()  # the Lightning loop also reads the loss back each step (for logging)
         if i >= warmup:
             tokens += b["labels"].numel()
-    return tokens / (time.perf_counter() - t0)
+    return _rates(tokens, t0, _clock())
 
 
 class _Timer(L.Callback):
@@ -96,12 +108,12 @@ class _Timer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.t0 = time.perf_counter()
+            self.t0 = _clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
             self.tokens += batch["labels"].numel()
-            self.t1 = time.perf_counter()
+            self.t1 = _clock()
 
 
 def lightning_round(spec, mcfg, batches, warmup: int, run_dir: str) -> float:
@@ -118,32 +130,22 @@ def lightning_round(spec, mcfg, batches, warmup: int, run_dir: str) -> float:
                         callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-    return timer.tokens / (timer.t1 - timer.t0)
+    return _rates(timer.tokens, timer.t0, timer.t1)
 
 
-def litgpt_round(mcfg, batches, warmup: int) -> float | None:
+def litgpt_round(spec, mcfg, batches, warmup: int):
+    """litgpt's GPT with the same shapes, trained by the same minimal loop (None when not installed)."""
     try:
-        from litgpt.model import GPT
         from litgpt.config import Config
+        from litgpt.model import GPT
     except ImportError:
         return None
     cfg = Config(n_layer=mcfg.n_layers, n_embd=mcfg.d_model, n_head=mcfg.n_heads, n_query_groups=mcfg.n_kv_heads,
                  vocab_size=mcfg.vocab_size, padded_vocab_size=mcfg.vocab_size, block_size=mcfg.max_seq_len,
                  mlp_class_name="LLaMAMLP", intermediate_size=mcfg.hidden_size, norm_class_name="RMSNorm",
                  bias=False, rotary_percentage=1.0, parallel_residual=False)
-    model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = 0
-    for i, b in enumerate(batches):
-        if i == warmup:
-            t0 = time.perf_counter()
-        logits = model(b["input_ids"])
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"].flatten()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            tokens += b["labels"].numel()
-    return tokens / (time.perf_counter() - t0)
+    torch.manual_seed(0)
+    return plain_round(spec, mcfg, batches, warmup, model=GPT(cfg))
 
 
 def main():
@@ -172,21 +174,23 @@ def main():
                 rates["plain"].append(plain_round(spec, mcfg, batches, args.warmup))
             else:
                 rates["lightning"].append(lightning_round(spec, mcfg, batches, args.warmup, f"/tmp/lmstack-bench/{r}"))
-        lg = litgpt_round(mcfg, batches, args.warmup)
+        lg = litgpt_round(spec, mcfg, batches, args.warmup)
         if lg is not None:
             rates["litgpt"].append(lg)
-        print(f"round {r}: matmul {peaks[-1]:.0f} GFLOP/s, plain {rates['plain'][-1]:,.0f} tok/s, "
-              f"lightning {rates['lightning'][-1]:,.0f} tok/s" + (f", litgpt {lg:,.0f} tok/s" if lg else ""))
+        print(f"round {r}: matmul {peaks[-1]:.0f} GFLOP/s; tokens/s (wall | cpu): "
+              + ", ".join(f"{k} {v[-1][0]:,.0f} | {v[-1][1]:,.0f}" for k, v in rates.items() if v))
     peak = statistics.median(peaks)
-    plain = statistics.median(rates["plain"])
-    print(f"\nfp32 matmul rate (median): {peak:.0f} GFLOP/s")
+    print(f"\nfp32 matmul rate (median of {args.rounds}): {peak:.0f} GFLOP/s")
+    print("medians; ratio = the median over rounds of (loop / plain) within the same round")
     for name, values in rates.items():
         if not values:
             print(f"{name:>9}: not installed")
             continue
-        rate = statistics.median(values)
-        mfu = rate * fpt / (peak * 1e9)
-        print(f"{name:>9}: {rate:9,.0f} tokens/s  ratio to plain {rate / plain:.3f}  MFU {mfu:.1%}")
+        for i, clock in enumerate(("wall", "cpu")):
+            rate = statistics.median(v[i] for v in values)
+            ratio = statistics.median(v[i] / p[i] for v, p in zip(values, rates["plain"]))
+            mfu = rate * fpt / (peak * 1e9)
+            print(f"{name:>9} {clock:>4}: {rate:9,.0f} tokens/s  ratio to plain {ratio:.3f}  MFU {mfu:.1%}")
 
 
 if __name__ == "__main__":
