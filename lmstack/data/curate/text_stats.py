@@ -1,0 +1,39 @@
+"""Word, line and paragraph splits shared by the filters, computed once per text.
+
+Words come from a regular expression (runs of word characters, or runs of other non-space characters),
+close to NLTK's word_tokenize on English but about 100x faster; the filters' thresholds are the
+anchors' (datatrove), so decisions agree on almost every document (see benchmarks/prepare_throughput.py).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
+PARAGRAPH_RE = re.compile(r"\n{2,}")
+
+
+@lru_cache(maxsize=8)
+def words(text: str) -> tuple[str, ...]:
+    return tuple(WORD_RE.findall(text))
+
+
+def is_punctuation(token: str) -> bool:
+    return not any(c.isalnum() for c in token)
+
+
+def duplicates(items) -> tuple[int, int]:
+    """(number of repeated elements, characters in them): every occurrence after the first counts."""
+    seen, n, chars = set(), 0, 0
+    for x in items:
+        if x in seen:
+            n += 1
+            chars += len(x)
+        else:
+            seen.add(x)
+    return n, chars
+
+
+def ngrams(ws, n: int) -> list[str]:
+    return [" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)]
