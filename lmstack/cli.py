@@ -6,6 +6,7 @@ import sys
 
 USAGE = """usage:
   lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
+  lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
 """
 
@@ -49,6 +50,28 @@ def generate_cmd(argv: list[str]) -> None:
     print(a["prompt"] + tok.decode(ids))
 
 
+def prepare_cmd(argv: list[str]) -> None:
+    """Compose conf/prepare.yaml with Hydra overrides and run the curation pipeline."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lmstack.data.curate.pipeline import run_prepare
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="prepare", overrides=argv)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
+    c = OmegaConf.to_container(cfg, resolve=True)
+    inputs = c["inputs"] if isinstance(c["inputs"], list) else [c["inputs"]]
+    stats = run_prepare(inputs, c["output_dir"], c["prepare"])
+    print(f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
+          f"{stats['rejected']:,} rejected; report: {os.path.join(c['output_dir'], 'report.md')}")
+
+
 def train_cmd(argv: list[str]) -> None:
     import os
     import runpy
@@ -58,7 +81,7 @@ def train_cmd(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-COMMANDS = {"train": train_cmd, "generate": generate_cmd}
+COMMANDS = {"train": train_cmd, "generate": generate_cmd, "prepare": prepare_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

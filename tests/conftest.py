@@ -39,6 +39,24 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("lmstack-cache")
 
 
+def prepare_cfg(**overrides) -> dict:
+    """conf/prepare.yaml's `prepare` section with overrides (dotted keys), as a plain dict."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="prepare", overrides=[f"prepare.{k}={v}" for k, v in overrides.items()])
+    return OmegaConf.to_container(cfg.prepare, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory):
+    """The shared web samples through the whole `lmstack prepare` pipeline, tokenized into 64-token blocks."""
+    from lmstack.data.curate.pipeline import run_prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "web"
+    cfg = prepare_cfg(**{"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "tokenize.val_fraction": 0.1})
+    run_prepare([str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz")], str(out), cfg)
+    return out
+
+
 @pytest.fixture
 def small_cfg(tmp_path, cache_dir):
     def make(*overrides):

@@ -27,9 +27,13 @@ def test_every_group_has_options():
     assert {"tiny", "20m", "60m", "150m", "1b", "7b"} <= {o for g, o in OPTIONS if g == "model"}
 
 
+# options that need a value only the user can give
+EXTRA = {("data_mix", "prepared"): ["data_mix.dir=/data/prepared/web"]}
+
+
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_option_composes_and_validates(group, option):
-    spec = spec_of(f"{group}={option}")
+    spec = spec_of(f"{group}={option}", *EXTRA.get((group, option), []))
     assert getattr(spec, group) is not None
 
 

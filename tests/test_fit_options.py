@@ -17,10 +17,13 @@ TOO_BIG_FOR_CPU = {("model", "150m"), ("model", "1b"), ("model", "7b")}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("group,option", [o for o in OPTIONS if o not in TOO_BIG_FOR_CPU])
-def test_every_option_runs_a_two_step_fit(group, option, small_cfg):
+def test_every_option_runs_a_two_step_fit(group, option, small_cfg, request):
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         pytest.skip("no GPU on this machine")
-    cfg = small_cfg(f"{group}={option}")
+    extra = []
+    if (group, option) == ("data_mix", "prepared"):
+        extra = [f"data_mix.dir={request.getfixturevalue('prepared_dir')}"]
+    cfg = small_cfg(f"{group}={option}", *extra)
     if group != "trainer":
         cfg.trainer.enable_progress_bar = False
     result = run(cfg)

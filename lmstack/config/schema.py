@@ -73,6 +73,7 @@ class SourceSection:
     name: str
     builtin: Optional[str] = None
     paths: Optional[list[str]] = None
+    prepared: Optional[str] = None  # a folder written by `lmstack prepare`
     text_field: str = "text"
     weight: float = field_(1.0, min=0.0)
 
@@ -80,6 +81,7 @@ class SourceSection:
 @dataclass
 class DataMixSection:
     sources: list[SourceSection]
+    dir: Optional[str] = None  # data_mix=prepared: the folder `lmstack prepare` wrote
 
 
 @dataclass
@@ -201,8 +203,11 @@ def validate(cfg: dict) -> RunSpec:
     if not spec.data_mix.sources:
         raise ConfigError("data_mix.sources is empty; name at least one source")
     for i, src in enumerate(spec.data_mix.sources):
-        if bool(src.builtin) == bool(src.paths):
-            raise ConfigError(f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin` or `paths`")
+        if sum(map(bool, (src.builtin, src.paths, src.prepared))) != 1:
+            raise ConfigError(f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin`, `paths` "
+                              "or `prepared`")
+    if any(s.prepared for s in spec.data_mix.sources) and len(spec.data_mix.sources) > 1:
+        raise ConfigError("data_mix: a `prepared` folder has its own tokenizer, so it must be the only source")
     if sum(s.weight for s in spec.data_mix.sources) <= 0:
         raise ConfigError("data_mix.sources: the weights sum to 0")
     if len({s.name for s in spec.data_mix.sources}) != len(spec.data_mix.sources):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .dataset import BlockDataset, ResumableSampler
-from .prepare import PreparedCorpus, prepare_corpus
+from .prepare import PreparedCorpus, load_prepared, prepare_corpus
 from .tokenizer import token_byte_lengths
 
 
@@ -31,6 +31,10 @@ class LMDataModule(L.LightningDataModule):
         self.corpus: PreparedCorpus | None = None
 
     def prepare_data(self) -> None:
+        prepared = [s["prepared"] for s in self.sources if s.get("prepared")]
+        if prepared:
+            self.corpus = load_prepared(prepared[0], self.seq_len)
+            return
         self.corpus = prepare_corpus(
             self.sources, self.cache_dir, self.seq_len, self.val_fraction, self.vocab_size,
             self.min_frequency, self.tokenizer_train_bytes, self.max_docs,
@@ -39,9 +43,21 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
-        names = [s["name"] for s in self.sources]
+        names = self.source_names
         self.train_set = BlockDataset([str(self.corpus.split_dir(n, "train")) for n in names])
         self.val_set = BlockDataset([str(self.corpus.split_dir(n, "val")) for n in names])
+
+    @property
+    def source_names(self) -> list[str]:
+        """Folder names of the sources inside the corpus (a prepared folder names its own)."""
+        if any(s.get("prepared") for s in self.sources):
+            return list(self.corpus.meta["sources"])
+        return [s["name"] for s in self.sources]
+
+    def source_weights(self) -> list[float]:
+        if any(s.get("prepared") for s in self.sources):
+            return [1.0] * len(self.source_names)
+        return [s.get("weight", 1.0) for s in self.sources]
 
     @property
     def tokenizer_vocab_size(self) -> int:
@@ -60,7 +76,7 @@ class LMDataModule(L.LightningDataModule):
         start = trainer.global_step * accum if trainer else 0
         total = self.total_micro_steps or max(start + 1, len(self.train_set) // self.batch_size)
         sampler = ResumableSampler(
-            self.train_set.lengths, [s.get("weight", 1.0) for s in self.sources], self.batch_size, total,
+            self.train_set.lengths, self.source_weights(), self.batch_size, total,
             start, trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1, self.seed,
         )
         return self._loader(self.train_set, sampler=sampler, drop_last=True)

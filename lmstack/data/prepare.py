@@ -65,6 +65,19 @@ def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int):
         yield {"tokens": ids[start : start + seq_len + 1], "doc": docs[start : start + seq_len + 1]}
 
 
+def load_prepared(path: str, seq_len: int) -> PreparedCorpus:
+    """A corpus that `lmstack prepare` wrote; its block length must be the training sequence length."""
+    root = Path(os.path.expanduser(path))
+    if not (root / "meta.json").exists():
+        raise FileNotFoundError(f"{root} holds no prepared corpus (no meta.json); run `lmstack prepare` with "
+                                "prepare.tokenize set")
+    meta = json.loads((root / "meta.json").read_text())
+    if meta["seq_len"] != seq_len:
+        raise ValueError(f"{root} was tokenized into blocks of {meta['seq_len']} tokens but data.seq_len={seq_len}; "
+                         f"set data.seq_len={meta['seq_len']}")
+    return PreparedCorpus(root, meta)
+
+
 def corpus_key(sources: list[dict], tokenizer_cfg: dict, seq_len: int, val_fraction: float) -> str:
     spec = {
         "v": PREP_VERSION,
@@ -110,6 +123,38 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
     return n
 
 
+def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,
+                 vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
+                 shard_bytes: int = 4_000_000, key: str = "") -> dict:
+    """Train the tokenizer on the training documents and write every source's litdata splits into `out`
+    (which must exist); documents are dicts with `id` and `text`. Returns the corpus metadata."""
+    sample, sample_bytes = [], 0
+    for docs in per_source.values():
+        for d in docs:
+            if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
+                sample.append(d["text"])
+                sample_bytes += len(d["text"])
+    log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
+    tok = train_bpe(sample, vocab_size, min_frequency)
+    tok.save(str(out / "tokenizer.json"))
+
+    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(), "sources": {}}
+    for name, docs in per_source.items():
+        (out / name).mkdir()
+        splits = {"train": [], "val": []}
+        with open(out / name / "documents.jsonl", "w") as f:
+            for ordinal, d in enumerate(docs):
+                split = "val" if is_validation(d["id"], val_fraction) else "train"
+                splits[split].append((ordinal, d["text"]))
+                f.write(json.dumps({"ordinal": ordinal, "id": d["id"], "source": name, "split": split,
+                                    "bytes": len(d["text"].encode())}) + "\n")
+        counts = {s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes) for s in ("train", "val")}
+        meta["sources"][name] = {"documents": len(docs), "blocks": counts, "val_documents": len(splits["val"]),
+                                 "tokens": (counts["train"] + counts["val"]) * seq_len}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
 def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
                    vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
                    max_docs: int | None = None, shard_bytes: int = 4_000_000) -> PreparedCorpus:
@@ -123,8 +168,7 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
     tmp = root.with_name(key + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-
-    per_source, sample, sample_bytes = {}, [], 0
+    per_source = {}
     for src in sources:
         docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
         if max_docs:
@@ -132,29 +176,8 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
         if not docs:
             raise ValueError(f"data source {src['name']!r} yielded no documents")
         per_source[src["name"]] = docs
-        for d in docs:
-            if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
-                sample.append(d["text"])
-                sample_bytes += len(d["text"])
-    log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
-    tok = train_bpe(sample, vocab_size, min_frequency)
-    tok.save(str(tmp / "tokenizer.json"))
-
-    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(), "sources": {}}
-    for name, docs in per_source.items():
-        (tmp / name).mkdir()
-        splits = {"train": [], "val": []}
-        with open(tmp / name / "documents.jsonl", "w") as f:
-            for ordinal, d in enumerate(docs):
-                split = "val" if is_validation(d["id"], val_fraction) else "train"
-                splits[split].append((ordinal, d["text"]))
-                f.write(json.dumps({"ordinal": ordinal, "id": d["id"], "source": name, "split": split,
-                                    "bytes": len(d["text"].encode())}) + "\n")
-        counts = {s: _write_split(splits[s], tmp / name / s, tok, seq_len, shard_bytes)
-                  for s in ("train", "val")}
-        meta["sources"][name] = {"documents": len(docs), "blocks": counts,
-                                 "val_documents": len(splits["val"])}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
+                        shard_bytes, key)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return PreparedCorpus(root, meta)

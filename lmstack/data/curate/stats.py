@@ -1,0 +1,80 @@
+"""Accounting for every document: what came in, what each rule removed, what was rejected, what is left.
+
+The identity `docs_in == docs_out + sum(removed.values()) + rejected` holds by construction: a document
+leaves only through `remove` or `reject`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class StageStats:
+    name: str
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+@dataclass
+class Accounting:
+    docs_in: int = 0
+    rejected: int = 0
+    removed: Counter = field(default_factory=Counter)
+    stages: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def docs_out(self) -> int:
+        return self.docs_in - self.rejected - sum(self.removed.values())
+
+    def to_dict(self) -> dict:
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "rejected": self.rejected,
+                "removed": dict(sorted(self.removed.items(), key=lambda kv: -kv[1])),
+                "reduction": round(self.docs_in / max(self.docs_out, 1), 3),
+                "stages": [vars(s) for s in self.stages], **self.extra}
+
+    def write(self, out_dir: Path) -> None:
+        d = self.to_dict()
+        assert d["docs_in"] == d["docs_out"] + sum(d["removed"].values()) + d["rejected"]
+        (out_dir / "stats.json").write_text(json.dumps(d, indent=2))
+        (out_dir / "report.md").write_text(report_markdown(d))
+        plot(d, out_dir / "report.png")
+
+
+def report_markdown(d: dict) -> str:
+    lines = ["# Data preparation report", "",
+             f"{d['docs_in']:,} documents in, {d['docs_out']:,} out ({d['reduction']}x fewer); "
+             f"{d['rejected']:,} rejected as unreadable (see rejects.jsonl).", "",
+             "| stage | docs in | docs out | MB in | MB out | tokens out |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in d["stages"]:
+        tok = f"{s['tokens_out']:,}" if s.get("tokens_out") is not None else ""
+        lines.append(f"| {s['name']} | {s['docs_in']:,} | {s['docs_out']:,} | {s['bytes_in'] / 1e6:.2f} | "
+                     f"{s['bytes_out'] / 1e6:.2f} | {tok} |")
+    lines += ["", "| rule | documents removed | share of input |", "| --- | ---: | ---: |"]
+    for rule, n in d["removed"].items():
+        lines.append(f"| {rule} | {n:,} | {n / max(d['docs_in'], 1):.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(d: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("kept", d["docs_out"]), ("rejected", d["rejected"]), *d["removed"].items()]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh([r for r, _ in rows][::-1], [n for _, n in rows][::-1], color="tab:blue")
+    ax.set_xlabel("documents")
+    ax.set_title(f"{d['docs_in']:,} in, {d['docs_out']:,} kept: {d['reduction']}x reduction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""`lmstack prepare` end to end on the real samples: accounting, report, dedup, bad input, restart."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from lmstack.data.curate.dedup import MinHashDedup, threshold
+from lmstack.data.curate.pipeline import run_prepare
+
+from .conftest import SHARED_DATA, prepare_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_REAL = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz"),
+            str(SHARED_DATA / "prose" / "*.jsonl.gz")]
+
+
+def identity(stats: dict) -> bool:
+    return stats["docs_in"] == stats["docs_out"] + sum(stats["removed"].values()) + stats["rejected"]
+
+
+def test_accounting_identity_and_report_on_all_real_inputs(tmp_path):
+    out = tmp_path / "all"
+    stats = run_prepare(ALL_REAL, str(out), prepare_cfg(**{"tokenize": "null", "keep_removed": "true"}))
+    assert stats["docs_in"] == 50 + 22 + 500 + 4000
+    assert identity(stats) and stats == json.loads((out / "stats.json").read_text())
+    assert stats["docs_out"] < stats["docs_in"] and stats["removed"]
+    stages = {s["name"]: s for s in stats["stages"]}
+    assert stages["read"]["docs_in"] == stats["docs_in"]
+    assert stages["minhash_dedup"]["docs_out"] == stats["docs_out"]
+    for s in stats["stages"]:
+        assert s["docs_out"] <= s["docs_in"] and s["bytes_out"] <= s["bytes_in"] + 1
+    with gzip.open(out / "documents.jsonl.gz", "rt") as f:
+        assert sum(1 for _ in f) == stats["docs_out"]
+    for rule, n in stats["removed"].items():
+        with gzip.open(out / "removed" / f"{rule.replace('/', '.')}.jsonl.gz", "rt") as f:
+            assert sum(1 for _ in f) == n
+    report = (out / "report.md").read_text()
+    assert f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out" in report
+    assert (out / "report.png").stat().st_size > 1000
+
+
+def test_minhash_finds_planted_near_duplicates():
+    with gzip.open(SHARED_DATA / "prose" / "nlp-corpus.jsonl.gz", "rt") as f:
+        texts = [json.loads(line)["text"] for line in f][:1500]
+    rng = random.Random(0)
+    planted = []
+    for i in range(0, 1500, 10):
+        words = texts[i].split()
+        for _ in range(3):  # a few words changed: Jaccard on 5-grams stays well above the threshold
+            words[rng.randrange(len(words))] = "altered"
+        planted.append(" ".join(words))
+    dup = set(MinHashDedup().duplicates(texts + planted).tolist())
+    planted_idx = set(range(len(texts), len(texts) + len(planted)))
+    recall = len(dup & planted_idx) / len(planted_idx)
+    precision = len(dup & planted_idx) / max(len(dup), 1)
+    assert recall >= 0.95 and precision >= 0.99, (recall, precision)
+    assert 0.70 < threshold(14, 8) < 0.74
+
+
+def test_bad_inputs_are_rejected_and_the_run_goes_on(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = json.loads(gzip.open(SHARED_DATA / "web" / "c4-sample.01.json.gz", "rt").readline())
+    bad.write_bytes(b"\n".join([json.dumps(good).encode(), b"{oops", b'{"text": "\xff\xfe"}',
+                                json.dumps({"body": 1}).encode(), json.dumps({"text": ""}).encode(),
+                                json.dumps({"text": "word " * 11_000_000}).encode()]))
+    stats = run_prepare([str(bad)], str(tmp_path / "out"), prepare_cfg(tokenize="null"))
+    rejects = [json.loads(line) for line in open(tmp_path / "out" / "rejects.jsonl")]
+    assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6]
+    assert all(r["file"] == str(bad) and r["reason"] for r in rejects)
+    assert "over max_doc_bytes" in rejects[-1]["reason"]
+    assert stats["rejected"] == 5 and stats["docs_in"] == 6 and identity(stats)
+
+
+def test_a_finished_run_is_not_redone_and_an_interrupted_one_restarts_clean(tmp_path):
+    inputs = [str(SHARED_DATA / "web" / "*.json*.gz")]
+    cfg = prepare_cfg(tokenize="null")
+    first = run_prepare(inputs, str(tmp_path / "a"), cfg)
+    mtime = (tmp_path / "a" / "documents.jsonl.gz").stat().st_mtime
+    assert run_prepare(inputs, str(tmp_path / "a"), cfg)["docs_out"] == first["docs_out"]
+    assert (tmp_path / "a" / "documents.jsonl.gz").stat().st_mtime == mtime
+    (tmp_path / "b.tmp").mkdir()  # what an interrupted run leaves behind
+    (tmp_path / "b.tmp" / "documents.jsonl.gz").write_text("partial")
+    run_prepare(inputs, str(tmp_path / "b"), cfg)
+    assert not (tmp_path / "b.tmp").exists()
+    read = lambda p: gzip.open(p, "rt").read()  # noqa: E731
+    assert read(tmp_path / "a" / "documents.jsonl.gz") == read(tmp_path / "b" / "documents.jsonl.gz")
+
+
+def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, small_cfg):
+    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{SHARED_DATA}/web/*.json*.gz]",
+                          f"output_dir={tmp_path / 'cli'}", "prepare.tokenize=null"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "documents in" in out.stdout and (tmp_path / "cli" / "stats.json").exists()
+
+    from lmstack.run import run
+
+    meta = json.loads((prepared_dir / "meta.json").read_text())
+    assert meta["seq_len"] == 64 and meta["sources"]["web"]["blocks"]["train"] > 0
+    result = run(small_cfg("data_mix=prepared", f"data_mix.dir={prepared_dir}"))
+    assert result["steps"] == 2 and result["val/bpb"] > 0
