@@ -79,6 +79,8 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
         min_frequency=spec.data.min_frequency, tokenizer_train_bytes=spec.data.tokenizer_train_bytes,
         max_docs=spec.data.max_docs, num_workers=spec.data.num_workers, seed=spec.seed,
         total_micro_steps=max_steps * trainer.accumulate_grad_batches,
+        phases=[{"start_sample": tokens_of(p.start_tokens, max_steps * tps) // spec.data.seq_len,
+                 "weights": p.weights} for p in spec.data_mix.phases],
     )
     dm.prepare_data()
     tok_vocab = dm.tokenizer_vocab_size

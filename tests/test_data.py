@@ -127,3 +127,41 @@ def test_too_little_text_for_one_block_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than seq_len"):
         prepare_corpus([{"name": "small", "paths": [str(small)]}], str(tmp_path / "c"), seq_len=512,
                        val_fraction=0.0, vocab_size=300)
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.1, 0.6, 0.3], [0.9, 0.1]])
+def test_realised_mix_proportions_are_within_two_points(weights):
+    lengths = [500, 2000, 700][: len(weights)]
+    stream = mixture_stream(lengths, weights, 10_000, seed=7)
+    bounds = np.cumsum([0] + lengths)
+    for s, w in enumerate(weights):
+        share = ((stream >= bounds[s]) & (stream < bounds[s + 1])).mean()
+        assert abs(share - w / sum(weights)) < 0.02, (s, share)
+
+
+def test_curriculum_switches_at_the_configured_sample():
+    stream = mixture_stream([300, 300], [[0.2, 0.8], [1.0, 0.0]], 10_000, seed=1, phase_starts=[0, 9_000])
+    early, late = stream[:9_000], stream[9_000:]
+    assert abs((early < 300).mean() - 0.2) < 0.02
+    assert (late < 300).all()
+    # the first source continues its own order across the switch: no block repeats within a pass
+    first = stream[stream < 300]
+    assert len(set(first[:300].tolist())) == 300
+
+
+def test_curriculum_phase_start_comes_from_tokens(small_cfg):
+    from omegaconf import OmegaConf
+
+    from lmstack.config import validate
+    from lmstack.run import build, build_trainer
+
+    cfg = small_cfg("data_mix=prose_curriculum", "train.max_tokens=2560")  # 10 steps of 4 x 64 tokens
+    spec = validate(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(spec)
+    _, dm = build(spec, trainer)
+    assert dm.phases == [{"start_sample": 36, "weights": {"brown": 1.0}}]  # 0.9 x 2560 tokens / 64
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    brown_blocks = dm.train_set.lengths[0]
+    assert all(i < brown_blocks for i in sampler.stream[36:])
+    assert any(i >= brown_blocks for i in sampler.stream[:36])

@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 
 from lmstack.model.attention import ATTENTION_BACKENDS
 from lmstack.model.config import ModelConfig
-from lmstack.train.schedules import SCHEDULES
+from lmstack.train.schedules import SCHEDULES, tokens_of
 
 from .validate import ConfigError, check_kwargs, check_target, field_, to_dataclass
 
@@ -79,9 +79,16 @@ class SourceSection:
 
 
 @dataclass
+class PhaseSection:
+    start_tokens: float = field_(min=0.0)  # <= 1: a fraction of train.max_tokens; > 1: tokens
+    weights: dict = field_({})  # source name -> weight; sources not named get 0
+
+
+@dataclass
 class DataMixSection:
     sources: list[SourceSection]
     dir: Optional[str] = None  # data_mix=prepared: the folder `lmstack prepare` wrote
+    phases: list[PhaseSection] = field_([])  # the curriculum: later phases switch the weights
 
 
 @dataclass
@@ -210,8 +217,21 @@ def validate(cfg: dict) -> RunSpec:
         raise ConfigError("data_mix: a `prepared` folder has its own tokenizer, so it must be the only source")
     if sum(s.weight for s in spec.data_mix.sources) <= 0:
         raise ConfigError("data_mix.sources: the weights sum to 0")
-    if len({s.name for s in spec.data_mix.sources}) != len(spec.data_mix.sources):
+    names = [s.name for s in spec.data_mix.sources]
+    if len(set(names)) != len(names):
         raise ConfigError("data_mix.sources: source names must be unique")
+    previous = -1.0
+    for i, phase in enumerate(spec.data_mix.phases):
+        unknown = sorted(set(phase.weights) - set(names))
+        if unknown:
+            raise ConfigError(f"data_mix.phases[{i}].weights names {unknown[0]!r}, not a source; sources: "
+                              f"{', '.join(names)}")
+        if sum(phase.weights.values()) <= 0:
+            raise ConfigError(f"data_mix.phases[{i}].weights: the weights sum to 0")
+        start = tokens_of(phase.start_tokens, spec.train.max_tokens)
+        if start <= previous:
+            raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
+        previous = start
     if spec.data.seq_len > spec.model.max_seq_len:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds model.max_seq_len={spec.model.max_seq_len}")
     model_config(spec)

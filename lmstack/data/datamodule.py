@@ -21,13 +21,15 @@ class LMDataModule(L.LightningDataModule):
     def __init__(self, sources: list[dict], cache_dir: str, seq_len: int, batch_size: int, vocab_size: int,
                  val_fraction: float = 0.02, val_max_blocks: int | None = None, min_frequency: int = 2,
                  tokenizer_train_bytes: int = 20_000_000, max_docs: int | None = None, num_workers: int = 0,
-                 seed: int = 0, total_micro_steps: int | None = None):
+                 seed: int = 0, total_micro_steps: int | None = None, phases: list[dict] | None = None):
         super().__init__()
         self.sources, self.cache_dir, self.seq_len = sources, cache_dir, seq_len
         self.batch_size, self.vocab_size, self.val_fraction = batch_size, vocab_size, val_fraction
         self.val_max_blocks, self.min_frequency = val_max_blocks, min_frequency
         self.tokenizer_train_bytes, self.max_docs = tokenizer_train_bytes, max_docs
         self.num_workers, self.seed, self.total_micro_steps = num_workers, seed, total_micro_steps
+        # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
+        self.phases = phases or []
         self.corpus: PreparedCorpus | None = None
 
     def prepare_data(self) -> None:
@@ -54,10 +56,12 @@ class LMDataModule(L.LightningDataModule):
             return list(self.corpus.meta["sources"])
         return [s["name"] for s in self.sources]
 
-    def source_weights(self) -> list[float]:
+    def source_weights(self) -> list[list[float]]:
+        """One weight list per phase (the sources' own weights first, then each curriculum phase's)."""
         if any(s.get("prepared") for s in self.sources):
-            return [1.0] * len(self.source_names)
-        return [s.get("weight", 1.0) for s in self.sources]
+            return [[1.0] * len(self.source_names)]
+        base = [s.get("weight", 1.0) for s in self.sources]
+        return [base] + [[p["weights"].get(s["name"], 0.0) for s in self.sources] for p in self.phases]
 
     @property
     def tokenizer_vocab_size(self) -> int:
@@ -78,6 +82,7 @@ class LMDataModule(L.LightningDataModule):
         sampler = ResumableSampler(
             self.train_set.lengths, self.source_weights(), self.batch_size, total,
             start, trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1, self.seed,
+            [0] + [p["start_sample"] for p in self.phases],
         )
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
 

@@ -45,12 +45,26 @@ class BlockDataset(Dataset):
         return {"input_ids": tokens[:-1], "labels": tokens[1:], "doc": doc[1:], "source": src}
 
 
-def mixture_stream(lengths: list[int], weights: list[float], n: int, seed: int) -> np.ndarray:
-    """Global indices (into the concatenated sources) of the first n samples of the run."""
-    lengths, w = np.asarray(lengths), np.asarray(weights, dtype=np.float64)
-    w = np.where(lengths > 0, w, 0.0)
-    rng = np.random.default_rng(seed)
-    choice = rng.choice(len(lengths), size=n, p=w / w.sum()) if len(lengths) > 1 else np.zeros(n, dtype=np.int64)
+def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts: list[int] | None = None) -> np.ndarray:
+    """Global indices (into the concatenated sources) of the first n samples of the run.
+
+    `weights` is one weight per source, or one such list per phase; phase p covers samples
+    phase_starts[p] .. phase_starts[p+1] - 1 (the curriculum). Each source is walked in a fresh seeded
+    permutation per pass, continuing across phases.
+    """
+    lengths = np.asarray(lengths)
+    phases = [weights] if np.ndim(weights) == 1 else list(weights)
+    starts = list(phase_starts or [0]) + [n]
+    if len(starts) != len(phases) + 1:
+        raise ValueError(f"{len(phases)} weight lists but {len(starts) - 1} phase starts")
+    choice = np.zeros(n, dtype=np.int64)
+    for p, w in enumerate(phases):
+        lo, hi = min(starts[p], n), min(starts[p + 1], n)
+        w = np.where(lengths > 0, np.asarray(w, dtype=np.float64), 0.0)
+        if w.sum() <= 0:
+            raise ValueError(f"phase {p}: no source with data has a positive weight")
+        if len(lengths) > 1 and hi > lo:
+            choice[lo:hi] = np.random.default_rng([seed, 1_000 + p]).choice(len(lengths), size=hi - lo, p=w / w.sum())
     out = np.empty(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for s, length in enumerate(lengths):
@@ -67,10 +81,11 @@ class ResumableSampler(Sampler[int]):
     """This rank's share of the global stream from micro-step `start_micro_step` to `total_micro_steps`."""
 
     def __init__(self, lengths, weights, batch_size: int, total_micro_steps: int, start_micro_step: int = 0,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, phase_starts: list[int] | None = None):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.start, self.total = start_micro_step, total_micro_steps
-        self.stream = mixture_stream(lengths, weights, total_micro_steps * world_size * batch_size, seed)
+        self.stream = mixture_stream(lengths, weights, total_micro_steps * world_size * batch_size, seed,
+                                     phase_starts)
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0) * self.batch_size
