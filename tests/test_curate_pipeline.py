@@ -104,3 +104,25 @@ def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, s
     assert meta["seq_len"] == 64 and meta["sources"]["web"]["blocks"]["train"] > 0
     result = run(small_cfg("data_mix=prepared", f"data_mix.dir={prepared_dir}"))
     assert result["steps"] == 2 and result["val/bpb"] > 0
+
+
+def test_two_workers_give_the_same_output_as_one(tmp_path):
+    def run_with(workers, name):
+        cfg = prepare_cfg(**{"tokenize": "null", "num_workers": workers})
+        stats = run_prepare(ALL_REAL[:2] + [str(SHARED_DATA / "prose" / "brown.jsonl.gz")], str(tmp_path / name), cfg)
+        return stats, gzip.open(tmp_path / name / "documents.jsonl.gz", "rt").read()
+
+    one, docs_one = run_with(1, "one")
+    two, docs_two = run_with(2, "two")
+    assert docs_one == docs_two
+    for key in ("docs_in", "docs_out", "rejected", "removed", "stages"):
+        assert one[key] == two[key], key
+    assert identity(two) and 0 < two["cpu_utilisation"] <= 1.0
+
+
+def test_shards_split_the_input_files(tmp_path):
+    files = [str(SHARED_DATA / "web" / "*.json*.gz")]  # 5 files
+    parts = [run_prepare(files, str(tmp_path / f"s{i}"), prepare_cfg(**{"tokenize": "null", "num_shards": 2,
+                                                                          "shard_index": i})) for i in range(2)]
+    assert [p["files"] for p in parts] == [3, 2]
+    assert sum(p["docs_in"] for p in parts) == 50

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,8 +40,8 @@ def _tuples(kw: dict) -> dict:
             for k, v in kw.items()}
 
 
-def build_steps(cfg: dict) -> list:
-    """The streaming steps in order: filters (config order), PII masking, then streaming dedup."""
+def build_filters(cfg: dict) -> list:
+    """The per-document steps, in order: filters (config order), then PII masking."""
     steps = []
     for name, kw in (cfg.get("filters") or {}).items():
         if kw is None or kw is False:
@@ -49,6 +51,12 @@ def build_steps(cfg: dict) -> list:
         steps.append(FILTERS[name](**_tuples(kw or {})))
     if cfg.get("pii"):
         steps.append(PiiMasker())
+    return steps
+
+
+def build_dedup(cfg: dict) -> list:
+    """The streaming dedup steps (they remember what they saw, so they run in one process, in order)."""
+    steps = []
     for name, on in (cfg.get("dedup") or {}).items():
         if name == "minhash" or not on:
             continue
@@ -56,6 +64,19 @@ def build_steps(cfg: dict) -> list:
             raise ValueError(f"prepare.dedup.{name}: unknown; allowed: {', '.join([*STREAM_DEDUP, 'minhash'])}")
         steps.append(STREAM_DEDUP[name](**(on if isinstance(on, dict) else {})))
     return steps
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the worker pool)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _merge(into: StageStats, other: StageStats) -> None:
+    for k in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
+        setattr(into, k, getattr(into, k) + getattr(other, k))
 
 
 class _Removed:
@@ -81,55 +102,129 @@ def _size(docs: list[Document]) -> int:
     return sum(len(d.text.encode("utf-8", errors="replace")) for d in docs)
 
 
+@dataclass
+class _Part:
+    """What one input file gave after the per-document steps: kept documents, and the accounting."""
+
+    kept: list = field(default_factory=list)
+    rejects: list = field(default_factory=list)
+    removed: list = field(default_factory=list)  # (rule, document); documents only with keep_removed
+    counts: Counter = field(default_factory=Counter)  # rule -> documents removed
+    stages: dict = field(default_factory=dict)
+    docs_in: int = 0
+    pii: Counter = field(default_factory=Counter)
+
+
+def _apply(steps: list, docs, part: _Part, keep_removed: bool) -> list[Document]:
+    """Run documents through steps; a document leaves at the first rule that removes it."""
+    kept = []
+    for doc in docs:
+        size = len(doc.text.encode("utf-8", errors="replace"))
+        for step in steps:
+            st = part.stages.setdefault(step.name, StageStats(step.name))
+            st.docs_in += 1
+            st.bytes_in += size
+            rule = step(doc)
+            if rule:
+                part.counts[f"{step.name}/{rule}"] += 1
+                part.removed.append((f"{step.name}/{rule}", doc if keep_removed else None))
+                break
+            size = len(doc.text.encode("utf-8", errors="replace"))
+            st.docs_out += 1
+            st.bytes_out += size
+        else:
+            kept.append(doc)
+    return kept
+
+
+def _filter_file(args) -> _Part:
+    """Worker: read one input file and run the per-document steps over it."""
+    path, cfg = args
+    part = _Part()
+    read = part.stages.setdefault("read", StageStats("read"))
+
+    def documents():
+        for item in read_inputs([path], cfg.get("source", "data"), cfg.get("text_field", "text"),
+                                cfg.get("max_doc_bytes", 10_000_000)):
+            part.docs_in += 1
+            read.docs_in += 1
+            if isinstance(item, Reject):
+                part.rejects.append(vars(item))
+                continue
+            read.docs_out += 1
+            read.bytes_out += len(item.text.encode("utf-8", errors="replace"))
+            yield item
+
+    steps = build_filters(cfg)
+    part.kept = _apply(steps, documents(), part, bool(cfg.get("keep_removed")))
+    read.bytes_in = read.bytes_out
+    for s in steps:
+        if isinstance(s, PiiMasker):
+            part.pii.update(s.counts)
+    return part
+
+
+def _parts(files: list[str], cfg: dict, num_workers: int):
+    """Per-file results in input order, from a pool of worker processes when num_workers > 1."""
+    jobs = [(f, cfg) for f in files]
+    if num_workers <= 1 or len(files) == 1:
+        yield from map(_filter_file, jobs)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(num_workers) as pool:
+        yield from pool.imap(_filter_file, jobs)
+
+
 def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
-    """Run the configured pipeline; returns the stats dict (also written to output_dir/stats.json)."""
+    """Run the configured pipeline; returns the stats dict (also written to output_dir/stats.json).
+
+    `cfg` may carry `num_workers` (processes on this machine, one input file at a time) and
+    `shard_index` / `num_shards` (this job prepares every num_shards-th input file, for arrays of jobs
+    on many machines, each with its own output_dir)."""
     out = Path(output_dir)
     if (out / "stats.json").exists():
         log.info("%s is complete already (stats.json exists); remove it to prepare again", out)
         return json.loads((out / "stats.json").read_text())
+    files = expand_inputs(inputs)
+    num_shards, shard = cfg.get("num_shards", 1), cfg.get("shard_index", 0)
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard_index={shard} must be in [0, num_shards={num_shards})")
+    files = files[shard::num_shards]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
     removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
-    steps = build_steps(cfg)
-    stage = {s.name: StageStats(s.name) for s in steps}
-    read = StageStats("read")
+    dedup = build_dedup(cfg)
+    dedup_part = _Part()
+    stages: dict[str, StageStats] = {}
     kept: list[Document] = []
-    t0 = time.time()
-    with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(unit="doc", desc="prepare") as bar:
-        for item in read_inputs(expand_inputs(inputs), cfg.get("source", "data"), cfg.get("text_field", "text"),
-                                cfg.get("max_doc_bytes", 10_000_000)):
-            acct.docs_in += 1
-            read.docs_in += 1
+    pii = Counter()
+    with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(total=len(files), unit="file", desc="prepare") as bar:
+        for part in _parts(files, cfg, int(cfg.get("num_workers", 1))):
+            acct.docs_in += part.docs_in
+            acct.rejected += len(part.rejects)
+            for r in part.rejects:
+                rejects.write(json.dumps(r) + "\n")
+            acct.removed.update(part.counts)
+            for rule, doc in part.removed:
+                if doc is not None:
+                    removed.add(rule, doc)
+            for name, st in part.stages.items():
+                _merge(stages.setdefault(name, StageStats(name)), st)
+            pii.update(part.pii)
+            kept.extend(_apply(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed"))))
             bar.update()
-            if isinstance(item, Reject):
-                acct.rejected += 1
-                rejects.write(json.dumps(vars(item)) + "\n")
-                continue
-            read.docs_out += 1
-            size = len(item.text.encode("utf-8", errors="replace"))
-            read.bytes_out += size
-            for step in steps:
-                st = stage[step.name]
-                st.docs_in += 1
-                st.bytes_in += size
-                rule = step(item)
-                if rule:
-                    acct.removed[f"{step.name}/{rule}"] += 1
-                    removed.add(f"{step.name}/{rule}", item)
-                    break
-                size = len(item.text.encode("utf-8", errors="replace"))
-                st.docs_out += 1
-                st.bytes_out += size
-            else:
-                kept.append(item)
-    read.bytes_in = read.bytes_out
-    acct.stages = [read, *stage.values()]
-    for s in steps:
-        if isinstance(s, PiiMasker):
-            acct.extra["pii_masked"] = dict(s.counts)
-
+            bar.set_postfix(docs=acct.docs_in, docs_per_s=round(acct.docs_in / max(time.time() - t0, 1e-9)))
+    acct.removed.update(dedup_part.counts)
+    for rule, doc in dedup_part.removed:
+        if doc is not None:
+            removed.add(rule, doc)
+    acct.stages = [*stages.values(), *dedup_part.stages.values()]
+    if cfg.get("pii"):
+        acct.extra["pii_masked"] = dict(pii)
     mh = (cfg.get("dedup") or {}).get("minhash")
     if mh and kept:
         mh_stage = StageStats("minhash_dedup", len(kept), bytes_in=_size(kept))
@@ -154,8 +249,11 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
                             tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
         acct.stages.append(StageStats("tokenize", len(kept), len(kept), _size(kept), _size(kept),
                                       tokens_out=meta["sources"][source]["tokens"]))
-    acct.extra["seconds"] = round(time.time() - t0, 2)
-    acct.extra["docs_per_second"] = round(acct.docs_in / max(time.time() - t0, 1e-9), 1)
+    wall = max(time.time() - t0, 1e-9)
+    acct.extra["seconds"] = round(wall, 2)
+    acct.extra["docs_per_second"] = round(acct.docs_in / wall, 1)
+    acct.extra["cpu_utilisation"] = round((_cpu_seconds() - cpu0) / wall / (os.cpu_count() or 1), 3)
+    acct.extra["files"] = len(files)
     acct.write(tmp)
     if out.exists():
         shutil.rmtree(out)
