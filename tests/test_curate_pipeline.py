@@ -76,19 +76,41 @@ def test_bad_inputs_are_rejected_and_the_run_goes_on(tmp_path):
     assert stats["rejected"] == 5 and stats["docs_in"] == 6 and identity(stats)
 
 
-def test_a_finished_run_is_not_redone_and_an_interrupted_one_restarts_clean(tmp_path):
-    inputs = [str(SHARED_DATA / "web" / "*.json*.gz")]
-    cfg = prepare_cfg(tokenize="null")
+def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
+    from lmstack.data.curate import pipeline
+
+    inputs = [str(SHARED_DATA / "web" / "*.json*.gz")]  # 5 files
+    cfg = prepare_cfg(**{"tokenize": "null", "keep_removed": "true"})
     first = run_prepare(inputs, str(tmp_path / "a"), cfg)
     mtime = (tmp_path / "a" / "documents.jsonl.gz").stat().st_mtime
     assert run_prepare(inputs, str(tmp_path / "a"), cfg)["docs_out"] == first["docs_out"]
     assert (tmp_path / "a" / "documents.jsonl.gz").stat().st_mtime == mtime
-    (tmp_path / "b.tmp").mkdir()  # what an interrupted run leaves behind
-    (tmp_path / "b.tmp" / "documents.jsonl.gz").write_text("partial")
-    run_prepare(inputs, str(tmp_path / "b"), cfg)
+
+    real, calls = pipeline._filter_file, []
+
+    def dies_on_the_third_file(job):
+        calls.append(job[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("interrupted")
+        return real(job)
+
+    monkeypatch.setattr(pipeline, "_filter_file", dies_on_the_third_file)
+    try:
+        run_prepare(inputs, str(tmp_path / "b"), cfg)
+    except KeyboardInterrupt:
+        pass
+    assert not (tmp_path / "b").exists() and len(list((tmp_path / "b.tmp" / "parts").glob("*.pkl"))) == 2
+    calls.clear()
+    monkeypatch.setattr(pipeline, "_filter_file", lambda job: calls.append(job[0]) or real(job))
+    second = run_prepare(inputs, str(tmp_path / "b"), cfg)
+    assert len(calls) == 3  # the two finished files were not read again
     assert not (tmp_path / "b.tmp").exists()
-    read = lambda p: gzip.open(p, "rt").read()  # noqa: E731
-    assert read(tmp_path / "a" / "documents.jsonl.gz") == read(tmp_path / "b" / "documents.jsonl.gz")
+    for name in ("documents.jsonl.gz", "removed/c4.too_few_sentences.jsonl.gz"):
+        read = lambda p: gzip.open(p, "rt").read()  # noqa: E731
+        assert read(tmp_path / "a" / name) == read(tmp_path / "b" / name)
+    assert (tmp_path / "a" / "rejects.jsonl").read_text() == (tmp_path / "b" / "rejects.jsonl").read_text()
+    assert {k: v for k, v in first.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")} == \
+        {k: v for k, v in second.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")}
 
 
 def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, small_cfg):

@@ -164,16 +164,39 @@ def _filter_file(args) -> _Part:
     return part
 
 
-def _parts(files: list[str], cfg: dict, num_workers: int):
-    """Per-file results in input order, from a pool of worker processes when num_workers > 1."""
-    jobs = [(f, cfg) for f in files]
-    if num_workers <= 1 or len(files) == 1:
-        yield from map(_filter_file, jobs)
-        return
-    import multiprocessing as mp
+def _parts(files: list[str], cfg: dict, num_workers: int, parts_dir: Path):
+    """Per-file results in input order. Each finished file's result is saved in `parts_dir` (written
+    to a temporary name, then renamed), so a run started again after an interruption reuses them."""
+    import pickle
 
-    with mp.get_context("spawn").Pool(num_workers) as pool:
-        yield from pool.imap(_filter_file, jobs)
+    saved = lambda i: parts_dir / f"{i:06d}.pkl"  # noqa: E731
+    todo = [i for i in range(len(files)) if not saved(i).exists()]
+    jobs = [(files[i], cfg) for i in todo]
+    if num_workers <= 1 or len(jobs) <= 1:
+        computed, pool = map(_filter_file, jobs), None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(num_workers)
+        computed = pool.imap(_filter_file, jobs)
+    try:
+        for i in range(len(files)):
+            if saved(i).exists():
+                with open(saved(i), "rb") as f:
+                    yield pickle.load(f)
+                continue
+            part = next(computed)
+            with open(saved(i).with_suffix(".partial"), "wb") as f:
+                pickle.dump(part, f)
+            os.replace(saved(i).with_suffix(".partial"), saved(i))
+            yield part
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _plan(files: list[str], cfg: dict) -> str:
+    return json.dumps({"files": files, "cfg": cfg}, sort_keys=True, default=str)
 
 
 def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
@@ -192,8 +215,13 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         raise ValueError(f"shard_index={shard} must be in [0, num_shards={num_shards})")
     files = files[shard::num_shards]
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    plan = _plan(files, cfg)
+    if not (tmp / "plan.json").exists() or (tmp / "plan.json").read_text() != plan:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing to resume, or a different job
+        (tmp / "parts").mkdir(parents=True)
+        (tmp / "plan.json").write_text(plan)
+    else:
+        log.info("resuming %s: %d of %d input files done", out, len(list((tmp / "parts").glob("*.pkl"))), len(files))
     t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
     removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
@@ -203,7 +231,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     kept: list[Document] = []
     pii = Counter()
     with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(total=len(files), unit="file", desc="prepare") as bar:
-        for part in _parts(files, cfg, int(cfg.get("num_workers", 1))):
+        for part in _parts(files, cfg, int(cfg.get("num_workers", 1)), tmp / "parts"):
             acct.docs_in += part.docs_in
             acct.rejected += len(part.rejects)
             for r in part.rejects:
@@ -255,6 +283,8 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     acct.extra["cpu_utilisation"] = round((_cpu_seconds() - cpu0) / wall / (os.cpu_count() or 1), 3)
     acct.extra["files"] = len(files)
     acct.write(tmp)
+    shutil.rmtree(tmp / "parts")
+    (tmp / "plan.json").unlink()
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
