@@ -6,10 +6,12 @@ Layout of one prepared corpus (a folder named by a hash of everything that affec
     <source>/train/, <source>/val/   litdata chunks; each item is a block of seq_len + 1 tokens
                               ("tokens") and, per token, the ordinal of its document ("doc")
     <source>/documents.jsonl  ordinal -> id, source, split, bytes (for spike forensics and blocklists)
+    stats.json, report.md     what the curation pipeline's exact dedup removed (as `lmstack prepare` reports)
     meta.json                 written last: its presence means the corpus is complete
 
 Documents are joined with an EOS token between them; a document goes to validation by a hash of its id.
-The curation pipeline (filters, dedup) slots in between reading and tokenizing.
+Configured sources go through the curation pipeline's exact dedup; the full pipeline (filters, MinHash)
+is `lmstack prepare`, whose output trains with `data_mix=prepared`.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from .curate.dedup import ExactDedup
+from .curate.readers import Document
+from .curate.stats import Accounting, StageStats
 from .sources import is_validation, read_source, source_fingerprint
 from .tokenizer import eos_id, train_bpe
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: exact dedup and stats.json
 
 
 @dataclass
@@ -123,6 +128,21 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
     return n
 
 
+def _exact_dedup(docs: list[dict], acct: Accounting) -> list[dict]:
+    """The curation pipeline's exact dedup on a configured source, counted in the corpus's stats.json."""
+    dedup, kept = ExactDedup(), []
+    for d in docs:
+        rule = dedup(Document(d["id"], d["text"], d["source"]))
+        if rule:
+            acct.removed[f"{dedup.name}/{rule}"] += 1
+        else:
+            kept.append(d)
+    acct.docs_in += len(docs)
+    size = lambda ds: sum(len(d["text"].encode()) for d in ds)  # noqa: E731
+    acct.stages.append(StageStats(f"{docs[0]['source']}:{dedup.name}", len(docs), len(kept), size(docs), size(kept)))
+    return kept
+
+
 def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,
                  vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
                  shard_bytes: int = 4_000_000, key: str = "") -> dict:
@@ -168,16 +188,20 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
     tmp = root.with_name(key + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    per_source = {}
+    per_source, acct = {}, Accounting()
     for src in sources:
         docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
         if max_docs:
             docs = docs[:max_docs]
         if not docs:
             raise ValueError(f"data source {src['name']!r} yielded no documents")
-        per_source[src["name"]] = docs
+        per_source[src["name"]] = _exact_dedup(docs, acct)
     meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
                         shard_bytes, key)
+    tokens = sum(m["tokens"] for m in meta["sources"].values())
+    size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
+    acct.stages.append(StageStats("tokenize", acct.docs_out, acct.docs_out, size, size, tokens_out=tokens))
+    acct.write(tmp)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return PreparedCorpus(root, meta)
