@@ -96,7 +96,7 @@ def test_jsonl_sources_from_shared_data_and_bad_lines(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     with gzip.open(bad, "wt") as f:
         f.write('{"text": "fine"}\n{not json}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl.gz:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl.gz:2: invalid JSON"):
         list(read_source("bad", paths=[str(bad)]))
     with pytest.raises(FileNotFoundError, match="matches no file"):
         list(read_source("none", paths=[str(tmp_path / "missing*.jsonl")]))

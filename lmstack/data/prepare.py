@@ -34,7 +34,7 @@ from .sources import is_validation, read_source, source_fingerprint
 from .tokenizer import eos_id, train_bpe
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 2  # 2: exact dedup and stats.json
+PREP_VERSION = 3  # 2: exact dedup and stats.json; 3: file sources read by the curation readers
 
 
 @dataclass

@@ -1,16 +1,13 @@
 """Where documents come from. A document is a dict with `id`, `text` and `source`.
 
 The built-in `python_stdlib` corpus (the source files of the running interpreter's standard library)
-exists on every machine, so the default pipeline needs no download. jsonl / jsonl.gz / json.gz files
-(one object per line) and folders of .txt files are read too; the full curation pipeline plugs in here.
+exists on every machine, so the default pipeline needs no download. Files (jsonl, jsonl.gz / .zst, json.gz,
+parquet, WARC, .txt and folders of them) are read by the curation pipeline's readers.
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
 import hashlib
-import json
 import os
 import sysconfig
 from pathlib import Path
@@ -34,36 +31,6 @@ def _read_stdlib(name: str) -> Iterator[dict]:
             yield {"id": str(path.relative_to(root)), "text": text, "source": name}
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
-def _read_jsonl(path: str, name: str, text_field: str) -> Iterator[dict]:
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no + 1}: not valid JSON ({e.msg})") from None
-            text = obj.get(text_field)
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{line_no + 1}: no string field {text_field!r}")
-            doc_id = obj.get("id") or f"{os.path.basename(path)}:{line_no}"
-            yield {"id": str(doc_id), "text": text, "source": name}
-
-
-def _expand(patterns: list[str]) -> list[str]:
-    files = []
-    for pat in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
-        if not matched:
-            raise FileNotFoundError(f"data source path {pat!r} matches no file")
-        files.extend(matched)
-    return files
-
-
 def read_source(name: str, builtin: str | None = None, paths: list[str] | None = None,
                 text_field: str = "text") -> Iterator[dict]:
     """Documents of one configured source, in a deterministic order."""
@@ -72,21 +39,21 @@ def read_source(name: str, builtin: str | None = None, paths: list[str] | None =
             raise ValueError(f"unknown builtin source {builtin!r}; allowed: {list(BUILTIN_SOURCES)}")
         yield from _read_stdlib(name)
         return
-    for path in _expand(paths or []):
-        if os.path.isdir(path):
-            for txt in sorted(Path(path).rglob("*.txt")):
-                yield {"id": str(txt), "text": txt.read_text(encoding="utf-8", errors="replace"), "source": name}
-        elif path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
-            yield from _read_jsonl(path, name, text_field)
-        elif path.endswith(".txt"):
-            yield {"id": path, "text": Path(path).read_text(encoding="utf-8", errors="replace"), "source": name}
-        else:
-            raise ValueError(f"{path}: unsupported file type; use .jsonl, .jsonl.gz, .json.gz, .txt or a folder")
+    from .curate.readers import Reject, expand_inputs, read_inputs
+
+    for item in read_inputs(expand_inputs(paths or []), name, text_field):
+        if isinstance(item, Reject):
+            where = f"{item.file}:{item.line}" if item.line else item.file
+            raise ValueError(f"{where}: {item.reason} (curate such input with `lmstack prepare`, which sets "
+                             "bad documents aside in rejects.jsonl)")
+        yield {"id": item.id, "text": item.text, "source": name}
 
 
 def source_fingerprint(builtin: str | None, paths: list[str] | None) -> str:
     """Changes when the source's files change (paths, sizes, modification times)."""
-    files = [str(p) for p in stdlib_files()] if builtin else _expand(paths or [])
+    from .curate.readers import expand_inputs
+
+    files = [str(p) for p in stdlib_files()] if builtin else expand_inputs(paths or [])
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
