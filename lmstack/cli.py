@@ -7,6 +7,7 @@ import sys
 USAGE = """usage:
   lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
+  lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
 """
 
@@ -54,22 +55,48 @@ def prepare_cmd(argv: list[str]) -> None:
     """Compose conf/prepare.yaml with Hydra overrides and run the curation pipeline."""
     import os
 
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from lmstack.data.curate.pipeline import run_prepare
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(config_name="prepare", overrides=argv)
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = _compose("prepare", argv)
     inputs = c["inputs"] if isinstance(c["inputs"], list) else [c["inputs"]]
     stats = run_prepare(inputs, c["output_dir"], c["prepare"])
     print(f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
           f"{stats['rejected']:,} rejected; report: {os.path.join(c['output_dir'], 'report.md')}")
+
+
+def prepare_merge_cmd(argv: list[str]) -> None:
+    """The MinHash and tokenize stages over the folders of a sharded `lmstack prepare` job."""
+    import glob
+    import os
+
+    from omegaconf import OmegaConf
+
+    from lmstack.data.curate.pipeline import merge_shards
+
+    c = _compose("prepare", [a for a in argv if not a.startswith("shards=")] + ["inputs=[]"])
+    given = [a.partition("=")[2] for a in argv if a.startswith("shards=")]
+    if not given:
+        raise SystemExit(f"missing argument shards=...\n{USAGE}")
+    patterns = OmegaConf.to_container(OmegaConf.from_dotlist([f"s={given[0]}"]))["s"]
+    dirs = sorted(d for p in (patterns if isinstance(patterns, list) else [patterns]) for d in glob.glob(p))
+    stats = merge_shards(dirs, c["output_dir"], c["prepare"])
+    print(f"{len(dirs)} shards: {stats['docs_in']:,} documents in, {stats['docs_out']:,} out "
+          f"({stats['reduction']}x fewer); report: {os.path.join(c['output_dir'], 'report.md')}")
+
+
+def _compose(name: str, overrides: list[str]) -> dict:
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def train_cmd(argv: list[str]) -> None:
@@ -81,7 +108,7 @@ def train_cmd(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-COMMANDS = {"train": train_cmd, "generate": generate_cmd, "prepare": prepare_cmd}
+COMMANDS = {"train": train_cmd, "generate": generate_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

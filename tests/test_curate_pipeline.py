@@ -148,3 +148,36 @@ def test_shards_split_the_input_files(tmp_path):
                                                                           "shard_index": i})) for i in range(2)]
     assert [p["files"] for p in parts] == [3, 2]
     assert sum(p["docs_in"] for p in parts) == 50
+
+
+def test_sharded_job_then_merge_equals_one_job(tmp_path):
+    """Three shard jobs plus prepare-merge keep the same documents as one job, and MinHash finds the
+    duplicates that sit in different shards."""
+    src = tmp_path / "in"
+    src.mkdir()
+    with gzip.open(SHARED_DATA / "prose" / "nlp-corpus.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f][:300]
+    for k in range(6):  # files 3-5 repeat blocks 1, 2, 0 with a word changed; shard i takes files i and i+3,
+        b = k if k < 3 else (k + 1) % 3  # so every near-duplicate pair is split across two shards
+        block = rows[b * 100 : (b + 1) * 100]
+        with gzip.open(src / f"part{k}.jsonl.gz", "wt") as f:
+            for r in block:
+                text = r["text"] if k < 3 else r["text"].replace(" the ", " a ", 1)
+                f.write(json.dumps({"id": f"{k}-{r['id']}", "text": text}) + "\n")
+    cfg = prepare_cfg(**{"tokenize": "null", "filters.language": "null"})
+    single = run_prepare([str(src / "*.jsonl.gz")], str(tmp_path / "single"), cfg)
+    shards = [str(tmp_path / f"shard{i}") for i in range(3)]
+    for i, d in enumerate(shards):
+        part = run_prepare([str(src / "*.jsonl.gz")], d, {**cfg, "num_shards": 3, "shard_index": i})
+        assert (Path(d) / "band_keys.npy").exists() and "minhash_dedup" not in {s["name"] for s in part["stages"]}
+    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "prepare-merge", f"shards=[{tmp_path}/shard*]",
+                          f"output_dir={tmp_path / 'merged'}", "prepare.tokenize=null", "prepare.filters.language=null"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    merged = json.loads((tmp_path / "merged" / "stats.json").read_text())
+    assert identity(merged) and merged["docs_in"] == single["docs_in"] == 600
+    assert merged["removed"]["minhash_dedup/near_duplicate"] >= 95  # the changed copies, across shards
+    ids = lambda d: sorted(json.loads(x)["id"] for x in gzip.open(tmp_path / d / "documents.jsonl.gz", "rt"))  # noqa: E731
+    assert len(ids("merged")) == merged["docs_out"] == single["docs_out"] <= 310
+    # an exact duplicate split across shards is removed by the merge's MinHash instead of exact dedup
+    assert sum(merged["removed"].values()) == sum(single["removed"].values())

@@ -18,10 +18,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from .blocklists import IdBlocklist, UrlBlocklist
-from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup
+from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, band_keys, clusters, signatures, to_remove
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
 from .readers import Document, Reject, expand_inputs, read_inputs
@@ -195,6 +196,95 @@ def _parts(files: list[str], cfg: dict, num_workers: int, parts_dir: Path):
             pool.terminate()
 
 
+def _minhash(cfg: dict) -> MinHashDedup | None:
+    mh = (cfg.get("dedup") or {}).get("minhash")
+    return MinHashDedup(**(mh if isinstance(mh, dict) else {})) if mh else None
+
+
+def _drop(kept: list[Document], dup: set[int], acct: Accounting, removed: "_Removed") -> list[Document]:
+    """Remove the MinHash duplicates (indices into kept), counted as a stage and a rule."""
+    stage = StageStats("minhash_dedup", len(kept), bytes_in=_size(kept))
+    for i in sorted(dup):
+        acct.removed["minhash_dedup/near_duplicate"] += 1
+        removed.add("minhash_dedup/near_duplicate", kept[i])
+    kept = [d for i, d in enumerate(kept) if i not in dup]
+    stage.docs_out, stage.bytes_out = len(kept), _size(kept)
+    acct.stages.append(stage)
+    return kept
+
+
+def _write_documents(path: Path, docs: list[Document]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"id": d.id, "source": d.source, "text": d.text, "metadata": d.metadata}) + "\n")
+
+
+def _tokenize(kept: list[Document], out: Path, cfg: dict, acct: Accounting) -> None:
+    tok_cfg = cfg.get("tokenize")
+    if not tok_cfg or not kept:
+        return
+    from lmstack.data.prepare import write_corpus
+
+    source = cfg.get("source", "data")
+    meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, out, tok_cfg["seq_len"],
+                        tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
+    acct.stages.append(StageStats("tokenize", len(kept), len(kept), _size(kept), _size(kept),
+                                  tokens_out=meta["sources"][source]["tokens"]))
+
+
+def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
+    """`lmstack prepare-merge`: the last stages over the folders of a sharded `lmstack prepare` job.
+
+    MinHash clusters are found across all shards from the band keys each shard saved (only those small
+    arrays are loaded together), duplicates are dropped, the accounting of every shard is summed, and
+    the kept documents are tokenized into one corpus."""
+    dirs = [Path(d) for d in shard_dirs]
+    stats = [json.loads((d / "stats.json").read_text()) for d in dirs]
+    expected = {s.get("num_shards") for s in stats}
+    if len(expected) != 1 or None in expected or len(dirs) != expected.pop():
+        raise ValueError(f"prepare-merge needs every shard of one sharded job; got {len(dirs)} folders "
+                         f"with num_shards {sorted(str(s.get('num_shards')) for s in stats)}")
+    out = Path(output_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    acct = Accounting()
+    stages: dict[str, StageStats] = {}
+    for st in stats:
+        acct.docs_in += st["docs_in"]
+        acct.rejected += st["rejected"]
+        acct.removed.update(st["removed"])
+        for raw in st["stages"]:
+            _merge(stages.setdefault(raw["name"], StageStats(raw["name"])), StageStats(**raw))
+    acct.stages = list(stages.values())
+    with open(tmp / "rejects.jsonl", "w") as f:
+        for d in dirs:
+            f.write((d / "rejects.jsonl").read_text())
+    kept = []
+    for d in dirs:
+        with gzip.open(d / "documents.jsonl.gz", "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                kept.append(Document(row["id"], row["text"], row["source"], row.get("metadata") or {}))
+    removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
+    mh = _minhash(cfg)
+    if mh and kept:
+        keys = np.concatenate([np.load(d / "band_keys.npy") for d in dirs if (d / "band_keys.npy").exists()])
+        if len(keys) != len(kept):
+            raise ValueError(f"band keys for {len(keys)} documents but {len(kept)} documents in the shards")
+        kept = _drop(kept, set(to_remove(clusters(keys)).tolist()), acct, removed)
+    removed.close()
+    _write_documents(tmp / "documents.jsonl.gz", kept)
+    _tokenize(kept, tmp, cfg, acct)
+    acct.extra.update(shards=len(dirs), seconds=round(time.time() - t0, 2))
+    acct.write(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return acct.to_dict()
+
+
 def _plan(files: list[str], cfg: dict) -> str:
     return json.dumps({"files": files, "cfg": cfg}, sort_keys=True, default=str)
 
@@ -253,30 +343,23 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     acct.stages = [*stages.values(), *dedup_part.stages.values()]
     if cfg.get("pii"):
         acct.extra["pii_masked"] = dict(pii)
-    mh = (cfg.get("dedup") or {}).get("minhash")
-    if mh and kept:
-        mh_stage = StageStats("minhash_dedup", len(kept), bytes_in=_size(kept))
-        dup = set(MinHashDedup(**(mh if isinstance(mh, dict) else {})).duplicates([d.text for d in kept]).tolist())
-        for i in sorted(dup):
-            acct.removed["minhash_dedup/near_duplicate"] += 1
-            removed.add("minhash_dedup/near_duplicate", kept[i])
-        kept = [d for i, d in enumerate(kept) if i not in dup]
-        mh_stage.docs_out, mh_stage.bytes_out = len(kept), _size(kept)
-        acct.stages.append(mh_stage)
-    removed.close()
-
-    with gzip.open(tmp / "documents.jsonl.gz", "wt", encoding="utf-8") as f:
-        for d in kept:
-            f.write(json.dumps({"id": d.id, "source": d.source, "text": d.text, "metadata": d.metadata}) + "\n")
-    tok_cfg = cfg.get("tokenize")
-    if tok_cfg and kept:
-        from lmstack.data.prepare import write_corpus
-
-        source = cfg.get("source", "data")
-        meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, tmp, tok_cfg["seq_len"],
-                            tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
-        acct.stages.append(StageStats("tokenize", len(kept), len(kept), _size(kept), _size(kept),
-                                      tokens_out=meta["sources"][source]["tokens"]))
+    mh = _minhash(cfg)
+    if num_shards > 1:
+        # One job of many: MinHash and tokenization need every shard, so they wait for `prepare-merge`;
+        # this shard leaves its documents and their MinHash band keys.
+        if mh:
+            sigs = signatures([d.text for d in kept], mh.bands * mh.rows, mh.ngram, mh.seed)
+            np.save(tmp / "band_keys.npy", band_keys(sigs, mh.bands, mh.rows))
+        removed.close()
+        _write_documents(tmp / "documents.jsonl.gz", kept)
+        acct.extra.update(shard_index=shard, num_shards=num_shards)
+    else:
+        if mh and kept:
+            dup = set(mh.duplicates([d.text for d in kept]).tolist())
+            kept = _drop(kept, dup, acct, removed)
+        removed.close()
+        _write_documents(tmp / "documents.jsonl.gz", kept)
+        _tokenize(kept, tmp, cfg, acct)
     wall = max(time.time() - t0, 1e-9)
     acct.extra["seconds"] = round(wall, 2)
     acct.extra["docs_per_second"] = round(acct.docs_in / wall, 1)
