@@ -243,7 +243,11 @@ class FineWebQuality:
         non_empty = [ln for ln in lines if ln.strip()]
         if duplicates(non_empty)[1] / max(len(text.replace("\n", "")), 1) >= self.char_duplicates_ratio:
             return "char_dup_ratio"
-        if text.count("\n") / max(len(words(text)), 1) > self.new_line_ratio:
+        newlines = text.count("\n")
+        # every whitespace-separated chunk holds at least one word, so the chunk count bounds the word
+        # count from below: only when that bound does not settle it are the words counted
+        if newlines / max(len(text.split()), 1) > self.new_line_ratio and \
+                newlines / max(len(words(text)), 1) > self.new_line_ratio:
             return "list_ratio"
         return None
 
