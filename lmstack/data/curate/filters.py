@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .readers import Document
-from .text_stats import PARAGRAPH_RE, duplicates, is_punctuation, words
+from .text_stats import PARAGRAPH_RE, alnum_words, count_without_letters, duplicates, words
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "▪", "◦", "‣", "-", "*")
@@ -37,7 +37,7 @@ class GopherQuality:
 
     def __call__(self, doc: Document) -> Optional[str]:
         text = doc.text
-        ws = [w for w in words(text) if not is_punctuation(w)]
+        ws = alnum_words(text)
         n = len(ws)
         if n == 0 or (self.min_doc_words and n < self.min_doc_words):
             return "short_doc"
@@ -61,9 +61,9 @@ class GopherQuality:
                 sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return "ellipsis_lines"
         if self.min_alpha_words_ratio is not None and \
-                sum(any(c.isalpha() for c in w) for w in ws) / n < self.min_alpha_words_ratio:
+                (n - count_without_letters(ws)) / n < self.min_alpha_words_ratio:
             return "non_alpha_words"
-        if self.min_stop_words and len(STOP_WORDS & {w.lower() for w in ws}) < self.min_stop_words:
+        if self.min_stop_words and len(STOP_WORDS & set(" ".join(ws).lower().split())) < self.min_stop_words:
             return "stop_words"
         return None
 
