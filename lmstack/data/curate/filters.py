@@ -219,14 +219,21 @@ class C4Quality:
         return None
 
 
+# Sentence terminals of the common scripts (Latin, CJK full-width, Arabic, Devanagari) and their doubled forms.
+SENTENCE_TERMINALS = (".", "!", "?", "。", "！", "？", "．", "｡", "؟", "۔", "।", "॥", "‼", "⁇", "⁈", "⁉")
+
+
 @dataclass
 class FineWebQuality:
-    """FineWeb's extra rules (Penedo et al. 2024): lines ending in punctuation, short lines, duplicated
-    line characters, and newlines per word (lists)."""
+    """FineWeb's extra rules (Penedo et al. 2024) over the non-blank lines: the share ending in a sentence
+    terminal, short lines, duplicated line characters, and newlines per word (lists). Comparisons and line
+    handling follow datatrove's current FineWebQualityFilter; its terminal set is all of Unicode's
+    Sentence_Terminal characters, this one the common scripts' (`stop_chars` to change it)."""
 
     name: str = "fineweb"
     line_punct_thr: float = 0.12
     line_punct_exclude_zero: bool = False
+    stop_chars: tuple = SENTENCE_TERMINALS
     short_line_thr: float = 0.67
     short_line_length: int = 30
     char_duplicates_ratio: float = 0.01
@@ -234,14 +241,15 @@ class FineWebQuality:
 
     def __call__(self, doc: Document) -> Optional[str]:
         text = doc.text
-        lines = text.split("\n")
-        ratio = sum(ln.endswith((".", "'", '"', "!", "?")) for ln in lines) / len(lines)
-        if ratio <= self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        if not lines:
+            return "empty"
+        ratio = sum(ln.endswith(self.stop_chars) for ln in lines) / len(lines)
+        if ratio < self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
             return "line_punct_ratio"
-        if sum(len(ln) <= self.short_line_length for ln in lines) / len(lines) >= self.short_line_thr:
+        if sum(len(ln) <= self.short_line_length for ln in lines) / len(lines) > self.short_line_thr:
             return "short_line_ratio"
-        non_empty = [ln for ln in lines if ln.strip()]
-        if duplicates(non_empty)[1] / max(len(text.replace("\n", "")), 1) >= self.char_duplicates_ratio:
+        if duplicates(lines)[1] / max(len(text.replace("\n", "")), 1) > self.char_duplicates_ratio:
             return "char_dup_ratio"
         newlines = text.count("\n")
         # every whitespace-separated chunk holds at least one word, so the chunk count bounds the word
