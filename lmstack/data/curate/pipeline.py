@@ -335,7 +335,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
             pii.update(part.pii)
             kept.extend(_apply(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed"))))
             bar.update()
-            bar.set_postfix(docs=acct.docs_in, docs_per_s=round(acct.docs_in / max(time.time() - t0, 1e-9)))
+            bar.set_postfix_str(f"{acct.docs_in:,} docs, {acct.docs_in / max(time.time() - t0, 1e-9):,.0f} docs/s")
     acct.removed.update(dedup_part.counts)
     for rule, doc in dedup_part.removed:
         if doc is not None:
