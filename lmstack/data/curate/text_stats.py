@@ -36,10 +36,6 @@ def count_without_letters(ws) -> int:
     return len(NO_LETTER_RE.findall(" ".join(ws)))
 
 
-def is_punctuation(token: str) -> bool:
-    return not any(c.isalnum() for c in token)
-
-
 def duplicates(items) -> tuple[int, int]:
     """(number of repeated elements, characters in them): every occurrence after the first counts."""
     seen, n, chars = set(), 0, 0
@@ -50,7 +46,3 @@ def duplicates(items) -> tuple[int, int]:
         else:
             seen.add(x)
     return n, chars
-
-
-def ngrams(ws, n: int) -> list[str]:
-    return [" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)]
