@@ -130,17 +130,16 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
 
 def _exact_dedup(docs: list[dict], acct: Accounting) -> list[dict]:
     """The curation pipeline's exact dedup on a configured source, counted in the corpus's stats.json."""
-    dedup, kept = ExactDedup(), []
-    for d in docs:
-        rule = dedup(Document(d["id"], d["text"], d["source"]))
-        if rule:
-            acct.removed[f"{dedup.name}/{rule}"] += 1
-        else:
-            kept.append(d)
+    from .curate.pipeline import StepResults, apply_steps
+
+    results = StepResults()
+    kept = apply_steps([ExactDedup()], (Document(d["id"], d["text"], d["source"]) for d in docs), results, False)
     acct.docs_in += len(docs)
-    size = lambda ds: sum(len(d["text"].encode()) for d in ds)  # noqa: E731
-    acct.stages.append(StageStats(f"{docs[0]['source']}:{dedup.name}", len(docs), len(kept), size(docs), size(kept)))
-    return kept
+    acct.removed.update(results.counts)
+    for stage in results.stages.values():
+        stage.name = f"{docs[0]['source']}:{stage.name}"
+        acct.stages.append(stage)
+    return [{"id": d.id, "text": d.text, "source": d.source} for d in kept]
 
 
 def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,

@@ -28,37 +28,46 @@ def normalise(text: str) -> str:
 
 
 @dataclass
-class ExactDedup:
-    """Drops a document whose normalised text was seen before (64-bit xxhash)."""
+class _FirstSeen:
+    """Keeps the first document of each key and drops the later ones; subclasses define `key(doc)` (None:
+    the document has no key and is kept) and `reason`."""
 
-    name: str = "exact_dedup"
     seen: set = field(default_factory=set)
 
     def __call__(self, doc: Document) -> Optional[str]:
-        key = xxhash.xxh64_intdigest(normalise(doc.text).encode())
+        key = self.key(doc)
+        if key is None:
+            return None
         if key in self.seen:
-            return "duplicate_text"
+            return self.reason
         self.seen.add(key)
         return None
 
 
 @dataclass
-class UrlDedup:
+class ExactDedup(_FirstSeen):
+    """Drops a document whose normalised text was seen before (64-bit xxhash)."""
+
+    name: str = "exact_dedup"
+    reason: str = "duplicate_text"
+
+    def key(self, doc: Document) -> int:
+        return xxhash.xxh64_intdigest(normalise(doc.text).encode())
+
+
+@dataclass
+class UrlDedup(_FirstSeen):
     """Drops a document whose URL (scheme, `www.` and trailing slash ignored) was seen before."""
 
     name: str = "url_dedup"
-    seen: set = field(default_factory=set)
+    reason: str = "duplicate_url"
 
-    def __call__(self, doc: Document) -> Optional[str]:
+    def key(self, doc: Document) -> Optional[str]:
         url = doc.metadata.get("url") or (doc.id if "://" in doc.id else "")
         if not url:
             return None
         parts = urlsplit(url)
-        key = (parts.netloc.lower().removeprefix("www.") + parts.path.rstrip("/") + "?" + parts.query)
-        if key in self.seen:
-            return "duplicate_url"
-        self.seen.add(key)
-        return None
+        return parts.netloc.lower().removeprefix("www.") + parts.path.rstrip("/") + "?" + parts.query
 
 
 @dataclass

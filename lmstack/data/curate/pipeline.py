@@ -104,8 +104,8 @@ def _size(docs: list[Document]) -> int:
 
 
 @dataclass
-class _Part:
-    """What one input file gave after the per-document steps: kept documents, and the accounting."""
+class StepResults:
+    """What documents gave after a list of steps: the kept ones, and the accounting (per rule, per stage)."""
 
     kept: list = field(default_factory=list)
     rejects: list = field(default_factory=list)
@@ -116,11 +116,11 @@ class _Part:
     pii: Counter = field(default_factory=Counter)
 
 
-def _apply(steps: list, docs, part: _Part, keep_removed: bool) -> list[Document]:
+def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool) -> list[Document]:
     """Run documents through steps; a document leaves at the first rule that removes it."""
     kept = []
     for doc in docs:
-        size = len(doc.text.encode("utf-8", errors="replace"))
+        text, size = doc.text, len(doc.text.encode("utf-8", errors="replace"))
         for step in steps:
             st = part.stages.setdefault(step.name, StageStats(step.name))
             st.docs_in += 1
@@ -130,7 +130,8 @@ def _apply(steps: list, docs, part: _Part, keep_removed: bool) -> list[Document]
                 part.counts[f"{step.name}/{rule}"] += 1
                 part.removed.append((f"{step.name}/{rule}", doc if keep_removed else None))
                 break
-            size = len(doc.text.encode("utf-8", errors="replace"))
+            if doc.text is not text:  # only steps that rewrite the text (C4, PII, paragraph dedup) change it
+                text, size = doc.text, len(doc.text.encode("utf-8", errors="replace"))
             st.docs_out += 1
             st.bytes_out += size
         else:
@@ -138,10 +139,10 @@ def _apply(steps: list, docs, part: _Part, keep_removed: bool) -> list[Document]
     return kept
 
 
-def _filter_file(args) -> _Part:
+def _filter_file(args) -> StepResults:
     """Worker: read one input file and run the per-document steps over it."""
     path, cfg = args
-    part = _Part()
+    part = StepResults()
     read = part.stages.setdefault("read", StageStats("read"))
 
     def documents():
@@ -157,7 +158,7 @@ def _filter_file(args) -> _Part:
             yield item
 
     steps = build_filters(cfg)
-    part.kept = _apply(steps, documents(), part, bool(cfg.get("keep_removed")))
+    part.kept = apply_steps(steps, documents(), part, bool(cfg.get("keep_removed")))
     read.bytes_in = read.bytes_out
     for s in steps:
         if isinstance(s, PiiMasker):
@@ -228,7 +229,8 @@ def _tokenize(kept: list[Document], out: Path, cfg: dict, acct: Accounting) -> N
     source = cfg.get("source", "data")
     meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, out, tok_cfg["seq_len"],
                         tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
-    acct.stages.append(StageStats("tokenize", len(kept), len(kept), _size(kept), _size(kept),
+    size = _size(kept)
+    acct.stages.append(StageStats("tokenize", len(kept), len(kept), size, size,
                                   tokens_out=meta["sources"][source]["tokens"]))
 
 
@@ -316,7 +318,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     acct = Accounting()
     removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
     dedup = build_dedup(cfg)
-    dedup_part = _Part()
+    dedup_part = StepResults()
     stages: dict[str, StageStats] = {}
     kept: list[Document] = []
     pii = Counter()
@@ -333,7 +335,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
             for name, st in part.stages.items():
                 _merge(stages.setdefault(name, StageStats(name)), st)
             pii.update(part.pii)
-            kept.extend(_apply(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed"))))
+            kept.extend(apply_steps(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed"))))
             bar.update()
             bar.set_postfix_str(f"{acct.docs_in:,} docs, {acct.docs_in / max(time.time() - t0, 1e-9):,.0f} docs/s")
     acct.removed.update(dedup_part.counts)
