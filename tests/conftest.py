@@ -39,10 +39,11 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("lmstack-cache")
 
 
-def prepare_cfg(**overrides) -> dict:
-    """conf/prepare.yaml's `prepare` section with overrides (dotted keys), as a plain dict."""
+def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
+    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="prepare", overrides=[f"prepare.{k}={v}" for k, v in overrides.items()])
+        cfg = compose(config_name="prepare",
+                      overrides=[f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())])
     return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 
@@ -54,6 +55,18 @@ def prepared_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "web"
     cfg = prepare_cfg(**{"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "tokenize.val_fraction": 0.1})
     run_prepare([str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz")], str(out), cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_prose_dir(prepared_dir):
+    """The Brown Corpus prepared with `prepared_dir`'s tokenizer, so that the two folders can be mixed."""
+    from lmstack.data.curate.pipeline import run_prepare
+
+    out = prepared_dir.parent / "brown"
+    cfg = prepare_cfg("prose", **{"tokenize.seq_len": 64, "tokenize.val_fraction": 0.1, "source": "brown",
+                                  "tokenize.tokenizer": str(prepared_dir / "tokenizer.json")})
+    run_prepare([str(SHARED_DATA / "prose" / "brown.jsonl.gz")], str(out), cfg)
     return out
 
 

@@ -28,7 +28,8 @@ def test_every_group_has_options():
 
 
 # options that need a value only the user can give
-EXTRA = {("data_mix", "prepared"): ["data_mix.dir=/data/prepared/web"]}
+EXTRA = {("data_mix", "prepared"): ["data_mix.dir=/data/prepared/web"],
+         ("data_mix", "prepared_mix"): ["data_mix.dirs.web=/data/web", "data_mix.dirs.high=/data/high"]}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lmstack.data.curate.dedup import MinHashDedup, threshold
 from lmstack.data.curate.pipeline import run_prepare
 
@@ -181,3 +183,47 @@ def test_sharded_job_then_merge_equals_one_job(tmp_path):
     assert len(ids("merged")) == merged["docs_out"] == single["docs_out"] <= 310
     # an exact duplicate split across shards is removed by the merge's MinHash instead of exact dedup
     assert sum(merged["removed"].values()) == sum(single["removed"].values())
+
+
+def test_every_stage_counts_tokens_with_a_given_tokenizer(tmp_path, prepared_dir):
+    """With a tokenizer given up front, each stage's tokens are counted as documents flow: what leaves a
+    stage enters the next, and the read stage's count is the tokenizer's count on the documents read."""
+    from tokenizers import Tokenizer
+
+    from lmstack.data.curate.readers import Document, expand_inputs, read_inputs
+
+    tok_path = prepared_dir / "tokenizer.json"
+    web = [str(SHARED_DATA / "web" / "*.json*.gz")]
+    cfg = prepare_cfg(**{"count_tokens": "true", "tokenize.tokenizer": str(tok_path), "tokenize.seq_len": 64})
+    stats = run_prepare(web, str(tmp_path / "counted"), cfg)
+    stages = stats["stages"]
+    assert [s["name"] for s in stages][0] == "read" and stages[-1]["name"] == "tokenize"
+    assert all(isinstance(s["tokens_in"], int) and not s["tokens_estimated"] for s in stages)
+    for before, after in zip(stages, stages[1:]):
+        assert before["tokens_out"] == after["tokens_in"], (before["name"], after["name"])
+        assert before["docs_out"] == after["docs_in"]
+    tok = Tokenizer.from_file(str(tok_path))
+    read = [d for d in read_inputs(expand_inputs(web), "web") if isinstance(d, Document)]
+    assert stages[0]["tokens_out"] == sum(len(tok.encode(d.text, add_special_tokens=False).ids) for d in read)
+    assert stages[0]["tokens_out"] > stages[-1]["tokens_in"] > 0
+    assert (tmp_path / "counted" / "tokenizer.json").read_bytes() == tok_path.read_bytes()  # reused, not trained
+    plain = run_prepare(web, str(tmp_path / "plain"), {**cfg, "count_tokens": False})
+    assert [(s["docs_in"], s["bytes_out"]) for s in plain["stages"]] == [(s["docs_in"], s["bytes_out"]) for s in stages]
+
+
+def test_stage_tokens_are_estimated_when_the_tokenizer_is_trained_on_the_output(prepared_dir):
+    stats = json.loads((prepared_dir / "stats.json").read_text())
+    *before, tokenize = stats["stages"]
+    assert not tokenize["tokens_estimated"] and tokenize["tokens_in"] > 0
+    assert tokenize["tokens_out"] == json.loads((prepared_dir / "meta.json").read_text())["sources"]["web"]["tokens"]
+    rate = tokenize["tokens_in"] / tokenize["bytes_in"]
+    for s in before:
+        assert s["tokens_estimated"] and s["tokens_in"] == round(s["bytes_in"] * rate)
+    assert "~" in (prepared_dir / "report.md").read_text()
+
+
+def test_count_tokens_without_a_tokenizer_is_refused(tmp_path):
+    cfg = prepare_cfg(**{"count_tokens": "true"})
+    with pytest.raises(ValueError, match="count_tokens=true .* set tokenize.tokenizer="):
+        run_prepare([str(SHARED_DATA / "web" / "c4-sample.01.json.gz")], str(tmp_path / "x"), cfg)
+    assert not (tmp_path / "x").exists()

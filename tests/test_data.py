@@ -165,3 +165,33 @@ def test_curriculum_phase_start_comes_from_tokens(small_cfg):
     brown_blocks = dm.train_set.lengths[0]
     assert all(i < brown_blocks for i in sampler.stream[36:])
     assert any(i >= brown_blocks for i in sampler.stream[:36])
+
+
+def test_prepared_folders_sharing_a_tokenizer_mix_by_weight(prepared_dir, prepared_prose_dir, tmp_path):
+    """Two `lmstack prepare` folders (web, and Brown tokenized with web's tokenizer) mixed 0.8 / 0.2 with a
+    Brown-only last phase: the realised mix follows the weights, batches name each block's folder, and a
+    folder with another tokenizer is refused with the fix in the message."""
+    import shutil
+
+    from lmstack.data.datamodule import LMDataModule
+
+    def module(dirs, phases=()):
+        sources = [{"name": n, "prepared": str(d), "weight": w} for n, d, w in dirs]
+        dm = LMDataModule(sources, str(tmp_path), seq_len=64, batch_size=8, vocab_size=512, phases=list(phases))
+        dm.setup()
+        return dm
+
+    dm = module([("web", prepared_dir, 0.8), ("brown", prepared_prose_dir, 0.2)],
+                [{"start_sample": 8_000, "weights": {"brown": 1.0}}])
+    assert [f.parent.name for f in dm.document_files] == ["web", "brown"]
+    assert all(f.exists() for f in dm.document_files)
+    stream = mixture_stream(dm.train_set.lengths, dm.source_weights(), 10_000, 0, [0, 8_000])
+    from_web = stream < dm.train_set.lengths[0]
+    assert abs(from_web[:8_000].mean() - 0.8) < 0.02 and not from_web[8_000:].any()
+    assert dm.train_set[int(stream[-1])]["source"] == 1
+
+    other = tmp_path / "other"
+    shutil.copytree(prepared_prose_dir, other)
+    train_bpe(["a different corpus gives a different tokenizer"] * 50, 300).save(str(other / "tokenizer.json"))
+    with pytest.raises(ValueError, match="another tokenizer.*prepare.tokenize.tokenizer="):
+        module([("web", prepared_dir, 0.5), ("other", other, 0.5)])

@@ -88,6 +88,7 @@ class PhaseSection:
 class DataMixSection:
     sources: list[SourceSection]
     dir: Optional[str] = None  # data_mix=prepared: the folder `lmstack prepare` wrote
+    dirs: dict = field_({})  # data_mix=prepared_mix: name -> folder
     phases: list[PhaseSection] = field_([])  # the curriculum: later phases switch the weights
 
 
@@ -213,8 +214,10 @@ def validate(cfg: dict) -> RunSpec:
         if sum(map(bool, (src.builtin, src.paths, src.prepared))) != 1:
             raise ConfigError(f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin`, `paths` "
                               "or `prepared`")
-    if any(s.prepared for s in spec.data_mix.sources) and len(spec.data_mix.sources) > 1:
-        raise ConfigError("data_mix: a `prepared` folder has its own tokenizer, so it must be the only source")
+    if len({bool(s.prepared) for s in spec.data_mix.sources}) > 1:
+        raise ConfigError("data_mix: mix `prepared` folders only with other `prepared` folders (raw sources are "
+                          "tokenized together with a tokenizer of their own); prepare the raw ones with "
+                          "`lmstack prepare ... prepare.tokenize.tokenizer=<the folders' tokenizer.json>`")
     if sum(s.weight for s in spec.data_mix.sources) <= 0:
         raise ConfigError("data_mix.sources: the weights sum to 0")
     names = [s.name for s in spec.data_mix.sources]

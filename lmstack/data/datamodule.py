@@ -7,17 +7,22 @@ blocks in order.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from .dataset import BlockDataset, ResumableSampler
-from .prepare import PreparedCorpus, load_prepared, prepare_corpus
+from .prepare import PreparedCorpus, load_prepared, prepare_corpus, tokenizer_digest
 from .tokenizer import token_byte_lengths
 
 
 class LMDataModule(L.LightningDataModule):
+    """Sources are either raw (files or builtin, prepared together into one cached corpus with one
+    tokenizer) or folders written by `lmstack prepare`, which can be mixed when they share a tokenizer."""
+
     def __init__(self, sources: list[dict], cache_dir: str, seq_len: int, batch_size: int, vocab_size: int,
                  val_fraction: float = 0.02, val_max_blocks: int | None = None, min_frequency: int = 2,
                  tokenizer_train_bytes: int = 20_000_000, max_docs: int | None = None, num_workers: int = 0,
@@ -30,38 +35,53 @@ class LMDataModule(L.LightningDataModule):
         self.num_workers, self.seed, self.total_micro_steps = num_workers, seed, total_micro_steps
         # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
         self.phases = phases or []
-        self.corpus: PreparedCorpus | None = None
+        self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
+        self.parts: list[tuple[int, Path, float]] = []
 
     def prepare_data(self) -> None:
-        prepared = [s["prepared"] for s in self.sources if s.get("prepared")]
-        if prepared:
-            self.corpus = load_prepared(prepared[0], self.seq_len)
+        if any(s.get("prepared") for s in self.sources):
+            self._load_prepared()
             return
         self.corpus = prepare_corpus(
             self.sources, self.cache_dir, self.seq_len, self.val_fraction, self.vocab_size,
             self.min_frequency, self.tokenizer_train_bytes, self.max_docs,
         )
+        self.parts = [(i, self.corpus.root / s["name"], 1.0) for i, s in enumerate(self.sources)]
+
+    def _load_prepared(self) -> None:
+        """Each configured folder's sources (one, for a folder `lmstack prepare` wrote); a folder's weight is
+        shared among its sources in proportion to their training blocks."""
+        self.parts = []  # (index of the configured source, folder of its blocks, share of its weight)
+        first = None
+        for i, src in enumerate(self.sources):
+            corpus = load_prepared(src["prepared"], self.seq_len)
+            digest = tokenizer_digest(corpus.tokenizer_path)
+            if first is None:
+                self.corpus, first = corpus, digest
+            elif digest != first:
+                raise ValueError(f"data_mix: {src['prepared']} was tokenized with another tokenizer than "
+                                 f"{self.corpus.root}; prepare it again with "
+                                 f"prepare.tokenize.tokenizer={self.corpus.tokenizer_path}")
+            blocks = {n: m["blocks"]["train"] for n, m in corpus.meta["sources"].items()}
+            total = sum(blocks.values()) or 1
+            self.parts += [(i, corpus.root / n, b / total) for n, b in blocks.items()]
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
-        names = self.source_names
-        self.train_set = BlockDataset([str(self.corpus.split_dir(n, "train")) for n in names])
-        self.val_set = BlockDataset([str(self.corpus.split_dir(n, "val")) for n in names])
+        self.train_set = BlockDataset([str(d / "train") for _, d, _ in self.parts])
+        self.val_set = BlockDataset([str(d / "val") for _, d, _ in self.parts])
 
     @property
-    def source_names(self) -> list[str]:
-        """Folder names of the sources inside the corpus (a prepared folder names its own)."""
-        if any(s.get("prepared") for s in self.sources):
-            return list(self.corpus.meta["sources"])
-        return [s["name"] for s in self.sources]
+    def document_files(self) -> list:
+        """Per dataset source (the `source` index in batches), the file mapping document ordinals to ids."""
+        return [d / "documents.jsonl" for _, d, _ in self.parts]
 
     def source_weights(self) -> list[list[float]]:
         """One weight list per phase (the sources' own weights first, then each curriculum phase's)."""
-        if any(s.get("prepared") for s in self.sources):
-            return [[1.0] * len(self.source_names)]
-        base = [s.get("weight", 1.0) for s in self.sources]
-        return [base] + [[p["weights"].get(s["name"], 0.0) for s in self.sources] for p in self.phases]
+        phases = [[s.get("weight", 1.0) for s in self.sources]]
+        phases += [[p["weights"].get(s["name"], 0.0) for s in self.sources] for p in self.phases]
+        return [[w[i] * share for i, _, share in self.parts] for w in phases]
 
     @property
     def tokenizer_vocab_size(self) -> int:

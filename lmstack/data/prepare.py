@@ -34,7 +34,7 @@ from .sources import is_validation, read_source, source_fingerprint
 from .tokenizer import eos_id, train_bpe
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 3  # 2: exact dedup and stats.json; 3: file sources read by the curation readers
+PREP_VERSION = 4  # 2: exact dedup and stats.json; 3: file sources read by the curation readers; 4: token counts
 
 
 @dataclass
@@ -53,11 +53,12 @@ class PreparedCorpus:
         return Tokenizer.from_file(str(self.tokenizer_path))
 
 
-def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int):
+def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int, counts: dict):
     """Tokenize a shard of (ordinal, text), join with EOS, cut into blocks of seq_len + 1 tokens.
 
     Consecutive blocks overlap by one token (the last input's target is the next block's first input);
-    a shard's tail shorter than a block is dropped.
+    a shard's tail shorter than a block is dropped. `counts["document_tokens"]` grows by the documents'
+    own tokens (EOS not included).
     """
     eos = eos_id(tok)
     ordinals, texts = zip(*shard)
@@ -65,9 +66,15 @@ def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int):
     for ordinal, enc in zip(ordinals, tok.encode_batch(list(texts))):
         ids.append(np.asarray(enc.ids + [eos], dtype=np.int32))
         docs.append(np.full(len(enc.ids) + 1, ordinal, dtype=np.int32))
+        counts["document_tokens"] += len(enc.ids)
     ids, docs = np.concatenate(ids), np.concatenate(docs)
     for start in range(0, len(ids) - seq_len, seq_len):
         yield {"tokens": ids[start : start + seq_len + 1], "doc": docs[start : start + seq_len + 1]}
+
+
+def tokenizer_digest(path: Path) -> str:
+    """What must be equal for two prepared folders to be mixed: the tokenizer's file content."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def load_prepared(path: str, seq_len: int) -> PreparedCorpus:
@@ -107,7 +114,7 @@ def _shards(docs: list[tuple[int, str]], target_bytes: int) -> list[list[tuple[i
     return shards
 
 
-def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes: int) -> int:
+def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes: int, counts: dict) -> int:
     """Write litdata chunks in this process (deterministic order, no worker start-up); returns #blocks."""
     from litdata.streaming.writer import BinaryWriter
     from tqdm import tqdm
@@ -116,7 +123,7 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
     n = 0
     with tqdm(total=len(docs), unit="doc", desc=f"tokenize {out_dir.parent.name}/{out_dir.name}") as bar:
         for shard in _shards(docs, shard_bytes):
-            for block in _blocks(tok, shard, seq_len):
+            for block in _blocks(tok, shard, seq_len, counts):
                 writer[n] = block
                 n += 1
             bar.update(len(shard))
@@ -144,20 +151,26 @@ def _exact_dedup(docs: list[dict], acct: Accounting) -> list[dict]:
 
 def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,
                  vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
-                 shard_bytes: int = 4_000_000, key: str = "") -> dict:
-    """Train the tokenizer on the training documents and write every source's litdata splits into `out`
+                 shard_bytes: int = 4_000_000, key: str = "", tokenizer: str | None = None) -> dict:
+    """Train the tokenizer on the training documents (or take the `tokenizer` file given, so that several
+    prepared folders share one and can be mixed) and write every source's litdata splits into `out`
     (which must exist); documents are dicts with `id` and `text`. Returns the corpus metadata."""
-    sample, sample_bytes = [], 0
-    for docs in per_source.values():
-        for d in docs:
-            if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
-                sample.append(d["text"])
-                sample_bytes += len(d["text"])
-    log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
-    tok = train_bpe(sample, vocab_size, min_frequency)
+    if tokenizer:
+        tok = Tokenizer.from_file(str(Path(os.path.expanduser(tokenizer))))
+        eos_id(tok)  # refuses a tokenizer without our EOS token
+    else:
+        sample, sample_bytes = [], 0
+        for docs in per_source.values():
+            for d in docs:
+                if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
+                    sample.append(d["text"])
+                    sample_bytes += len(d["text"])
+        log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
+        tok = train_bpe(sample, vocab_size, min_frequency)
     tok.save(str(out / "tokenizer.json"))
 
-    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(), "sources": {}}
+    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(),
+            "tokenizer": tokenizer_digest(out / "tokenizer.json"), "sources": {}}
     for name, docs in per_source.items():
         (out / name).mkdir()
         splits = {"train": [], "val": []}
@@ -167,11 +180,21 @@ def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val
                 splits[split].append((ordinal, d["text"]))
                 f.write(json.dumps({"ordinal": ordinal, "id": d["id"], "source": name, "split": split,
                                     "bytes": len(d["text"].encode())}) + "\n")
-        counts = {s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes) for s in ("train", "val")}
+        tally = {"document_tokens": 0}
+        counts = {s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes, tally)
+                  for s in ("train", "val")}
         meta["sources"][name] = {"documents": len(docs), "blocks": counts, "val_documents": len(splits["val"]),
-                                 "tokens": (counts["train"] + counts["val"]) * seq_len}
+                                 "tokens": (counts["train"] + counts["val"]) * seq_len, **tally}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
+    """The tokenize stage's accounting: the documents' own tokens in, the tokens in training blocks out
+    (EOS between documents added, each split's tail shorter than a block dropped)."""
+    return StageStats("tokenize", docs, docs, size, size,
+                      tokens_in=sum(m["document_tokens"] for m in meta["sources"].values()),
+                      tokens_out=sum(m["tokens"] for m in meta["sources"].values()))
 
 
 def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
@@ -197,9 +220,8 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
         per_source[src["name"]] = _exact_dedup(docs, acct)
     meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
                         shard_bytes, key)
-    tokens = sum(m["tokens"] for m in meta["sources"].values())
     size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
-    acct.stages.append(StageStats("tokenize", acct.docs_out, acct.docs_out, size, size, tokens_out=tokens))
+    acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
     acct.write(tmp)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)

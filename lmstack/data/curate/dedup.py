@@ -35,7 +35,7 @@ class _FirstSeen:
     seen: set = field(default_factory=set)
 
     def __call__(self, doc: Document) -> Optional[str]:
-        key = self.key(doc)
+        key = doc.cached(self.name, self.key)  # a worker may have computed it already
         if key is None:
             return None
         if key in self.seen:
@@ -170,6 +170,9 @@ class MinHashDedup:
     rows: int = 8
     seed: int = 1
 
+    def band_keys(self, texts: list[str]) -> np.ndarray:
+        """Stages 1 and 2 for some documents: what a worker computes for its share."""
+        return band_keys(signatures(texts, self.bands * self.rows, self.ngram, self.seed), self.bands, self.rows)
+
     def duplicates(self, texts: list[str]) -> np.ndarray:
-        sigs = signatures(texts, self.bands * self.rows, self.ngram, self.seed)
-        return to_remove(clusters(band_keys(sigs, self.bands, self.rows)))
+        return to_remove(clusters(self.band_keys(texts)))

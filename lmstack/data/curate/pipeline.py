@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .blocklists import IdBlocklist, UrlBlocklist
-from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, band_keys, clusters, signatures, to_remove
+from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, clusters, to_remove
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
 from .readers import Document, Reject, expand_inputs, read_inputs
@@ -75,9 +75,35 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _merge(into: StageStats, other: StageStats) -> None:
-    for k in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
-        setattr(into, k, getattr(into, k) + getattr(other, k))
+class Sizer:
+    """Bytes and, when counting tokens, tokens of a document's current text (cached on the document, so
+    a document is tokenized once, and again only after a step rewrote its text)."""
+
+    def __init__(self, tokenizer: str | None = None):
+        self.tok = None
+        if tokenizer:
+            from tokenizers import Tokenizer
+
+            self.tok = Tokenizer.from_file(os.path.expanduser(tokenizer))
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "Sizer":
+        if not cfg.get("count_tokens"):
+            return cls()
+        path = (cfg.get("tokenize") or {}).get("tokenizer")
+        if not path:
+            raise ValueError("prepare.count_tokens=true counts every stage's tokens as documents flow, so it needs "
+                             "a tokenizer before the run: set tokenize.tokenizer=PATH/tokenizer.json")
+        if not Path(os.path.expanduser(path)).is_file():
+            raise FileNotFoundError(f"prepare.tokenize.tokenizer={path}: no such file")
+        return cls(path)
+
+    def _measure(self, doc: Document) -> tuple[int, int | None]:
+        tokens = len(self.tok.encode(doc.text, add_special_tokens=False).ids) if self.tok else None
+        return len(doc.text.encode("utf-8", errors="replace")), tokens
+
+    def __call__(self, doc: Document) -> tuple[int, int | None]:
+        return doc.cached("size" if self.tok is None else "size+tokens", self._measure)
 
 
 class _Removed:
@@ -116,27 +142,47 @@ class StepResults:
     pii: Counter = field(default_factory=Counter)
 
 
-def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool) -> list[Document]:
+def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool, sizer: Sizer | None = None) -> list[Document]:
     """Run documents through steps; a document leaves at the first rule that removes it."""
+    sizer = sizer or Sizer()
     kept = []
     for doc in docs:
-        text, size = doc.text, len(doc.text.encode("utf-8", errors="replace"))
         for step in steps:
             st = part.stages.setdefault(step.name, StageStats(step.name))
-            st.docs_in += 1
-            st.bytes_in += size
+            st.count_in(sizer(doc))
             rule = step(doc)
             if rule:
                 part.counts[f"{step.name}/{rule}"] += 1
                 part.removed.append((f"{step.name}/{rule}", doc if keep_removed else None))
                 break
-            if doc.text is not text:  # only steps that rewrite the text (C4, PII, paragraph dedup) change it
-                text, size = doc.text, len(doc.text.encode("utf-8", errors="replace"))
-            st.docs_out += 1
-            st.bytes_out += size
+            st.count_out(sizer(doc))  # measured again only if the step rewrote the text (C4, PII, paragraphs)
         else:
             kept.append(doc)
     return kept
+
+
+def _precompute(docs: list[Document], cfg: dict) -> None:
+    """The worker's share of deduplication: each document's exact/URL keys and MinHash band keys, cached
+    on it, so the parent (which must see documents in order) only looks keys up."""
+    for step in build_dedup(cfg):
+        if hasattr(step, "key"):
+            for d in docs:
+                d.cached(step.name, step.key)
+    mh = _minhash(cfg)
+    if mh and docs:
+        for d, k in zip(docs, mh.band_keys([d.text for d in docs])):
+            d.cache["band_keys"] = (d.text, k)
+
+
+def _band_keys(docs: list[Document], mh: MinHashDedup) -> np.ndarray:
+    """Band keys of the documents, computed here only for those whose text changed since the worker's."""
+    stale = [d for d in docs if d.cache.get("band_keys", (None,))[0] is not d.text]
+    if stale:
+        for d, k in zip(stale, mh.band_keys([d.text for d in stale])):
+            d.cache["band_keys"] = (d.text, k)
+    if not docs:
+        return np.zeros((0, mh.bands), dtype=np.uint64)
+    return np.stack([d.cache["band_keys"][1] for d in docs])
 
 
 def _filter_file(args) -> StepResults:
@@ -144,6 +190,7 @@ def _filter_file(args) -> StepResults:
     path, cfg = args
     part = StepResults()
     read = part.stages.setdefault("read", StageStats("read"))
+    sizer = Sizer.from_cfg(cfg)
 
     def documents():
         for item in read_inputs([path], cfg.get("source", "data"), cfg.get("text_field", "text"),
@@ -153,13 +200,13 @@ def _filter_file(args) -> StepResults:
             if isinstance(item, Reject):
                 part.rejects.append(vars(item))
                 continue
-            read.docs_out += 1
-            read.bytes_out += len(item.text.encode("utf-8", errors="replace"))
+            read.count_out(sizer(item))
             yield item
 
     steps = build_filters(cfg)
-    part.kept = apply_steps(steps, documents(), part, bool(cfg.get("keep_removed")))
-    read.bytes_in = read.bytes_out
+    part.kept = apply_steps(steps, documents(), part, bool(cfg.get("keep_removed")), sizer)
+    read.bytes_in, read.tokens_in = read.bytes_out, read.tokens_out  # unreadable input has no size
+    _precompute(part.kept, cfg)
     for s in steps:
         if isinstance(s, PiiMasker):
             part.pii.update(s.counts)
@@ -202,16 +249,22 @@ def _minhash(cfg: dict) -> MinHashDedup | None:
     return MinHashDedup(**(mh if isinstance(mh, dict) else {})) if mh else None
 
 
-def _drop(kept: list[Document], dup: set[int], acct: Accounting, removed: "_Removed") -> list[Document]:
-    """Remove the MinHash duplicates (indices into kept), counted as a stage and a rule."""
-    stage = StageStats("minhash_dedup", len(kept), bytes_in=_size(kept))
-    for i in sorted(dup):
-        acct.removed["minhash_dedup/near_duplicate"] += 1
-        removed.add("minhash_dedup/near_duplicate", kept[i])
-    kept = [d for i, d in enumerate(kept) if i not in dup]
-    stage.docs_out, stage.bytes_out = len(kept), _size(kept)
+def _minhash_stage(kept: list[Document], keys: np.ndarray, acct: Accounting, removed: "_Removed",
+                   sizer: Sizer) -> list[Document]:
+    """Clusters over all the band keys, then the documents that are not the first of their cluster go,
+    counted as a stage and a rule."""
+    dup = set(to_remove(clusters(keys)).tolist())
+    stage, out = StageStats("minhash_dedup"), []
+    for i, d in enumerate(kept):
+        stage.count_in(sizer(d))
+        if i in dup:
+            acct.removed["minhash_dedup/near_duplicate"] += 1
+            removed.add("minhash_dedup/near_duplicate", d)
+        else:
+            stage.count_out(sizer(d))
+            out.append(d)
     acct.stages.append(stage)
-    return kept
+    return out
 
 
 def _write_documents(path: Path, docs: list[Document]) -> None:
@@ -224,14 +277,27 @@ def _tokenize(kept: list[Document], out: Path, cfg: dict, acct: Accounting) -> N
     tok_cfg = cfg.get("tokenize")
     if not tok_cfg or not kept:
         return
-    from lmstack.data.prepare import write_corpus
+    from lmstack.data.prepare import tokenize_stage, write_corpus
 
     source = cfg.get("source", "data")
     meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, out, tok_cfg["seq_len"],
-                        tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
-    size = _size(kept)
-    acct.stages.append(StageStats("tokenize", len(kept), len(kept), size, size,
-                                  tokens_out=meta["sources"][source]["tokens"]))
+                        tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2),
+                        tokenizer=tok_cfg.get("tokenizer"))
+    acct.stages.append(tokenize_stage(meta, len(kept), _size(kept)))
+    _estimate_tokens(acct)
+
+
+def _estimate_tokens(acct: Accounting) -> None:
+    """Stages that ran before a tokenizer existed get tokens estimated from their bytes, at the tokens per
+    byte measured on the output (and marked as estimated)."""
+    tok = next((s for s in acct.stages if s.name == "tokenize"), None)
+    if tok is None or not tok.bytes_in:
+        return
+    rate = tok.tokens_in / tok.bytes_in
+    for s in acct.stages:
+        if s.tokens_in is None:
+            s.tokens_in, s.tokens_out = round(s.bytes_in * rate), round(s.bytes_out * rate)
+            s.tokens_estimated = True
 
 
 def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
@@ -258,7 +324,7 @@ def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
         acct.rejected += st["rejected"]
         acct.removed.update(st["removed"])
         for raw in st["stages"]:
-            _merge(stages.setdefault(raw["name"], StageStats(raw["name"])), StageStats(**raw))
+            stages.setdefault(raw["name"], StageStats(raw["name"], tokens_in=None)).add(StageStats(**raw))
     acct.stages = list(stages.values())
     with open(tmp / "rejects.jsonl", "w") as f:
         for d in dirs:
@@ -275,7 +341,7 @@ def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
         keys = np.concatenate([np.load(d / "band_keys.npy") for d in dirs if (d / "band_keys.npy").exists()])
         if len(keys) != len(kept):
             raise ValueError(f"band keys for {len(keys)} documents but {len(kept)} documents in the shards")
-        kept = _drop(kept, set(to_remove(clusters(keys)).tolist()), acct, removed)
+        kept = _minhash_stage(kept, keys, acct, removed, Sizer.from_cfg(cfg))
     removed.close()
     _write_documents(tmp / "documents.jsonl.gz", kept)
     _tokenize(kept, tmp, cfg, acct)
@@ -317,7 +383,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
     removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
-    dedup = build_dedup(cfg)
+    dedup, sizer = build_dedup(cfg), Sizer.from_cfg(cfg)
     dedup_part = StepResults()
     stages: dict[str, StageStats] = {}
     kept: list[Document] = []
@@ -333,9 +399,9 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
                 if doc is not None:
                     removed.add(rule, doc)
             for name, st in part.stages.items():
-                _merge(stages.setdefault(name, StageStats(name)), st)
+                stages.setdefault(name, StageStats(name)).add(st)
             pii.update(part.pii)
-            kept.extend(apply_steps(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed"))))
+            kept.extend(apply_steps(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed")), sizer))
             bar.update()
             bar.set_postfix_str(f"{acct.docs_in:,} docs, {acct.docs_in / max(time.time() - t0, 1e-9):,.0f} docs/s")
     acct.removed.update(dedup_part.counts)
@@ -350,15 +416,13 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         # One job of many: MinHash and tokenization need every shard, so they wait for `prepare-merge`;
         # this shard leaves its documents and their MinHash band keys.
         if mh:
-            sigs = signatures([d.text for d in kept], mh.bands * mh.rows, mh.ngram, mh.seed)
-            np.save(tmp / "band_keys.npy", band_keys(sigs, mh.bands, mh.rows))
+            np.save(tmp / "band_keys.npy", _band_keys(kept, mh))
         removed.close()
         _write_documents(tmp / "documents.jsonl.gz", kept)
         acct.extra.update(shard_index=shard, num_shards=num_shards)
     else:
         if mh and kept:
-            dup = set(mh.duplicates([d.text for d in kept]).tolist())
-            kept = _drop(kept, dup, acct, removed)
+            kept = _minhash_stage(kept, _band_keys(kept, mh), acct, removed, sizer)
         removed.close()
         _write_documents(tmp / "documents.jsonl.gz", kept)
         _tokenize(kept, tmp, cfg, acct)

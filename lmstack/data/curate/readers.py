@@ -25,6 +25,15 @@ class Document:
     text: str
     source: str
     metadata: dict = field(default_factory=dict)
+    # values a worker computed from `text` for later steps (size, dedup keys), each stored with the text it
+    # was computed from so that a step which rewrites the text invalidates it; never written out
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, name: str, compute):
+        hit = self.cache.get(name)
+        if hit is None or hit[0] is not self.text:
+            hit = self.cache[name] = (self.text, compute(self))
+        return hit[1]
 
 
 @dataclass

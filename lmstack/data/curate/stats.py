@@ -19,8 +19,26 @@ class StageStats:
     docs_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    tokens_in: int | None = None
+    tokens_in: int | None = None  # None: not counted (no tokenizer while the stage ran)
     tokens_out: int | None = None
+    tokens_estimated: bool = False  # True: tokens are bytes x the output's measured tokens per byte
+
+    def add(self, other: "StageStats") -> None:
+        for k in ("docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_in", "tokens_out"):
+            a, b = getattr(self, k), getattr(other, k)
+            setattr(self, k, None if a is None and b is None else (a or 0) + (b or 0))
+
+    def count_in(self, size: tuple[int, int | None]) -> None:
+        self.docs_in += 1
+        self.bytes_in += size[0]
+        if size[1] is not None:
+            self.tokens_in = (self.tokens_in or 0) + size[1]
+
+    def count_out(self, size: tuple[int, int | None]) -> None:
+        self.docs_out += 1
+        self.bytes_out += size[0]
+        if size[1] is not None:
+            self.tokens_out = (self.tokens_out or 0) + size[1]
 
 
 @dataclass
@@ -53,11 +71,16 @@ def report_markdown(d: dict) -> str:
     lines = ["# Data preparation report", "",
              f"{d['docs_in']:,} documents in, {d['docs_out']:,} out ({d['reduction']}x fewer); "
              f"{d['rejected']:,} rejected as unreadable (see rejects.jsonl).", "",
-             "| stage | docs in | docs out | MB in | MB out | tokens out |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| stage | docs in | docs out | MB in | MB out | tokens in | tokens out |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in d["stages"]:
-        tok = f"{s['tokens_out']:,}" if s.get("tokens_out") is not None else ""
+        approx = "~" if s.get("tokens_estimated") else ""
+        tok = [f"{approx}{s[k]:,}" if s.get(k) is not None else "" for k in ("tokens_in", "tokens_out")]
         lines.append(f"| {s['name']} | {s['docs_in']:,} | {s['docs_out']:,} | {s['bytes_in'] / 1e6:.2f} | "
-                     f"{s['bytes_out'] / 1e6:.2f} | {tok} |")
+                     f"{s['bytes_out'] / 1e6:.2f} | {tok[0]} | {tok[1]} |")
+    if any(s.get("tokens_estimated") for s in d["stages"]):
+        lines += ["", "~: estimated from bytes with the output's tokens per byte (the tokenizer was trained on "
+                  "the output; give `tokenize.tokenizer` and `count_tokens=true` to count every stage)."]
     lines += ["", "| rule | documents removed | share of input |", "| --- | ---: | ---: |"]
     for rule, n in d["removed"].items():
         lines.append(f"| {rule} | {n:,} | {n / max(d['docs_in'], 1):.1%} |")
