@@ -22,21 +22,9 @@ from lmstack.config import model_config, validate
 from lmstack.data.dataset import BlockDataset
 from lmstack.data.prepare import prepare_corpus
 from lmstack.model import Transformer
+from lmstack.train.flops import flops_per_token, measure_matmul_flops
 from lmstack.train.losses import lm_loss
 from lmstack.train.module import PretrainModule
-
-
-def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, (time.perf_counter() - t) / reps)
-    return 2 * n**3 / best / 1e9
 
 
 def _clock() -> tuple[float, float]:
@@ -48,13 +36,6 @@ def _rates(tokens: int, start, end) -> tuple[float, float]:
     """Tokens per wall second, and per CPU second divided by the thread count: the second is far less
     sensitive to other tenants of a shared machine."""
     return tokens / (end[0] - start[0]), tokens * torch.get_num_threads() / (end[1] - start[1])
-
-
-def flops_per_token(model: Transformer, seq_len: int) -> float:
-    """6 N (matmul parameters: everything but the embedding) + 12 L d T for attention scores and values."""
-    cfg = model.cfg
-    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embed."))
-    return 6 * n + 12 * cfg.n_layers * cfg.d_model * seq_len
 
 
 def build(args):
@@ -167,7 +148,7 @@ def main():
     rates = {"plain": [], "lightning": [], "litgpt": []}
     peaks = []
     for r in range(args.rounds):
-        peaks.append(matmul_gflops())
+        peaks.append(measure_matmul_flops() / 1e9)
         order = ["plain", "lightning"] if r % 2 == 0 else ["lightning", "plain"]  # neither always goes first
         for name in order:
             if name == "plain":

@@ -21,6 +21,7 @@ from lmstack.config import ConfigError, RunSpec, model_config, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.train.module import PretrainModule
 from lmstack.train.schedules import tokens_of
+from lmstack.train.step_guard import TrainingStopped
 
 log = logging.getLogger("lmstack")
 logging.getLogger("litdata").setLevel(logging.WARNING)  # one INFO line per dataset opened otherwise
@@ -67,9 +68,22 @@ def tokens_per_step(spec: RunSpec, trainer: L.Trainer) -> int:
     return spec.data.seq_len * spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
 
 
+def check_global_batch(spec: RunSpec, tokens: int) -> None:
+    """The tutorial's warning: past a point a larger global batch stops helping (and more GPUs raise it)."""
+    limit = spec.train.max_global_batch_tokens
+    if limit is None or tokens <= limit:
+        return
+    msg = (f"the global batch is {tokens:,} tokens (seq_len x batch_size x accumulation x world size), above "
+           f"train.max_global_batch_tokens={limit:,}; lower data.batch_size or trainer.accumulate_grad_batches")
+    if spec.train.batch_guard == "fail":
+        raise ConfigError(msg)
+    log.warning(msg)
+
+
 def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
     """The data module (corpus prepared) and the LightningModule for this spec and trainer."""
     tps = tokens_per_step(spec, trainer)
+    check_global_batch(spec, tps)
     max_steps = math.ceil(spec.train.max_tokens / tps)
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     dm = LMDataModule(
@@ -81,6 +95,7 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
         total_micro_steps=max_steps * trainer.accumulate_grad_batches,
         phases=[{"start_sample": tokens_of(p.start_tokens, max_steps * tps) // spec.data.seq_len,
                  "weights": p.weights} for p in spec.data_mix.phases],
+        blocklist=spec.data.blocklist,
     )
     dm.prepare_data()
     tok_vocab = dm.tokenizer_vocab_size
@@ -94,10 +109,18 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
                 "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
                 "decay_tokens": tokens_of(sched.decay_tokens, total)}
     module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
-                            spec.train.grad_clip, tps, config)
+                            spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps)
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
     return module, dm
+
+
+def _rewind_request(trainer: L.Trainer):
+    """(the callback, the checkpoint) when a callback stopped the fit to rewind, else None."""
+    for cb in trainer.callbacks:
+        if getattr(cb, "rewind_to", None):
+            return cb, cb.rewind_to
+    return None
 
 
 def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: int) -> str:
@@ -129,6 +152,18 @@ def run(cfg: DictConfig) -> dict:
     if ckpt is None:
         before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    while (rewind := _rewind_request(trainer)) is not None:  # spike detection in `rewind` mode
+        spike, ckpt = rewind
+        log.warning("rewinding to %s; steps skipped on the way forward: %s", ckpt, sorted(spike.skip_steps))
+        trainer = build_trainer(spec)
+        module, dm = build(spec, trainer, config)
+        for cb in trainer.callbacks:
+            if type(cb) is type(spike):
+                cb.skip_steps |= spike.skip_steps
+                cb.rewinds, cb.spikes = spike.rewinds, spike.spikes
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if module.stop_reason:
+        raise TrainingStopped(module.stop_reason)
     if module.last_val and module.last_val["step"] == trainer.global_step:
         after = module.last_val["val/bpb"]  # the fit validated at its last step already
     else:

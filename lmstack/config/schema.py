@@ -103,6 +103,7 @@ class DataSection:
     tokenizer_train_bytes: int = field_(20_000_000, min=1)
     max_docs: Optional[int] = field_(None, min=1)
     num_workers: int = field_(0, min=0)
+    blocklist: list[str] = field_([])  # files of document ids left out of the loss (spike_blocklist.txt)
 
 
 @dataclass
@@ -112,6 +113,9 @@ class TrainSection:
     val_every_steps: int = field_(100, min=1)
     ckpt_every_steps: int = field_(100, min=1)
     log_every_steps: int = field_(10, min=1)
+    max_nonfinite_steps: int = field_(5, min=0)  # this many non-finite steps in a row: checkpoint and stop
+    max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
+    batch_guard: str = "warn"  # warn | fail
     sample_prompt: str = "def "
     sample_tokens: int = field_(48, min=0)
 
@@ -235,6 +239,8 @@ def validate(cfg: dict) -> RunSpec:
         if start <= previous:
             raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
         previous = start
+    if spec.train.batch_guard not in ("warn", "fail"):
+        raise ConfigError(f"train.batch_guard={spec.train.batch_guard!r} is not allowed; allowed: warn, fail")
     if spec.data.seq_len > spec.model.max_seq_len:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds model.max_seq_len={spec.model.max_seq_len}")
     model_config(spec)

@@ -7,6 +7,7 @@ blocks in order.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,8 @@ class LMDataModule(L.LightningDataModule):
     def __init__(self, sources: list[dict], cache_dir: str, seq_len: int, batch_size: int, vocab_size: int,
                  val_fraction: float = 0.02, val_max_blocks: int | None = None, min_frequency: int = 2,
                  tokenizer_train_bytes: int = 20_000_000, max_docs: int | None = None, num_workers: int = 0,
-                 seed: int = 0, total_micro_steps: int | None = None, phases: list[dict] | None = None):
+                 seed: int = 0, total_micro_steps: int | None = None, phases: list[dict] | None = None,
+                 blocklist: list[str] | None = None):
         super().__init__()
         self.sources, self.cache_dir, self.seq_len = sources, cache_dir, seq_len
         self.batch_size, self.vocab_size, self.val_fraction = batch_size, vocab_size, val_fraction
@@ -35,6 +37,7 @@ class LMDataModule(L.LightningDataModule):
         self.num_workers, self.seed, self.total_micro_steps = num_workers, seed, total_micro_steps
         # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
         self.phases = phases or []
+        self.blocklist = list(blocklist or [])  # files of document ids (e.g. spike_blocklist.txt)
         self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
         self.parts: list[tuple[int, Path, float]] = []
 
@@ -69,8 +72,22 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
-        self.train_set = BlockDataset([str(d / "train") for _, d, _ in self.parts])
+        self.train_set = BlockDataset([str(d / "train") for _, d, _ in self.parts], self._blocked())
         self.val_set = BlockDataset([str(d / "val") for _, d, _ in self.parts])
+
+    def _blocked(self) -> dict[int, np.ndarray] | None:
+        """Document ordinals per source whose ids are on the blocklist: their tokens get no loss."""
+        if not self.blocklist:
+            return None
+        from .curate.blocklists import read_list
+
+        ids = read_list(self.blocklist)
+        blocked = {}
+        for src, path in enumerate(self.document_files):
+            with open(path) as f:
+                hits = [row["ordinal"] for row in map(json.loads, f) if row["id"] in ids]
+            blocked[src] = np.asarray(hits, dtype=np.int64)
+        return blocked
 
     @property
     def document_files(self) -> list:

@@ -17,11 +17,12 @@ class BlockDataset(Dataset):
     """Concatenation of litdata token-block datasets, one per source.
 
     Items: `input_ids` [T], `labels` [T] (the next tokens), `doc` [T] (document ordinal of each label)
-    and `source` (index of the source).
+    and `source` (index of the source). Labels of `blocked` documents (source index -> ordinals) are
+    IGNORE_INDEX: a blocklisted document still fills its block but is not learned from.
     """
 
-    def __init__(self, dirs: list[str]):
-        self.dirs = dirs
+    def __init__(self, dirs: list[str], blocked: dict[int, np.ndarray] | None = None):
+        self.dirs, self.blocked = dirs, blocked or {}
         self._datasets = None
         self.lengths = [self._open(d).__len__() for d in dirs]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
@@ -42,7 +43,10 @@ class BlockDataset(Dataset):
         item = self._datasets[src][int(index - self.offsets[src])]
         tokens = torch.from_numpy(np.asarray(item["tokens"], dtype=np.int64))
         doc = torch.from_numpy(np.asarray(item["doc"], dtype=np.int64))
-        return {"input_ids": tokens[:-1], "labels": tokens[1:], "doc": doc[1:], "source": src}
+        labels = tokens[1:].clone()
+        if len(self.blocked.get(src, ())):
+            labels[torch.from_numpy(np.isin(doc[1:].numpy(), self.blocked[src]))] = -100
+        return {"input_ids": tokens[:-1], "labels": labels, "doc": doc[1:], "source": src}
 
 
 def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts: list[int] | None = None) -> np.ndarray:

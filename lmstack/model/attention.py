@@ -104,6 +104,21 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg.norm, kv_dim, cfg.norm_eps, cfg.norm_bias) if cfg.qk_norm else None
         self.backend = get_attention_backend(cfg.attn_backend)
+        self.record_max_logit = False  # set by the stability metrics on the steps they log
+        self.max_logit: Optional[torch.Tensor] = None
+
+    def _max_logit(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Largest pre-softmax attention logit (causal positions) of the first sequence, one head at a
+        time so the [T, T] scores stay small; a growing value is the attention-logit growth that QK-norm
+        is there to prevent."""
+        group = self.n_heads // self.n_kv_heads
+        t = q.shape[2]
+        causal = torch.ones(t, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - t)
+        best = torch.tensor(float("-inf"), device=q.device)
+        for h in range(self.n_heads):
+            scores = (q[0, h].float() @ k[0, h // group].float().T) / math.sqrt(self.head_dim)
+            best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).max())
+        return best.detach()
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0):
         b, t, _ = x.shape
@@ -116,5 +131,8 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, pos, k, v)
+        if self.record_max_logit:
+            with torch.no_grad():
+                self.max_logit = self._max_logit(q, k)
         y = self.backend(q, k, v, pos)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

@@ -1,12 +1,18 @@
 """The pretraining LightningModule: owns the loss, the optimizer, the schedule and the logging.
 
-Logged: train/loss (cross-entropy), train/z_loss, train/grad_norm, train/lr, train/tokens, val/loss and
-val/bpb (bits per byte of the held-out text: summed nats / ln 2 / UTF-8 bytes of the target tokens).
+Logged: train/loss (cross-entropy), train/z_loss, train/grad_norm, train/lr, train/tokens,
+train/skipped_steps, train/nonfinite_steps, val/loss and val/bpb (bits per byte of the held-out text:
+summed nats / ln 2 / UTF-8 bytes of the target tokens).
+
+After backward, the step's loss and gradient norm (reduced over ranks) decide whether the update is
+taken (see `step_guard`): a non-finite value skips it, and callbacks with an `on_step_stats(trainer,
+module, loss, grad_norm, finite) -> bool` hook (spike detection) can skip it too.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,11 +22,13 @@ from lmstack.model import ModelConfig, Transformer
 from .losses import lm_loss, token_losses
 from .optim import build_adamw
 from .schedules import Schedule
+from .step_guard import NonFinite, make_skippable
 
 
 class PretrainModule(L.LightningModule):
     def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
-                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None):
+                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
+                 max_nonfinite_steps: int = 5):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = ModelConfig(**model_cfg)
@@ -29,6 +37,11 @@ class PretrainModule(L.LightningModule):
         self.register_buffer("token_bytes", torch.ones(self.model_cfg.vocab_size, dtype=torch.long), persistent=False)
         self.tokenizer_json: str | None = None  # saved in checkpoints so they are self-contained
         self.last_val: dict | None = None  # the latest validation result, with its step
+        self.micro: list[dict] = []  # this step's micro-batches with their per-token losses, for plugins
+        self.skip_update, self.skipped_steps = False, 0
+        self.nonfinite = NonFinite(max_nonfinite_steps)
+        self.stop_reason: str | None = None  # set when the run stopped itself (non-finite losses)
+        self._must_stop = False
 
     def set_token_bytes(self, token_bytes: torch.Tensor) -> None:
         tb = torch.zeros(self.model_cfg.vocab_size, dtype=torch.long)
@@ -41,7 +54,8 @@ class PretrainModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         logits = self.model(batch["input_ids"])
-        ce, z = lm_loss(logits, batch["labels"], self.z_loss)
+        ce, z, per_token = lm_loss(logits, batch["labels"], self.z_loss, per_token=True)
+        self.micro.append({"batch": batch, "token_losses": per_token, "loss": ce.detach()})
         self.log("train/loss", ce, prog_bar=True)
         self.log("train/z_loss", z)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -53,11 +67,43 @@ class PretrainModule(L.LightningModule):
         max_norm = self.grad_clip if self.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         self.log("train/grad_norm", norm)
+        self._decide(norm)
+
+    def _decide(self, grad_norm: torch.Tensor) -> None:
+        """Whether this step's update is taken: the same decision on every rank."""
+        loss = torch.stack([m["loss"] for m in self.micro]).mean() if self.micro else torch.zeros(())
+        stats = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device)])
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="mean")
+        loss_v, norm_v = stats.tolist()
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
+        skip = not finite
+        for cb in self.trainer.callbacks:
+            hook = getattr(cb, "on_step_stats", None)
+            if hook is not None:
+                skip = bool(hook(self.trainer, self, loss_v, norm_v, finite)) or skip
+        self.micro = []
+        self.skip_update = skip
+        self.skipped_steps += int(skip)
+        self._must_stop = self.nonfinite.update(finite) or self._must_stop
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        self.log("train/nonfinite_steps", float(self.nonfinite.total))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if not self._must_stop or self.stop_reason:
+            return
+        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"nonfinite-step{self.trainer.global_step:06d}.ckpt"
+        self.trainer.save_checkpoint(str(path))
+        self.stop_reason = (f"stopped at step {self.trainer.global_step}: {self.nonfinite.in_a_row} steps in a row had a "
+                            f"non-finite loss or gradient norm (updates skipped); checkpoint: {path}. Lower the "
+                            "learning rate, check the data of those steps, or resume with ckpt_path=...")
+        self.trainer.should_stop = True
 
     def configure_optimizers(self):
         o = self.hparams.optimizer
         opt = build_adamw(self.model, o["lr"], o["betas"], o["eps"], o["weight_decay"], o["no_decay"],
                           o["decay_norms"], o["decay_biases"], o.get("fused"))
+        make_skippable(opt, lambda: self.skip_update)
         sched = Schedule(**self.hparams.schedule)
         peak, tps = sched.peak_lr, self.tokens_per_step
         lr_lambda = lambda step: sched.lr(step * tps) / peak if peak else 0.0  # noqa: E731
@@ -90,8 +136,12 @@ class PretrainModule(L.LightningModule):
         if self.tokenizer_json is not None:
             checkpoint["tokenizer_json"] = self.tokenizer_json
         checkpoint["token_bytes"] = self.token_bytes.cpu()
+        checkpoint["step_guard"] = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
 
     def on_load_checkpoint(self, checkpoint):
         self.tokenizer_json = checkpoint.get("tokenizer_json")
+        guard = checkpoint.get("step_guard", {})
+        self.skipped_steps = guard.get("skipped_steps", 0)
+        self.nonfinite.total = guard.get("nonfinite_steps", 0)
         if "token_bytes" in checkpoint:
             self.token_bytes = checkpoint["token_bytes"].to(self.token_bytes.device)

@@ -1,0 +1,43 @@
+"""Run by the multi-process tests: `python tests/run_worker.py OUT_DIR [overrides...]` trains with
+lmstack's own `run` (Lightning Trainer; the DDP / FSDP launcher starts the other rank by running this
+same command) and writes OUT_DIR/rank<r>.json: per step, the training loss and whether automatic garbage
+collection was on; the steps at which GC sync collected; gc state after fit; the run's result."""
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.conftest import SMALL, compose_cfg  # noqa: E402
+
+
+class Probe(L.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append({"step": trainer.global_step, "loss": float(outputs["loss"]), "gc_enabled": gc.isenabled()})
+
+
+def main(out: Path, overrides: list[str]) -> None:
+    import lmstack.run as run_mod
+
+    probe = Probe()
+    build = run_mod.build_trainer
+    trainers = []
+    run_mod.build_trainer = lambda spec: trainers.append(build(spec, [probe])) or trainers[-1]
+    cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=out / "cache")
+    result = run_mod.run(cfg)
+    trainer = trainers[-1]
+    gc_cb = next((cb for cb in trainer.callbacks if type(cb).__name__ == "GCSync"), None)
+    report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": probe.steps,
+              "gc_collected_at": gc_cb.collected_at if gc_cb else None, "gc_enabled_after": gc.isenabled(),
+              "result": {k: v for k, v in result.items() if k != "run_dir"}}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])

@@ -1,0 +1,217 @@
+"""Stability plugins on real training runs: spike forensics and skipping, non-finite steps."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lmstack.data.sources import is_validation
+from lmstack.run import run
+
+from .conftest import SHARED_DATA
+
+STEPS, SPIKE_STEP, TPS = 40, 30, 4 * 64
+
+
+def planted_corpus(tmp_path: Path) -> tuple[Path, Path, str]:
+    """Brown Corpus documents, and a source holding a document of random characters (plus a held-out one,
+    so the source has a validation split)."""
+    with gzip.open(SHARED_DATA / "prose" / "brown.jsonl.gz", "rt") as f:
+        prose = [json.loads(line) for line in f][:120]
+    rng = random.Random(0)
+    noise = lambda: "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(800))  # noqa: E731
+    train_id = next(f"planted-{i}" for i in range(100) if not is_validation(f"planted-{i}", 0.1))
+    val_id = next(f"planted-{i}" for i in range(100) if is_validation(f"planted-{i}", 0.1))
+    (tmp_path / "prose.jsonl").write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in prose))
+    (tmp_path / "planted.jsonl").write_text(json.dumps({"id": train_id, "text": noise()}) + "\n"
+                                            + json.dumps({"id": val_id, "text": noise()}) + "\n")
+    return tmp_path / "prose.jsonl", tmp_path / "planted.jsonl", train_id
+
+
+def spike_overrides(tmp_path: Path, mode: str) -> list[str]:
+    """Prose only, except that step SPIKE_STEP's batch is drawn from the planted source alone."""
+    prose, planted, _ = planted_corpus(tmp_path)
+    return ["data_mix=prose_curriculum", f"data_mix.sources=[{{name:prose,paths:[{prose}]}},{{name:planted,paths:[{planted}],weight:0}}]",
+            f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * TPS},weights:{{planted:1}}}},"
+            f"{{start_tokens:{(SPIKE_STEP + 1) * TPS},weights:{{prose:1}}}}]",
+            f"train.max_tokens={STEPS * TPS}", "callbacks.spike.window=20", "callbacks.spike.min_history=10",
+            f"callbacks.spike.mode={mode}", "callbacks.checkpoint.every_n_train_steps=10"]
+
+
+class WeightsPerStep(L.Callback):
+    """The largest weight change of each step, and whether the module skipped its update."""
+
+    def __init__(self):
+        self.changes = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.before = [p.detach().clone() for p in module.parameters()]
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        change = max((p.detach() - b).abs().max().item() for p, b in zip(module.parameters(), self.before))
+        self.changes[trainer.global_step - 1] = (change, module.skip_update)
+
+
+def test_a_planted_noise_batch_is_detected_named_and_skipped(tmp_path, small_cfg, monkeypatch):
+    import lmstack.run as run_mod
+
+    watcher = WeightsPerStep()
+    build = run_mod.build_trainer
+    monkeypatch.setattr(run_mod, "build_trainer", lambda spec: build(spec, [watcher]))
+    cfg = small_cfg(*spike_overrides(tmp_path, "skip_step"))
+    result = run(cfg)
+    assert result["steps"] == STEPS
+    run_dir = Path(cfg.run_dir)
+    spikes = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
+    _, _, planted_id = planted_corpus(tmp_path)
+    assert spikes and spikes[0]["step"] == SPIKE_STEP, [s["step"] for s in spikes]
+    first = spikes[0]
+    assert first["action"] == "skipped" and max(first["loss_z"], first["grad_norm_z"]) > 6
+    assert first["documents"][0]["id"] == planted_id and first["documents"][0]["source"] == "planted"
+    assert first["documents"][0]["preview"]
+    assert planted_id in (run_dir / "spike_blocklist.txt").read_text().split()
+    change, skipped = watcher.changes[SPIKE_STEP]
+    assert skipped and change == 0.0  # the weights after the step equal those before it
+    # every other step moved the weights (step 0 too, but warmup gives it a learning rate of 0)
+    assert all(c > 0 for s, (c, skip) in watcher.changes.items() if not skip and s > 0), watcher.changes
+
+
+def spikes_of(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "spikes.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(tmp_path, small_cfg):
+    """`rewind` restarts from the checkpoint before the spike and skips that step on the way forward, so it
+    ends exactly where `skip_step` ends; `log` keeps the update; checkpoints carry the warm window."""
+    results = {}
+    for mode in ("skip_step", "rewind", "log"):
+        (tmp_path / mode).mkdir()
+        cfg = small_cfg(*spike_overrides(tmp_path / mode, mode))
+        cfg.run_dir = str(tmp_path / mode / "run")
+        results[mode] = (run(cfg), spikes_of(cfg.run_dir))
+    (skip, skip_spikes), (rewind, rewind_spikes), (logged, log_spikes) = (results[m] for m in ("skip_step", "rewind", "log"))
+    assert rewind_spikes[0]["step"] == SPIKE_STEP and rewind_spikes[0]["action"].startswith("rewind to ")
+    assert rewind_spikes[0]["action"].endswith("step000030.ckpt")
+    assert rewind["steps"] == skip["steps"] == STEPS
+    assert rewind["val/bpb"] == pytest.approx(skip["val/bpb"], abs=1e-5)
+    assert log_spikes[0]["step"] == SPIKE_STEP and log_spikes[0]["action"] == "logged"
+    assert abs(logged["val/bpb"] - skip["val/bpb"]) > 1e-4  # the noise batch's update was kept
+    state = torch.load(tmp_path / "skip_step" / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    spike_state = next(v for k, v in state["callbacks"].items() if "SpikeDetection" in k)
+    assert len(spike_state["windows"]["loss"]) == 20 and spike_state["spikes"] >= 1
+
+
+def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(tmp_path, small_cfg):
+    from lmstack.data.curate.blocklists import IdBlocklist
+    from lmstack.data.curate.readers import Document
+
+    cfg = small_cfg(*spike_overrides(tmp_path, "log"), "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS))
+    run(cfg)
+    blocklist = Path(cfg.run_dir) / "spike_blocklist.txt"
+    _, _, planted_id = planted_corpus(tmp_path)
+    assert IdBlocklist([str(blocklist)])(Document(planted_id, "x", "s")) == "listed"
+    again = small_cfg(*spike_overrides(tmp_path, "log"), "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS),
+                      f"data.blocklist=[{blocklist}]")
+    again.run_dir = str(tmp_path / "again")
+    run(again)
+    assert not spikes_of(again.run_dir)  # the planted document's tokens carry no loss now
+
+
+class NaNGradients(L.Callback):
+    """Makes the gradients non-finite from step `start` on."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if trainer.global_step >= self.start:
+            next(module.parameters()).grad.fill_(float("nan"))
+
+
+def test_non_finite_steps_are_skipped_then_the_run_checkpoints_and_stops(tmp_path, small_cfg, monkeypatch):
+    import lmstack.run as run_mod
+    from lmstack.train.step_guard import TrainingStopped
+
+    watcher = WeightsPerStep()
+    build = run_mod.build_trainer
+    monkeypatch.setattr(run_mod, "build_trainer", lambda spec: build(spec, [NaNGradients(4), watcher]))
+    cfg = small_cfg("train.max_tokens=5120", "train.max_nonfinite_steps=3")
+    with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss or gradient norm"):
+        run(cfg)
+    assert [s for s, (c, skip) in watcher.changes.items() if skip] == [4, 5, 6]
+    assert all(c == 0.0 for s, (c, skip) in watcher.changes.items() if skip)
+    ckpt = Path(cfg.run_dir) / "checkpoints" / "nonfinite-step000007.ckpt"
+    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["step_guard"]["nonfinite_steps"] == 3
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for events in Path(run_dir).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
+    return out
+
+
+def test_stability_and_throughput_scalars_reach_tensorboard(small_cfg):
+    import math
+
+    cfg = small_cfg("train.max_tokens=2560", "callbacks.stability.every_n_steps=3",
+                    "callbacks.throughput.every_n_steps=3", "callbacks.gc.every_n_steps=2")
+    run(cfg)
+    s = scalars(cfg.run_dir)
+    n_layers = cfg.model.n_layers
+    for i in range(n_layers):
+        assert 0.005 < s[f"stability/block{i}/resid_rms"][0] < 100  # ~ the 0.02 init std at step 0
+        assert math.isfinite(s[f"stability/block{i}/attn_max_logit"][0])
+    assert s["stability/grad_norm/decay"][0] > 0 and s["stability/grad_norm/no_decay"][0] > 0
+    assert s["stability/embed_norm"][0] > 0
+    assert all(0 < r < 1 for r in s["stability/update_ratio"][1:])  # step 0 has a learning rate of 0
+    assert len(s["stability/update_ratio"]) == 4 and len(s["perf/mfu"]) == 3  # steps 0, 3, 6, 9; 3, 6, 9
+    assert all(t > 0 for t in s["perf/tokens_per_s"]) and all(0 < m < 2 for m in s["perf/mfu"])
+    assert s["perf/flops_per_token"][0] > 6 * 1e5 and all(m > 0.05 for m in s["perf/peak_memory_gb"])
+    assert all(0 <= w < 1 for w in s["perf/data_wait_fraction"])
+    assert s["gc/collections"] == [1, 2, 3, 4, 5] and s["gc/seconds"][-1] >= 0  # after steps 2, 4, 6, 8, 10
+
+
+@pytest.mark.slow
+def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path):
+    import gc
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tests" / "run_worker.py"), str(tmp_path), "strategy=ddp", "trainer.devices=2",
+           "train.max_tokens=3072", "callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2"]
+    # a clean environment: an in-process DDP run of an earlier test may have left MASTER_PORT (still bound)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK",
+                                                              "WORLD_SIZE", "NODE_RANK")}
+    subprocess.run(cmd, check=True, cwd=root, timeout=600, env={**env, "PYTHONPATH": str(root)})
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["gc_collected_at"] == ranks[1]["gc_collected_at"] == [2, 4, 6]  # 3072 / (2 x 4 x 64) = 6 steps
+    for r in ranks:
+        assert len(r["steps"]) == 6 and not any(s["gc_enabled"] for s in r["steps"])
+        assert r["gc_enabled_after"] is True
+    assert gc.isenabled()
+
+
+def test_the_global_batch_guard_warns_or_fails(small_cfg, caplog):
+    from lmstack.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"global batch is 256 tokens .* above train.max_global_batch_tokens=128"):
+        run(small_cfg("train.max_global_batch_tokens=128", "train.batch_guard=fail"))
+    with caplog.at_level("WARNING", logger="lmstack"):
+        assert run(small_cfg("train.max_global_batch_tokens=128"))["steps"] == 2
+    assert "above train.max_global_batch_tokens=128" in caplog.text
