@@ -57,14 +57,22 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tem
 
 
 def load_checkpoint(path: str, device: str = "cpu"):
-    """(model, tokenizer or None, checkpoint dict) from an lmstack Lightning checkpoint."""
+    """(model, tokenizer or None, checkpoint dict) from an lmstack Lightning checkpoint: a file, or the
+    folder of a sharded (FSDP) checkpoint, gathered into one state dict in this process."""
+    import os
+    from pathlib import Path
+
     from tokenizers import Tokenizer
 
-    import os
+    if os.path.isdir(path):
+        # Lightning's own reader of the folders its ModelParallelStrategy writes (pinned version)
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
-    if not os.path.isfile(path):
+        ckpt = _load_distributed_checkpoint(Path(path))
+    elif os.path.isfile(path):
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    else:
         raise FileNotFoundError(f"no checkpoint at {path!r}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
     hp = ckpt.get("hyper_parameters", {})
     if "model_cfg" not in hp:
         raise ValueError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")

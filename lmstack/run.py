@@ -109,7 +109,8 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
                 "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
                 "decay_tokens": tokens_of(sched.decay_tokens, total)}
     module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
-                            spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps)
+                            spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps,
+                            spec.train.activation_checkpointing, spec.train.compile)
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
     return module, dm

@@ -5,6 +5,7 @@ collection was on; the steps at which GC sync collected; gc state after fit; the
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def main(out: Path, overrides: list[str]) -> None:
     build = run_mod.build_trainer
     trainers = []
     run_mod.build_trainer = lambda spec: trainers.append(build(spec, [probe])) or trainers[-1]
-    cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=out / "cache")
+    cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=os.environ.get("LMSTACK_TEST_CACHE", out / "cache"))
     result = run_mod.run(cfg)
     trainer = trainers[-1]
     gc_cb = next((cb for cb in trainer.callbacks if type(cb).__name__ == "GCSync"), None)

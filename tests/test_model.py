@@ -196,3 +196,19 @@ def test_preset_sizes_on_meta_device(size, target):
     n = model.num_params(non_embedding=True)
     assert n == mcfg.non_embedding_params()
     assert abs(n - target) / target < 0.10, f"{size}: {n / 1e6:.1f}M non-embedding parameters"
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    from lmstack.train.losses import lm_loss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=3, n_heads=4, max_seq_len=32)
+    plain, ckpt = Transformer(cfg), Transformer(cfg)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.activation_checkpointing = True
+    tokens = torch.randint(0, 256, (2, 33))
+    for model in (plain, ckpt):
+        ce, z = lm_loss(model(tokens[:, :-1]), tokens[:, 1:], 1e-4)
+        (ce + z).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)

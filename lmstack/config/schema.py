@@ -116,6 +116,8 @@ class TrainSection:
     max_nonfinite_steps: int = field_(5, min=0)  # this many non-finite steps in a row: checkpoint and stop
     max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
     batch_guard: str = "warn"  # warn | fail
+    activation_checkpointing: bool = False
+    compile: bool = False
     sample_prompt: str = "def "
     sample_tokens: int = field_(48, min=0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .attention import CausalSelfAttention, KVCache
@@ -46,6 +47,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.activation_checkpointing = False  # a training option (train.activation_checkpointing)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -66,7 +68,11 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
         x = self.embed(idx)
         for block in self.blocks:
-            x = block(x, cos, sin, cache, pos)
+            if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                # keep only each block's input; recompute its activations in backward (memory for compute)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache, pos)
         return self.lm_head(self.norm(x))
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:

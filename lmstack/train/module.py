@@ -28,11 +28,13 @@ from .step_guard import NonFinite, make_skippable
 class PretrainModule(L.LightningModule):
     def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
                  grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
-                 max_nonfinite_steps: int = 5):
+                 max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = ModelConfig(**model_cfg)
         self.model = Transformer(self.model_cfg)
+        self.model.activation_checkpointing = activation_checkpointing
+        self.compile = compile
         self.z_loss, self.grad_clip, self.tokens_per_step = z_loss, grad_clip, tokens_per_step
         self.register_buffer("token_bytes", torch.ones(self.model_cfg.vocab_size, dtype=torch.long), persistent=False)
         self.tokenizer_json: str | None = None  # saved in checkpoints so they are self-contained
@@ -62,10 +64,23 @@ class PretrainModule(L.LightningModule):
         self.log("train/tokens", float((self.trainer.global_step + 1) * self.tokens_per_step))
         return ce + z
 
+    def configure_model(self):
+        """Sharding strategies (FSDP2) shard the model here, on every rank, before optimizers exist."""
+        trainer = self._trainer
+        shard = getattr(trainer.strategy, "shard", None) if trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+        if self.compile and not getattr(self, "_compiled", False):
+            for block in self.model.blocks:  # per block: sharded blocks compile as they are
+                block.compile()
+            self._compiled = True
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip to the global norm and log the norm before clipping."""
+        """Clip to the global norm and log the norm before clipping (over all shards under FSDP)."""
         max_norm = self.grad_clip if self.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):  # a DTensor: the norm reduced over the shards
+            norm = norm.full_tensor()
         self.log("train/grad_norm", norm)
         self._decide(norm)
 

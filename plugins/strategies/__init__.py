@@ -1,0 +1,1 @@
+"""Distributed strategies chosen in `conf/strategy/` by `_target_`."""
