@@ -6,6 +6,7 @@ import sys
 
 USAGE = """usage:
   lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
+  lmstack eval ckpt=PATH tasks='[TASK_DIR,...]' out=DIR [batch_size=32 limit=N]
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
   lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
@@ -49,6 +50,36 @@ def generate_cmd(argv: list[str]) -> None:
     ids = generate(model, tok.encode(a["prompt"]).ids, a["max_new_tokens"], a["temperature"], a["top_k"] or None,
                    a["top_p"], generator=g)
     print(a["prompt"] + tok.decode(ids))
+
+
+def eval_cmd(argv: list[str]) -> None:
+    """Multiple-choice tasks (folders of OLMES requests) on a checkpoint: a table, and DIR/eval.json."""
+    import json
+    import os
+    import time
+
+    from lmstack.eval.multiple_choice import load_requests, score_task
+    from lmstack.generate import load_checkpoint
+
+    a = _args(argv, {"ckpt": "???", "tasks": "???", "out": "???", "batch_size": 32, "limit": 0, "device": "cpu"})
+    tasks = [t.strip() for t in a["tasks"].strip().strip("[]").split(",") if t.strip()]
+    try:
+        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
+        questions = {os.path.basename(os.path.normpath(t)): load_requests(t) for t in tasks}
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    results = {}
+    print(f"| task | questions | acc | len_norm | questions/s |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, qs in questions.items():
+        qs = qs[: a["limit"]] if a["limit"] > 0 else qs  # limit=N: the first N questions
+        t0 = time.perf_counter()
+        r = score_task(model, tok, qs, int(a["batch_size"]))
+        rate = len(qs) / (time.perf_counter() - t0)
+        results[name] = {"acc": r["acc"], "len_norm": r["len_norm"], "questions": r["questions"]}
+        print(f"| {name} | {r['questions']} | {r['acc']:.4f} | {r['len_norm']:.4f} | {rate:.1f} |")
+    os.makedirs(a["out"], exist_ok=True)
+    with open(os.path.join(a["out"], "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
 
 
 def prepare_cmd(argv: list[str]) -> None:
@@ -108,7 +139,7 @@ def train_cmd(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-COMMANDS = {"train": train_cmd, "generate": generate_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd}
+COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

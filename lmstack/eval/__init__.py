@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice tasks by ranked classification (OLMES request format)."""

@@ -1,0 +1,95 @@
+"""Multiple-choice scoring (OLMES requests) against hand computations, on the shared eval sets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from lmstack.eval.multiple_choice import Question, encode_pair, load_requests, score_task
+from lmstack.model import ModelConfig, Transformer
+
+from .conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = sorted(p for p in (SHARED_DATA / "evals").iterdir() if (p / "requests.jsonl.gz").exists())
+
+
+def byte_tokenizer() -> Tokenizer:
+    from lmstack.data.tokenizer import train_bpe
+
+    return train_bpe(["the quick brown fox jumps over the lazy dog"] * 20, 300)
+
+
+class Uniform(torch.nn.Module):
+    """Gives every token the same probability."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.cfg = ModelConfig(vocab_size=vocab, d_model=8, n_layers=1, n_heads=1, max_seq_len=512)
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids):
+        return torch.zeros(*ids.shape, self.cfg.vocab_size) + self.p
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda p: p.name)
+def test_requests_load_with_every_choice_and_the_gold(task):
+    qs = load_requests(task)
+    assert qs and all(len(q.choices) >= 2 and 0 <= q.gold < len(q.choices) for q in qs)
+
+
+def test_scores_match_a_hand_computation_and_len_norm_differs_from_acc():
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)).eval()
+    q = Question(0, "the quick brown", gold=1, choices=[" fox jumps over", " dog"])
+    by_hand = []
+    for c in q.choices:
+        ctx, cont = encode_pair(tok, q.context, c)
+        ids = torch.tensor([ctx + cont])
+        logp = torch.log_softmax(model(ids[:, :-1]), -1)[0]
+        by_hand.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+    acc_pick = max(range(2), key=lambda i: by_hand[i])
+    norm_pick = max(range(2), key=lambda i: by_hand[i] / len(q.choices[i]))
+    r = score_task(model, tok, [q])
+    assert r["acc"] == float(acc_pick == 1) and r["len_norm"] == float(norm_pick == 1)
+    assert acc_pick != norm_pick  # the long choice loses on the sum and wins per character here
+    assert all(v < 0 for v in by_hand)
+
+
+def test_a_uniform_model_picks_the_choice_with_fewest_tokens(tmp_path):
+    tok = byte_tokenizer()
+    task = TASKS[0]
+    qs = load_requests(task)[:60]
+    r = score_task(Uniform(tok.get_vocab_size()), tok, qs)
+    expected = 0
+    for q in qs:
+        lengths = [len(encode_pair(tok, q.context, c)[1]) for c in q.choices]
+        expected += int(lengths.index(min(lengths)) == q.gold)  # ties: the first
+    assert r["acc"] == pytest.approx(expected / len(qs)) and r["questions"] == 60
+
+
+def test_eval_cli_writes_eval_json(tmp_path, small_cfg):
+    from lmstack.run import run
+
+    cfg = small_cfg()
+    run(cfg)
+    ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}",
+                          f"tasks=[{TASKS[0]},{TASKS[1]}]", f"out={tmp_path / 'ev'}", "limit=20"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(result) == {TASKS[0].name, TASKS[1].name}
+    for r in result.values():
+        assert r["questions"] == 20 and 0 <= r["acc"] <= 1 and 0 <= r["len_norm"] <= 1
+    assert "| task | questions | acc | len_norm |" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}", "tasks=[/nonexistent]",
+                          f"out={tmp_path / 'x'}"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "no OLMES requests at /nonexistent" in bad.stderr
