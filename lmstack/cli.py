@@ -69,7 +69,7 @@ def eval_cmd(argv: list[str]) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     results = {}
-    print(f"| task | questions | acc | len_norm | questions/s |\n| --- | ---: | ---: | ---: | ---: |")
+    print("| task | questions | acc | len_norm | questions/s |\n| --- | ---: | ---: | ---: | ---: |")
     for name, qs in questions.items():
         qs = qs[: a["limit"]] if a["limit"] > 0 else qs  # limit=N: the first N questions
         t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def prepare_merge_cmd(argv: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from lmstack.data.curate.pipeline import merge_shards
+    from lmstack.data.curate.merge import merge_shards
 
     c = _compose("prepare", [a for a in argv if not a.startswith("shards=")] + ["inputs=[]"])
     given = [a.partition("=")[2] for a in argv if a.startswith("shards=")]

@@ -22,6 +22,13 @@ SMALL = [
 ]
 
 
+def clean_env(**extra) -> dict:
+    """The environment for a multi-process subprocess: without the rendezvous variables an earlier
+    in-process DDP run may have left (its MASTER_PORT can still be bound)."""
+    drop = ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONPATH": str(ROOT), **extra}
+
+
 def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides))

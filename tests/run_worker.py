@@ -26,10 +26,13 @@ class Probe(L.Callback):
 def main(out: Path, overrides: list[str]) -> None:
     import lmstack.run as run_mod
 
-    probe = Probe()
-    build = run_mod.build_trainer
-    trainers = []
-    run_mod.build_trainer = lambda spec: trainers.append(build(spec, [probe])) or trainers[-1]
+    probe, build, trainers = Probe(), run_mod.build_trainer, []
+
+    def build_with_probe(spec):  # keeps the trainer, to read its callbacks after the run
+        trainers.append(build(spec, [probe]))
+        return trainers[-1]
+
+    run_mod.build_trainer = build_with_probe
     cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=os.environ.get("LMSTACK_TEST_CACHE", out / "cache"))
     result = run_mod.run(cfg)
     trainer = trainers[-1]

@@ -4,12 +4,13 @@ that resume exactly. Each run is `tests/run_worker.py` in a subprocess (the laun
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
@@ -18,11 +19,8 @@ TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 rank
 def train(out: Path, cache: Path, *overrides: str) -> list[dict]:
     """Runs 2 processes; returns each rank's report."""
     out.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK",
-                                                              "WORLD_SIZE", "NODE_RANK")}
-    env.update(PYTHONPATH=str(ROOT), LMSTACK_TEST_CACHE=str(cache))
     subprocess.run([sys.executable, str(ROOT / "tests" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
-                   check=True, cwd=ROOT, timeout=600, env=env)
+                   check=True, cwd=ROOT, timeout=600, env=clean_env(LMSTACK_TEST_CACHE=str(cache)))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

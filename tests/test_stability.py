@@ -14,7 +14,7 @@ import torch
 from lmstack.data.sources import is_validation
 from lmstack.run import run
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, clean_env
 
 STEPS, SPIKE_STEP, TPS = 40, 30, 4 * 64
 
@@ -187,17 +187,13 @@ def test_stability_and_throughput_scalars_reach_tensorboard(small_cfg):
 @pytest.mark.slow
 def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path):
     import gc
-    import os
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "tests" / "run_worker.py"), str(tmp_path), "strategy=ddp", "trainer.devices=2",
            "train.max_tokens=3072", "callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2"]
-    # a clean environment: an in-process DDP run of an earlier test may have left MASTER_PORT (still bound)
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK",
-                                                              "WORLD_SIZE", "NODE_RANK")}
-    subprocess.run(cmd, check=True, cwd=root, timeout=600, env={**env, "PYTHONPATH": str(root)})
+    subprocess.run(cmd, check=True, cwd=root, timeout=600, env=clean_env())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["gc_collected_at"] == ranks[1]["gc_collected_at"] == [2, 4, 6]  # 3072 / (2 x 4 x 64) = 6 steps
