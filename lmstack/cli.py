@@ -6,7 +6,7 @@ import sys
 
 USAGE = """usage:
   lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
-  lmstack eval ckpt=PATH tasks='[TASK_DIR,...]' out=DIR [batch_size=32 limit=N]
+  lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [evals=olmes batch_size=16 limit=N seq_len=N device=cpu]
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
   lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
@@ -52,31 +52,72 @@ def generate_cmd(argv: list[str]) -> None:
     print(a["prompt"] + tok.decode(ids))
 
 
+def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dict]:
+    """(sets, tasks) for names of conf/evals entries or paths: a folder holding requests.jsonl.gz is a task,
+    a folder `lmstack prepare` wrote or a JSONL file is a bits-per-byte set."""
+    import os
+
+    sets, tasks = {}, {}
+    known_sets, known_tasks = configured.get("sets") or {}, configured.get("tasks") or {}
+    for name in names:
+        base = os.path.basename(os.path.normpath(name))
+        if name in known_sets:
+            sets[name] = known_sets[name]
+        elif name in known_tasks:
+            tasks[name] = dict(known_tasks[name])
+        elif os.path.isfile(os.path.join(name, "requests.jsonl.gz")):
+            tasks[base] = {"path": name}
+        elif os.path.isfile(os.path.join(name, "meta.json")):
+            sets[base] = {"prepared": name}
+        elif os.path.isfile(name):
+            sets[base.split(".")[0]] = {"jsonl": name}
+        else:
+            raise SystemExit(f"eval {name!r} is neither a configured set or task ({', '.join([*known_sets, *known_tasks])})"
+                             " nor a task folder, prepared folder or JSONL file")
+    if limit >= 0:  # -1: as configured
+        for t in tasks.values():
+            t["limit"] = limit or None  # limit=0: every question
+    return sets, tasks
+
+
 def eval_cmd(argv: list[str]) -> None:
-    """Multiple-choice tasks (folders of OLMES requests) on a checkpoint: a table, and DIR/eval.json."""
+    """Configured eval sets and tasks (or paths) on a checkpoint: a table, and DIR/eval.json."""
     import json
     import os
     import time
 
-    from lmstack.eval.multiple_choice import load_requests, score_task
+    from lmstack.eval.suite import evaluate, load_suite
     from lmstack.generate import load_checkpoint
 
-    a = _args(argv, {"ckpt": "???", "tasks": "???", "out": "???", "batch_size": 32, "limit": 0, "device": "cpu"})
-    tasks = [t.strip() for t in a["tasks"].strip().strip("[]").split(",") if t.strip()]
+    a = _args(argv, {"ckpt": "???", "tasks": "???", "out": "???", "batch_size": 16, "limit": -1, "device": "cpu",
+                     "evals": "olmes", "seq_len": 0})
+    names = [t.strip() for t in str(a["tasks"]).strip().strip("[]").split(",") if t.strip()]
+    configured = _compose("train", [f"evals={a['evals']}"], resolve_only="evals")
+    sets, tasks = _resolve_evals(names, configured, a["limit"])
     try:
-        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
-        questions = {os.path.basename(os.path.normpath(t)): load_requests(t) for t in tasks}
+        model, tok, ckpt = load_checkpoint(a["ckpt"], a["device"])
+        if tok is None:
+            raise ValueError(f"{a['ckpt']} carries no tokenizer")
+        seq_len = int(a["seq_len"]) or model.cfg.max_seq_len
+        suite = load_suite(sets, tasks, tok, ckpt["tokenizer_json"], seq_len)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
+    from lmstack.data.tokenizer import token_byte_lengths
+    import torch
+
+    token_bytes = torch.from_numpy(token_byte_lengths(tok))
     results = {}
-    print("| task | questions | acc | len_norm | questions/s |\n| --- | ---: | ---: | ---: | ---: |")
-    for name, qs in questions.items():
-        qs = qs[: a["limit"]] if a["limit"] > 0 else qs  # limit=N: the first N questions
+    print("| eval | items | acc | len_norm | bpb | items/s |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in [*suite.sets, *suite.tasks]:
+        one = type(suite)({name: suite.sets[name]} if name in suite.sets else {},
+                          {name: suite.tasks[name]} if name in suite.tasks else {})
         t0 = time.perf_counter()
-        r = score_task(model, tok, qs, int(a["batch_size"]))
-        rate = len(qs) / (time.perf_counter() - t0)
-        results[name] = {"acc": r["acc"], "len_norm": r["len_norm"], "questions": r["questions"]}
-        print(f"| {name} | {r['questions']} | {r['acc']:.4f} | {r['len_norm']:.4f} | {rate:.1f} |")
+        r = evaluate(model, one, token_bytes, int(a["batch_size"]))[name]
+        items = r.get("questions", len(suite.sets.get(name, ())))
+        rate = items / (time.perf_counter() - t0)
+        results[name] = r
+        cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb")]
+        print(f"| {name} | {items} | {' | '.join(cells)} | {rate:.1f} |")
     os.makedirs(a["out"], exist_ok=True)
     with open(os.path.join(a["out"], "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -115,7 +156,7 @@ def prepare_merge_cmd(argv: list[str]) -> None:
           f"({stats['reduction']}x fewer); report: {os.path.join(c['output_dir'], 'report.md')}")
 
 
-def _compose(name: str, overrides: list[str]) -> dict:
+def _compose(name: str, overrides: list[str], resolve_only: str | None = None) -> dict:
     import os
 
     from hydra import compose, initialize_config_dir
@@ -124,6 +165,15 @@ def _compose(name: str, overrides: list[str]) -> dict:
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides)
+    if resolve_only:  # one section (the rest may interpolate what only a Hydra run defines)
+        node, out = cfg.get(resolve_only) or {}, {}
+        for key in node:
+            try:
+                out[key] = OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) \
+                    else node[key]
+            except Exception:  # noqa: BLE001 - e.g. ${run_dir}, defined by a Hydra run only
+                continue
+        return out
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")

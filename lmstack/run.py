@@ -45,6 +45,8 @@ def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str |
 
 def build_trainer(spec: RunSpec, extra_callbacks=()) -> L.Trainer:
     callbacks = [hydra.utils.instantiate(cb) for cb in spec.callbacks.values() if cb]
+    if spec.evals is not None:
+        callbacks.append(hydra.utils.instantiate(spec.evals))
     logger = hydra.utils.instantiate(spec.logger) if spec.logger else False
     strategy = hydra.utils.instantiate(spec.strategy) if "_target_" in spec.strategy else spec.strategy["name"]
     accum = spec.trainer.get("accumulate_grad_batches", 1)

@@ -89,3 +89,10 @@ def small_cfg(tmp_path, cache_dir):
 def _quiet():
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+# In-loop evals kept small: c4 (6 documents) in bits per byte, arc_easy and copa (15 questions each).
+SMALL_EVALS = [
+    "evals=olmes", "evals.sets.c4.max_docs=6", "~evals.sets.cc", "evals.tasks.arc_easy.limit=15",
+    "evals.tasks.copa.limit=15", "~evals.tasks.piqa", "~evals.tasks.sciq", "~evals.tasks.copycolors_10way",
+]

@@ -1,7 +1,8 @@
 """Run by the multi-process tests: `python tests/run_worker.py OUT_DIR [overrides...]` trains with
 lmstack's own `run` (Lightning Trainer; the DDP / FSDP launcher starts the other rank by running this
 same command) and writes OUT_DIR/rank<r>.json: per step, the training loss and whether automatic garbage
-collection was on; the steps at which GC sync collected; gc state after fit; the run's result."""
+collection was on; the steps at which GC sync collected; gc state after fit; the in-loop evals; the
+run's result."""
 
 import gc
 import json
@@ -37,8 +38,9 @@ def main(out: Path, overrides: list[str]) -> None:
     result = run_mod.run(cfg)
     trainer = trainers[-1]
     gc_cb = next((cb for cb in trainer.callbacks if type(cb).__name__ == "GCSync"), None)
+    evals = next((cb.history for cb in trainer.callbacks if type(cb).__name__ == "Evaluator"), None)
     report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": probe.steps,
-              "gc_collected_at": gc_cb.collected_at if gc_cb else None, "gc_enabled_after": gc.isenabled(),
+              "gc_collected_at": gc_cb.collected_at if gc_cb else None, "gc_enabled_after": gc.isenabled(), "evals": evals,
               "result": {k: v for k, v in result.items() if k != "run_dir"}}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 

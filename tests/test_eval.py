@@ -89,7 +89,7 @@ def test_eval_cli_writes_eval_json(tmp_path, small_cfg):
     assert set(result) == {TASKS[0].name, TASKS[1].name}
     for r in result.values():
         assert r["questions"] == 20 and 0 <= r["acc"] <= 1 and 0 <= r["len_norm"] <= 1
-    assert "| task | questions | acc | len_norm |" in out.stdout
+    assert "| eval | items | acc | len_norm | bpb |" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}", "tasks=[/nonexistent]",
                           f"out={tmp_path / 'x'}"], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode != 0 and "no OLMES requests at /nonexistent" in bad.stderr
+    assert bad.returncode != 0 and "eval '/nonexistent' is neither a configured set or task" in bad.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import clean_env
+from .conftest import SHARED_DATA, SMALL_EVALS, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
@@ -32,7 +32,8 @@ def losses(report: dict) -> dict[int, float]:
 def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
     cache = tmp_path / "cache"
     ddp = train(tmp_path / "ddp", cache, "strategy=ddp")
-    fsdp = train(tmp_path / "fsdp", cache, "strategy=fsdp", "callbacks.checkpoint.every_n_train_steps=5")
+    fsdp = train(tmp_path / "fsdp", cache, "strategy=fsdp", "callbacks.checkpoint.every_n_train_steps=5",
+                 *SMALL_EVALS, "evals.every_steps=5")
     for rank in range(2):
         assert fsdp[rank]["world_size"] == 2 and len(fsdp[rank]["steps"]) == 10
         a, b = losses(ddp[rank]), losses(fsdp[rank])
@@ -45,6 +46,7 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
     model, tok, state = load_checkpoint(str(ckpt))  # gathered into one process for generation or export
     assert state["global_step"] == 5 and tok is not None
     assert all(p.isfinite().all() for p in model.parameters())
+    check_inloop_evals(fsdp, model, tok, state)
     resumed = train(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={ckpt}")
     for rank in range(2):
         a, b = losses(fsdp[rank]), losses(resumed[rank])
@@ -52,3 +54,24 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
         for step in b:
             assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
     assert fsdp[0]["result"]["val/bpb"] == pytest.approx(resumed[0]["result"]["val/bpb"], abs=1e-5)
+
+
+def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
+    """Each rank scored its share (uneven: 15 questions, 6 documents) and the reduced numbers are the ones
+    one process gets from the gathered step-5 checkpoint."""
+    import torch
+
+    from lmstack.data.tokenizer import token_byte_lengths
+    from lmstack.eval.suite import evaluate, load_suite
+
+    assert reports[0]["evals"] == reports[1]["evals"]
+    assert [r["step"] for r in reports[0]["evals"]] == [5, 10]
+    sets = {"c4": {"jsonl": [str(SHARED_DATA / "web" / f"c4-sample.0{i}.json.gz") for i in (1, 2, 3)], "max_docs": 6}}
+    tasks = {t: {"path": str(SHARED_DATA / "evals" / t), "limit": 15} for t in ("arc_easy", "copa")}
+    suite = load_suite(sets, tasks, tok, state["tokenizer_json"], 64)
+    alone = evaluate(model, suite, torch.from_numpy(token_byte_lengths(tok)), 16)
+    inloop = reports[0]["evals"][0]
+    assert inloop["c4"]["bpb"] == pytest.approx(alone["c4"]["bpb"], rel=1e-5)
+    assert inloop["c4"]["tokens"] == alone["c4"]["tokens"]
+    for t in tasks:
+        assert inloop[t] == alone[t]

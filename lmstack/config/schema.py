@@ -154,6 +154,7 @@ class RunSpec:
     strategy: dict = field_({"name": "auto"})
     logger: Any = None
     callbacks: dict = field_({})
+    evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
 
 
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep"}
@@ -256,6 +257,14 @@ def validate(cfg: dict) -> RunSpec:
     for name, cb in (spec.callbacks or {}).items():
         if cb is not None:
             check_target(cb, f"callbacks.{name}")
+    if spec.evals is not None:
+        check_target(spec.evals, "evals")
+        from lmstack.eval.suite import check_specs
+
+        try:
+            check_specs(spec.evals.get("sets") or {}, spec.evals.get("tasks") or {})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return spec
 
 

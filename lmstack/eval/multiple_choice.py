@@ -55,15 +55,22 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     return tok.encode(stripped).ids if stripped else [], tok.encode(continuation).ids
 
 
+def encode_question(tok, q: Question) -> list[tuple[list[int], list[int]]]:
+    return [encode_pair(tok, q.context, c) for c in q.choices]
+
+
 @torch.no_grad()
-def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[float]:
-    """Sum of log p(continuation token | everything before it) for each (context ids, continuation ids)."""
+def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32,
+                          min_batches: int = 0) -> list[float]:
+    """Sum of log p(continuation token | everything before it) for each (context ids, continuation ids).
+    Runs at least `min_batches` forward passes (ranks of a sharded model must run as many as each other)."""
     max_len = model.cfg.max_seq_len + 1
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        seqs = [(ctx + cont)[-max_len:] for ctx, cont in chunk]
+    n_batches = max(-(-len(pairs) // batch_size), min_batches)
+    for b in range(n_batches):
+        chunk = pairs[b * batch_size : (b + 1) * batch_size]
+        seqs = [(ctx + cont)[-max_len:] for ctx, cont in chunk] or [[0, 0]]  # [[0, 0]]: a padding pass
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -77,18 +84,23 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     return out
 
 
-def score_task(model, tok, questions: list[Question], batch_size: int = 32) -> dict:
-    """acc and len_norm over the questions (and how many there were)."""
-    pairs, spans = [], []
-    for q in questions:
-        spans.append((len(pairs), len(q.choices)))
-        pairs += [encode_pair(tok, q.context, c) for c in q.choices]
-    sums = continuation_logprobs(model, pairs, batch_size)
+def task_hits(model, questions: list[Question], encoded: list[list[tuple[list[int], list[int]]]],
+              batch_size: int = 32, min_batches: int = 0) -> torch.Tensor:
+    """float64 [3]: questions right by `acc`, right by `len_norm`, and questions scored."""
+    pairs = [p for e in encoded for p in e]
+    sums = continuation_logprobs(model, pairs, batch_size, min_batches)
     acc = norm = 0
-    for q, (first, n) in zip(questions, spans):
-        s = torch.tensor(sums[first : first + n])
+    first = 0
+    for q in questions:
+        s = torch.tensor(sums[first : first + len(q.choices)])
+        first += len(q.choices)
         chars = torch.tensor([max(len(c), 1) for c in q.choices], dtype=torch.float)
         acc += int(int(s.argmax()) == q.gold)
         norm += int(int((s / chars).argmax()) == q.gold)
-    n = max(len(questions), 1)
-    return {"acc": acc / n, "len_norm": norm / n, "questions": len(questions)}
+    return torch.tensor([acc, norm, len(questions)], dtype=torch.float64)
+
+
+def score_task(model, tok, questions: list[Question], batch_size: int = 32) -> dict:
+    """acc and len_norm over the questions (and how many there were)."""
+    acc, norm, n = task_hits(model, questions, [encode_question(tok, q) for q in questions], batch_size).tolist()
+    return {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}

@@ -1,0 +1,101 @@
+"""A suite of evals, loaded once and run many times: text sets scored in bits per byte and multiple-choice
+tasks scored by ranked classification, each process scoring its share and the sums reduced over ranks.
+
+Configured as (the `evals` config group, see conf/evals/):
+
+    sets:   {NAME: {jsonl: PATH or [PATHS], text_field: text, max_docs: N}
+             or {prepared: DIR, split: val}}
+    tasks:  {NAME: {path: DIR holding requests.jsonl.gz, limit: N}}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
+from .multiple_choice import Question, encode_question, load_requests, task_hits
+
+
+@dataclass
+class EvalSuite:
+    sets: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    tasks: dict[str, tuple[list[Question], list]] = field(default_factory=dict)  # questions, encoded pairs
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.tasks)
+
+
+def check_specs(sets: dict, tasks: dict, where: str = "evals") -> None:
+    """Raise ValueError naming the first malformed entry (before any data is read)."""
+    for name, s in (sets or {}).items():
+        if not isinstance(s, dict) or sum(bool(s.get(k)) for k in ("jsonl", "prepared")) != 1:
+            raise ValueError(f"{where}.sets.{name} needs exactly one of `jsonl` (file or list of files) or "
+                             "`prepared` (a folder lmstack prepare wrote)")
+        extra = set(s) - {"jsonl", "text_field", "max_docs", "prepared", "split"}
+        if extra:
+            raise ValueError(f"{where}.sets.{name}: unknown key {sorted(extra)[0]!r}")
+    for name, t in (tasks or {}).items():
+        if not isinstance(t, (dict, str)) or (isinstance(t, dict) and not t.get("path")):
+            raise ValueError(f"{where}.tasks.{name} needs `path`: a folder holding requests.jsonl.gz")
+        extra = set(t) - {"path", "limit"} if isinstance(t, dict) else set()
+        if extra:
+            raise ValueError(f"{where}.tasks.{name}: unknown key {sorted(extra)[0]!r}")
+
+
+def load_suite(sets: dict, tasks: dict, tok, tokenizer_json: str, seq_len: int) -> EvalSuite:
+    """Read and tokenize every configured set and task."""
+    check_specs(sets, tasks)
+    suite = EvalSuite()
+    for name, s in (sets or {}).items():
+        if s.get("prepared"):
+            suite.sets[name] = blocks_from_prepared(s["prepared"], tokenizer_json, seq_len, s.get("split", "val"))
+        else:
+            texts = read_jsonl_texts(s["jsonl"], s.get("text_field", "text"), s.get("max_docs"))
+            suite.sets[name] = blocks_from_texts(tok, texts, seq_len)
+        if not suite.sets[name]:
+            raise ValueError(f"eval set {name!r} holds no text")
+    for name, t in (tasks or {}).items():
+        t = {"path": t} if isinstance(t, str) else t
+        questions = load_requests(os.path.expanduser(t["path"]))
+        if t.get("limit"):
+            questions = questions[: t["limit"]]  # the first N, so every run scores the same questions
+        suite.tasks[name] = (questions, [encode_question(tok, q) for q in questions])
+    return suite
+
+
+@torch.no_grad()
+def evaluate(model, suite: EvalSuite, token_bytes: torch.Tensor, batch_size: int = 16, rank: int = 0,
+             world: int = 1, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+    """{name: {metric: value}}. Rank r scores items r, r + world, ...; every rank runs the same number of
+    forward passes; `reduce` sums a tensor over ranks."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict] = {}
+    try:
+        for name, blocks in suite.sets.items():
+            most = max(len(blocks[r::world]) for r in range(world))
+            sums = bpb_sums(model, blocks[rank::world], token_bytes, batch_size, math.ceil(most / batch_size))
+            nats, tokens, nbytes = (reduce(sums) if reduce else sums).tolist()
+            out[name] = {"bpb": nats / math.log(2) / max(nbytes, 1), "loss": nats / max(tokens, 1),
+                         "tokens": int(tokens)}
+        for name, (questions, encoded) in suite.tasks.items():
+            most = max(sum(len(e) for e in encoded[r::world]) for r in range(world))
+            hits = task_hits(model, questions[rank::world], encoded[rank::world], batch_size,
+                             math.ceil(most / batch_size))
+            device = next(model.parameters()).device
+            acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
+            out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
+    finally:
+        model.train(was_training)
+    return out
+
+
+def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
+    """`eval/<set>/bpb`, `eval/<task>/acc`, `eval/<task>/len_norm` for the loggers."""
+    keep = ("bpb", "acc", "len_norm")
+    return {f"{prefix}/{name}/{k}": v for name, r in results.items() for k, v in r.items() if k in keep}
