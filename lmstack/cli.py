@@ -1,4 +1,4 @@
-"""The `lmstack` command: `lmstack train [overrides]`, `lmstack generate ckpt=PATH prompt=...`."""
+"""The `lmstack` command: train, prepare, eval, generate, export and import (see USAGE)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ USAGE = """usage:
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
   lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
+  lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]
+  lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
+  lmstack import-hf DIR [out=DIR/lmstack.ckpt]     a Hugging Face Llama / OLMo 2 folder as a checkpoint
 """
 
 
@@ -123,6 +126,60 @@ def eval_cmd(argv: list[str]) -> None:
         json.dump(results, f, indent=2)
 
 
+def export_cmd(argv: list[str]) -> None:
+    """A checkpoint as a Hugging Face folder (Llama or OLMo 2, by the model's norm configuration)."""
+    from lmstack.interop.hf import export_hf
+
+    a = _args(argv, {"ckpt": "???", "out": "???", "format": "hf"})
+    if a["format"] != "hf":
+        raise SystemExit(f"format={a['format']!r} is not supported; allowed: hf")
+    try:
+        config = export_hf(a["ckpt"], a["out"])
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"cannot export {a['ckpt']}: {e}") from None
+    print(f"wrote {config['architectures'][0]} ({config['num_hidden_layers']} layers, d={config['hidden_size']}, "
+          f"vocab {config['vocab_size']}) to {a['out']}")
+
+
+def import_hf_cmd(argv: list[str]) -> None:
+    """A Hugging Face Llama / OLMo 2 folder as an lmstack checkpoint (for init_from= or generate/eval)."""
+    import os
+
+    from lmstack.interop.hf import import_hf
+
+    if not argv or "=" in argv[0]:
+        raise SystemExit(f"missing the Hugging Face folder\n{USAGE}")
+    folder = argv[0]
+    a = _args(argv[1:], {"out": os.path.join(folder, "lmstack.ckpt")})
+    try:
+        r = import_hf(folder, a["out"])
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise SystemExit(f"cannot import {folder}: {e}") from None
+    print(f"imported {r['architecture']} ({r['params'] / 1e6:.2f}M parameters) to {r['out']}")
+
+
+def plan_cmd(argv: list[str]) -> None:
+    """Chinchilla planning: solve C = 6 N D, print time and cost per device, a shape and its overrides."""
+    from lmstack.plan import PlanError, hours, peak_flops, report, solve
+    from lmstack.train.flops import measure_matmul_flops
+
+    a = _args(argv, {"flops": 0.0, "gpu_hours": 0.0, "usd": 0.0, "params": 0.0, "tokens": 0.0, "gpu": "h100",
+                     "mfu": 0.4, "usd_per_gpu_hour": 2.0, "gpus": 1, "tokens_per_param": 20.0, "seq_len": 2048})
+    try:
+        if not 0 < a["mfu"] <= 1:
+            raise PlanError(f"mfu={a['mfu']} must be in (0, 1]")
+        if sum(map(bool, (a["flops"], a["gpu_hours"], a["usd"]))) > 1:
+            raise PlanError("give compute once: flops=, gpu_hours= or usd=")
+        gpu_hours = a["gpu_hours"] or (a["usd"] / a["usd_per_gpu_hour"] if a["usd"] else 0)
+        flops = a["flops"] or gpu_hours * 3600 * peak_flops(a["gpu"]) * a["mfu"]
+        budget = solve(flops, a["params"], a["tokens"], a["tokens_per_param"])
+        print(report(budget, a["mfu"], a["usd_per_gpu_hour"], a["gpus"], a["seq_len"], measure_matmul_flops()))
+        h = hours(budget.flops, peak_flops(a["gpu"]), a["mfu"])
+        print(f"\n{a['gpu']}: {h:,.0f} GPU-hours, ${h * a['usd_per_gpu_hour']:,.0f}")
+    except PlanError as e:
+        raise SystemExit(str(e)) from None
+
+
 def prepare_cmd(argv: list[str]) -> None:
     """Compose conf/prepare.yaml with Hydra overrides and run the curation pipeline."""
     import os
@@ -189,7 +246,8 @@ def train_cmd(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd}
+COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd,
+            "export": export_cmd, "import-hf": import_hf_cmd, "plan": plan_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

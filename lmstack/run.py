@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmstack.config import ConfigError, RunSpec, model_config, validate
 from lmstack.data.datamodule import LMDataModule
+from lmstack.model import ModelConfig
 from lmstack.train.module import PretrainModule
 from lmstack.train.schedules import tokens_of
 from lmstack.train.step_guard import TrainingStopped
@@ -82,12 +83,39 @@ def check_global_batch(spec: RunSpec, tokens: int) -> None:
     log.warning(msg)
 
 
+def load_init(spec: RunSpec) -> dict:
+    """The init_from checkpoint's model state, model config and tokenizer (saved where the corpus
+    preparation can read it: the cache, named by its content)."""
+    import hashlib
+
+    from lmstack.generate import load_checkpoint
+
+    if not os.path.exists(spec.init_from):
+        raise ConfigError(f"init_from={spec.init_from!r} does not exist")
+    model, _, ckpt = load_checkpoint(spec.init_from)
+    text = ckpt.get("tokenizer_json")
+    if not text:
+        raise ConfigError(f"init_from={spec.init_from!r} carries no tokenizer")
+    folder = Path(os.path.expanduser(spec.paths.cache_dir)) / "tokenizers"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (hashlib.sha256(text.encode()).hexdigest()[:16] + ".json")
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    cfg = {**model.cfg.to_dict(), "attn_backend": spec.attention.backend}  # the backend is this run's choice
+    if spec.data.seq_len > cfg["max_seq_len"]:
+        raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds init_from's max_seq_len={cfg['max_seq_len']}")
+    return {"state": model.state_dict(), "model_cfg": cfg, "tokenizer": str(path), "step": ckpt.get("global_step", 0)}
+
+
 def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
     """The data module (corpus prepared) and the LightningModule for this spec and trainer."""
     tps = tokens_per_step(spec, trainer)
     check_global_batch(spec, tps)
     max_steps = math.ceil(spec.train.max_tokens / tps)
     trainer.fit_loop.epoch_loop.max_steps = max_steps
+    init = load_init(spec) if spec.init_from else None
     dm = LMDataModule(
         sources=[asdict(s) for s in spec.data_mix.sources], cache_dir=spec.paths.cache_dir,
         seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, vocab_size=spec.data.vocab_size,
@@ -97,14 +125,16 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
         total_micro_steps=max_steps * trainer.accumulate_grad_batches,
         phases=[{"start_sample": tokens_of(p.start_tokens, max_steps * tps) // spec.data.seq_len,
                  "weights": p.weights} for p in spec.data_mix.phases],
-        blocklist=spec.data.blocklist,
+        blocklist=spec.data.blocklist, tokenizer=init["tokenizer"] if init else None,
     )
     dm.prepare_data()
     tok_vocab = dm.tokenizer_vocab_size
-    if spec.model.vocab_size is not None and spec.model.vocab_size < tok_vocab:
+    if not init and spec.model.vocab_size is not None and spec.model.vocab_size < tok_vocab:
         raise ConfigError(f"model.vocab_size={spec.model.vocab_size} is smaller than the tokenizer's {tok_vocab}")
-    vocab = spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64)
-    mcfg = model_config(spec, vocab)
+    if init:  # the checkpoint's model; model/attention/norm groups other than the backend do not apply
+        mcfg = ModelConfig(**init["model_cfg"])
+    else:
+        mcfg = model_config(spec, spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
     total = max_steps * tps
     sched = spec.schedule
     schedule = {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
@@ -113,6 +143,8 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
     module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
                             spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps,
                             spec.train.activation_checkpointing, spec.train.compile)
+    if init:
+        module.model.load_state_dict(init["state"])
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
     return module, dm
@@ -147,6 +179,8 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(spec)
     module, dm = build(spec, trainer, config)
     if trainer.is_global_zero:
+        if spec.init_from:
+            print(f"initialised from {spec.init_from}: its weights, model configuration and tokenizer")
         n = module.model.num_params(non_embedding=True)
         print(f"model: {n / 1e6:.2f}M non-embedding parameters; corpus: {dm.corpus.root}")
         print(f"budget: {spec.train.max_tokens:,} tokens = {trainer.max_steps} steps of "

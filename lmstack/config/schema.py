@@ -149,6 +149,7 @@ class RunSpec:
     seed: int = 1234
     run_dir: str = "outputs/run"
     ckpt_path: Optional[str] = None
+    init_from: Optional[str] = None  # weights (and tokenizer) of a checkpoint; a fresh optimizer and schedule
     imports: list[str] = field_([])
     trainer: dict = field_({})
     strategy: dict = field_({"name": "auto"})
@@ -242,6 +243,9 @@ def validate(cfg: dict) -> RunSpec:
         if start <= previous:
             raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
         previous = start
+    if spec.ckpt_path and spec.init_from:
+        raise ConfigError("set one of ckpt_path (resume a run: weights, optimizer, data position) and init_from "
+                          "(start a new run from a checkpoint's weights)")
     if spec.train.batch_guard not in ("warn", "fail"):
         raise ConfigError(f"train.batch_guard={spec.train.batch_guard!r} is not allowed; allowed: warn, fail")
     if spec.data.seq_len > spec.model.max_seq_len:

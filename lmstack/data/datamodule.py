@@ -28,7 +28,7 @@ class LMDataModule(L.LightningDataModule):
                  val_fraction: float = 0.02, val_max_blocks: int | None = None, min_frequency: int = 2,
                  tokenizer_train_bytes: int = 20_000_000, max_docs: int | None = None, num_workers: int = 0,
                  seed: int = 0, total_micro_steps: int | None = None, phases: list[dict] | None = None,
-                 blocklist: list[str] | None = None):
+                 blocklist: list[str] | None = None, tokenizer: str | None = None):
         super().__init__()
         self.sources, self.cache_dir, self.seq_len = sources, cache_dir, seq_len
         self.batch_size, self.vocab_size, self.val_fraction = batch_size, vocab_size, val_fraction
@@ -38,6 +38,7 @@ class LMDataModule(L.LightningDataModule):
         # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
         self.phases = phases or []
         self.blocklist = list(blocklist or [])  # files of document ids (e.g. spike_blocklist.txt)
+        self.tokenizer = tokenizer  # a tokenizer.json every source must use (init_from's), or None
         self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
         self.parts: list[tuple[int, Path, float]] = []
 
@@ -47,7 +48,7 @@ class LMDataModule(L.LightningDataModule):
             return
         self.corpus = prepare_corpus(
             self.sources, self.cache_dir, self.seq_len, self.val_fraction, self.vocab_size,
-            self.min_frequency, self.tokenizer_train_bytes, self.max_docs,
+            self.min_frequency, self.tokenizer_train_bytes, self.max_docs, tokenizer=self.tokenizer,
         )
         self.parts = [(i, self.corpus.root / s["name"], 1.0) for i, s in enumerate(self.sources)]
 
@@ -59,6 +60,10 @@ class LMDataModule(L.LightningDataModule):
         for i, src in enumerate(self.sources):
             corpus = load_prepared(src["prepared"], self.seq_len)
             digest = tokenizer_digest(corpus.tokenizer_path)
+            if first is None and self.tokenizer and digest != tokenizer_digest(Path(self.tokenizer)):
+                raise ValueError(f"data_mix: {src['prepared']} was tokenized with another tokenizer than the "
+                                 f"checkpoint's (init_from); prepare it again with "
+                                 f"prepare.tokenize.tokenizer={self.tokenizer}")
             if first is None:
                 self.corpus, first = corpus, digest
             elif digest != first:

@@ -199,9 +199,13 @@ def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
 
 def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
                    vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
-                   max_docs: int | None = None, shard_bytes: int = 4_000_000) -> PreparedCorpus:
-    """Prepare (or reuse) the corpus for these sources and settings; returns where it lies."""
+                   max_docs: int | None = None, shard_bytes: int = 4_000_000,
+                   tokenizer: str | None = None) -> PreparedCorpus:
+    """Prepare (or reuse) the corpus for these sources and settings; returns where it lies. `tokenizer`: a
+    tokenizer.json to use (a checkpoint's, for init_from) instead of training one."""
     tok_cfg = {"vocab_size": vocab_size, "min_frequency": min_frequency, "train_bytes": tokenizer_train_bytes}
+    if tokenizer:
+        tok_cfg = {"file": tokenizer_digest(Path(os.path.expanduser(tokenizer)))}
     key = corpus_key(sources + [{"max_docs": max_docs}], tok_cfg, seq_len, val_fraction)
     root = Path(os.path.expanduser(cache_dir)) / "corpora" / key
     if (root / "meta.json").exists():
@@ -219,7 +223,7 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
             raise ValueError(f"data source {src['name']!r} yielded no documents")
         per_source[src["name"]] = _exact_dedup(docs, acct)
     meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
-                        shard_bytes, key)
+                        shard_bytes, key, tokenizer)
     size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
     acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
     acct.write(tmp)

@@ -1,0 +1,210 @@
+"""Hugging Face format, both ways: an lmstack model as a `transformers` Llama (pre-norm presets) or OLMo 2
+(reordered norm + QK-norm) folder, and such a folder back into an lmstack checkpoint.
+
+The two layouts are the same computation: RMSNorm in fp32, RoPE in the rotate-half convention on the
+un-split query/key projections, QK-norm over the whole projection (OLMo 2), SwiGLU. Only the parameter
+names differ (`NAMES`). Export writes `config.json`, `generation_config.json`, `model.safetensors`,
+`tokenizer.json` and `tokenizer_config.json`; it needs no `transformers` (loading the folder does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lmstack.model import ModelConfig
+
+ARCH = {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+
+# lmstack parameter name (per block, "{i}") -> Hugging Face name, for each architecture
+_BLOCK = {
+    "attn.q_proj.weight": "self_attn.q_proj.weight", "attn.k_proj.weight": "self_attn.k_proj.weight",
+    "attn.v_proj.weight": "self_attn.v_proj.weight", "attn.o_proj.weight": "self_attn.o_proj.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight", "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
+NAMES = {
+    "llama": {**_BLOCK, "attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight"},
+    "olmo2": {**_BLOCK, "attn_norm.weight": "post_attention_layernorm.weight",
+              "mlp_norm.weight": "post_feedforward_layernorm.weight",
+              "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"},
+}
+_TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+        "lm_head.weight": "lm_head.weight"}
+
+
+class NoHFEquivalent(ValueError):
+    """The configuration has no Hugging Face architecture that computes the same function."""
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """`llama` or `olmo2` for this configuration, or NoHFEquivalent naming the option that blocks it."""
+    if cfg.norm != "rmsnorm":
+        raise NoHFEquivalent(f"norm.kind={cfg.norm} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
+                             "(train with norm=rmsnorm or norm=olmo2)")
+    if cfg.placement == "pre" and not cfg.qk_norm:
+        return "llama"
+    if cfg.placement == "reordered" and cfg.qk_norm:
+        return "olmo2"
+    if cfg.placement == "pre":
+        raise NoHFEquivalent("norm.qk_norm=true with norm.placement=pre has no Hugging Face equivalent: Llama has no "
+                             "QK-norm and OLMo 2 places its norms after each sublayer (use norm=olmo2 or qk_norm=false)")
+    raise NoHFEquivalent("norm.placement=reordered with norm.qk_norm=false has no Hugging Face equivalent: OLMo 2 "
+                         "always normalises queries and keys (set norm.qk_norm=true, or norm.placement=pre for Llama)")
+
+
+def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in state.items():
+        if name in _TOP:
+            if name == "lm_head.weight" and cfg.tie_embeddings:
+                continue
+            out[_TOP[name]] = t
+            continue
+        _, i, rest = name.split(".", 2)  # blocks.{i}.rest
+        out[f"model.layers.{i}.{NAMES[arch][rest]}"] = t
+    return out
+
+
+def from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
+    back = {v: k for k, v in NAMES[arch].items()}
+    top = {v: k for k, v in _TOP.items()}
+    out = {}
+    for name, t in hf.items():
+        if name in top:
+            out[top[name]] = t
+        elif name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            if rest not in back:
+                raise ValueError(f"unexpected {ARCH[arch]} parameter {name}")
+            out[f"blocks.{i}.{back[rest]}"] = t
+        elif not name.endswith("rotary_emb.inv_freq"):
+            raise ValueError(f"unexpected {ARCH[arch]} parameter {name}")
+    if cfg.tie_embeddings or "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["embed.weight"]
+    return out
+
+
+def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> dict:
+    c = {
+        "architectures": [ARCH[arch]], "model_type": arch, "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.hidden_size, "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "hidden_act": "silu",
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std, "bos_token_id": None, "eos_token_id": eos, "pad_token_id": pad,
+        "torch_dtype": "float32", "use_cache": True,
+    }
+    if arch == "llama":
+        c.update(head_dim=cfg.head_dim, mlp_bias=False, pretraining_tp=1)
+    return c
+
+
+def export_hf(ckpt_path: str, out: str) -> dict:
+    """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json."""
+    from safetensors.torch import save_file
+
+    from lmstack.data.tokenizer import EOS, PAD
+    from lmstack.generate import load_checkpoint
+
+    model, tok, _ = load_checkpoint(ckpt_path)
+    arch = hf_architecture(model.cfg)
+    if tok is None:
+        raise ValueError(f"{ckpt_path} carries no tokenizer; Hugging Face folders need one")
+    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    state = to_hf_state({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, model.cfg, arch)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(model.cfg, arch, eos, pad)
+    _write_json(out, "config.json", config)
+    _write_json(out, "generation_config.json", {"eos_token_id": eos, "pad_token_id": pad, "bos_token_id": None})
+    tok.save(os.path.join(out, "tokenizer.json"))
+    _write_json(out, "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS if eos is not None else None,
+        "pad_token": PAD if pad is not None else None, "bos_token": None, "add_bos_token": False,
+        "model_max_length": model.cfg.max_seq_len, "clean_up_tokenization_spaces": False})
+    return config
+
+
+def _write_json(folder: str, name: str, obj: dict) -> None:
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.exists():
+        return load_file(str(single))
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(str(folder / f)).items()}
+    raise FileNotFoundError(f"{folder} holds no model.safetensors (or model.safetensors.index.json)")
+
+
+def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
+    """The lmstack configuration of a Llama or OLMo 2 config.json, or ValueError naming what differs."""
+    arch = next((a for a, name in ARCH.items() if name in c.get("architectures", [])), None)
+    if arch is None:
+        raise ValueError(f"architectures={c.get('architectures')}: lmstack imports {', '.join(ARCH.values())}")
+    rope = c.get("rope_parameters") or {}
+    blocks = [(k, v) for k, v in [
+        ("attention_bias", c.get("attention_bias", False)), ("mlp_bias", c.get("mlp_bias", False)),
+        ("hidden_act", c.get("hidden_act", "silu") != "silu" and c.get("hidden_act")),
+        ("rope_scaling", c.get("rope_scaling")),
+        ("rope_parameters.rope_type", rope.get("rope_type", "default") != "default" and rope.get("rope_type")),
+    ] if v]
+    heads, d = c["num_attention_heads"], c["hidden_size"]
+    if c.get("head_dim") not in (None, d // heads):
+        blocks.append(("head_dim", c["head_dim"]))
+    if blocks:
+        key, value = blocks[0]
+        raise ValueError(f"{key}={value} has no lmstack equivalent")
+    cfg = ModelConfig(
+        d_model=d, n_layers=c["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads") or heads, vocab_size=c["vocab_size"],
+        max_seq_len=c.get("max_position_embeddings", 2048), mlp_hidden=c["intermediate_size"],
+        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10_000.0))), norm="rmsnorm",
+        norm_eps=c.get("rms_norm_eps", 1e-6), placement="pre" if arch == "llama" else "reordered",
+        qk_norm=arch == "olmo2", tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        init_std=c.get("initializer_range", 0.02),
+    )
+    return cfg, arch
+
+
+def import_hf(folder: str, out: str) -> dict:
+    """An lmstack checkpoint (the same dict a training run saves, without optimizer state) from a Hugging Face
+    Llama or OLMo 2 folder; `init_from=` starts pretraining or adaptation from it."""
+    from tokenizers import Tokenizer
+
+    from lmstack.data.tokenizer import token_byte_lengths
+    from lmstack.model import Transformer
+
+    root = Path(folder)
+    if not (root / "config.json").exists():
+        raise FileNotFoundError(f"{root} holds no config.json")
+    cfg, arch = model_config_from_hf(json.loads((root / "config.json").read_text()))
+    model = Transformer(cfg)
+    state = from_hf_state(_read_hf_weights(root), cfg, arch)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{root}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    tok_json = (root / "tokenizer.json").read_text() if (root / "tokenizer.json").exists() else None
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model_cfg": cfg.to_dict()},
+        "tokenizer_json": tok_json, "global_step": 0, "epoch": 0, "imported_from": str(root.resolve()),
+    }
+    if tok_json:
+        tb = torch.zeros(cfg.vocab_size, dtype=torch.long)
+        lengths = torch.from_numpy(token_byte_lengths(Tokenizer.from_str(tok_json))).long()
+        tb[: len(lengths)] = lengths[: cfg.vocab_size]
+        ckpt["token_bytes"] = tb
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    return {"architecture": ARCH[arch], "params": sum(p.numel() for p in model.parameters()), "out": out}

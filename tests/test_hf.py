@@ -1,0 +1,141 @@
+"""Hugging Face interop: export -> `transformers` loads offline -> the same logits on real text; export ->
+import -> identical weights; configurations without an equivalent are refused naming the option; an
+imported checkpoint continues pretraining through init_from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmstack.interop.hf import NoHFEquivalent, hf_architecture, import_hf, model_config_from_hf
+from lmstack.model import ModelConfig
+
+from .conftest import SHARED_DATA
+
+transformers = pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+
+
+def trained_checkpoint(small_cfg, tmp_path, *overrides) -> Path:
+    """A real 2-step run's checkpoint with its weights spread out (std 0.3, norm gains 1 +- 0.3), so that
+    a wrong name or norm placement shows in the logits."""
+    from lmstack.run import run
+
+    cfg = small_cfg(*overrides)
+    run(cfg)
+    ckpt = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    for name, t in ckpt["state_dict"].items():
+        noise = torch.randn(t.shape, generator=g) * 0.3
+        ckpt["state_dict"][name] = (1 + noise) if "norm" in name else noise
+    if ckpt["hyper_parameters"]["model_cfg"]["tie_embeddings"]:
+        ckpt["state_dict"]["model.lm_head.weight"] = ckpt["state_dict"]["model.embed.weight"]
+    path = tmp_path / "spread.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,arch", [
+    (("attention=gqa",), "LlamaForCausalLM"),
+    (("norm=olmo2", "attention=mqa", "model.tie_embeddings=true"), "Olmo2ForCausalLM"),
+], ids=["llama-gqa", "olmo2-mqa-tied"])
+def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(small_cfg, tmp_path, overrides, arch):
+    from lmstack.generate import load_checkpoint
+
+    ckpt = trained_checkpoint(small_cfg, tmp_path, *overrides)
+    out = cli("export", f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'hf'}")
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {arch}" in out.stdout
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert type(hf).__name__ == arch
+    model, tok, _ = load_checkpoint(str(ckpt))
+    import gzip
+
+    with gzip.open(SHARED_DATA / "prose" / "brown.jsonl.gz", "rt") as f:
+        text = json.loads(f.readline())["text"][:3000]
+    ids = tok.encode(text).ids[:64]
+    assert hf_tok(text)["input_ids"][:64] == ids and hf_tok.decode(ids) == tok.decode(ids)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        mine, theirs = model(x), hf(x).logits
+    assert mine.abs().max() > 1.0  # spread weights: logits far from uniform
+    assert (mine - theirs).abs().max() < 1e-4
+
+    back = cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'back.ckpt'}")
+    assert back.returncode == 0, back.stderr
+    again, tok2, _ = load_checkpoint(str(tmp_path / "back.ckpt"))
+    arch_fields = ("d_model", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "hidden_size",
+                   "rope_theta", "norm", "norm_eps", "placement", "qk_norm", "tie_embeddings")
+    assert {f: getattr(again.cfg, f) for f in arch_fields} == {f: getattr(model.cfg, f) for f in arch_fields}
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert tok2.to_str() == tok.to_str()
+
+
+@pytest.mark.parametrize("cfg,option", [
+    (dict(norm="layernorm"), "norm.kind=layernorm"),
+    (dict(qk_norm=True), "norm.qk_norm=true with norm.placement=pre"),
+    (dict(placement="reordered"), "norm.placement=reordered with norm.qk_norm=false"),
+])
+def test_configs_without_an_equivalent_are_refused_naming_the_option(cfg, option):
+    with pytest.raises(NoHFEquivalent, match=option.replace(".", r"\.")):
+        hf_architecture(ModelConfig(**cfg))
+
+
+def test_export_cli_refuses_layernorm_and_writes_nothing(small_cfg, tmp_path):
+    from lmstack.run import run
+
+    cfg = small_cfg("norm=layernorm")
+    run(cfg)
+    out = cli("export", f"ckpt={Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'}", "format=hf", f"out={tmp_path / 'x'}")
+    assert out.returncode != 0 and "norm.kind=layernorm has no Hugging Face equivalent" in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_refuses_what_lmstack_cannot_compute(tmp_path):
+    base = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 100}
+    assert model_config_from_hf(base)[1] == "llama"
+    for extra, msg in [({"attention_bias": True}, "attention_bias=True"),
+                       ({"rope_scaling": {"type": "linear", "factor": 2}}, "rope_scaling="),
+                       ({"architectures": ["GPT2LMHeadModel"]}, "lmstack imports LlamaForCausalLM")]:
+        with pytest.raises(ValueError, match=msg):
+            model_config_from_hf({**base, **extra})
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
+        import_hf(str(tmp_path), str(tmp_path / "out.ckpt"))
+
+
+@pytest.mark.slow
+def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(small_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from lmstack.config import ConfigError, validate
+    from lmstack.run import run
+
+    cfg = small_cfg()
+    first = run(cfg)
+    assert cli("export", f"ckpt={Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'}", "format=hf",
+               f"out={tmp_path / 'hf'}").returncode == 0
+    assert cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'imported.ckpt'}").returncode == 0
+    cfg2 = small_cfg(f"init_from={tmp_path / 'imported.ckpt'}", "model.d_model=64")  # the checkpoint's model wins
+    cfg2.run_dir = str(tmp_path / "continued")
+    second = run(cfg2)
+    # the same weights on the same validation text, tokenized with the checkpoint's tokenizer
+    assert second["val/bpb_before"] == pytest.approx(first["val/bpb"], abs=1e-6)
+    assert second["steps"] == 2 and second["val/bpb"] != second["val/bpb_before"]  # and it trained on
+    both = OmegaConf.to_container(small_cfg(f"init_from={tmp_path / 'imported.ckpt'}", "ckpt_path=last"), resolve=True)
+    with pytest.raises(ConfigError, match="set one of ckpt_path"):
+        validate(both)
