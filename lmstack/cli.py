@@ -10,6 +10,7 @@ USAGE = """usage:
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
   lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
+  lmstack report SWEEP_DIR [metric=val/bpb] [--fit predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
   lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]
   lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
   lmstack import-hf DIR [out=DIR/lmstack.ckpt]     a Hugging Face Llama / OLMo 2 folder as a checkpoint
@@ -158,6 +159,24 @@ def import_hf_cmd(argv: list[str]) -> None:
     print(f"imported {r['architecture']} ({r['params'] / 1e6:.2f}M parameters) to {r['out']}")
 
 
+def report_cmd(argv: list[str]) -> None:
+    """A sweep folder's jobs ranked, with report.md, report.csv, loss_curves.png; --fit: a scaling law."""
+    from lmstack.sweep.report import fit_report, write_report
+
+    fit = "--fit" in argv
+    argv = [a for a in argv if a != "--fit"]
+    if not argv or "=" in argv[0]:
+        raise SystemExit(f"missing the sweep folder\n{USAGE}")
+    a = _args(argv[1:], {"metric": "val/bpb", "predict_flops": 0.0})
+    try:
+        jobs, md = write_report(argv[0], a["metric"])
+        print(md.read_text())
+        if fit:
+            print(fit_report(jobs, a["metric"], a["predict_flops"] or None))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+
+
 def plan_cmd(argv: list[str]) -> None:
     """Chinchilla planning: solve C = 6 N D, print time and cost per device, a shape and its overrides."""
     from lmstack.plan import PlanError, hours, peak_flops, report, solve
@@ -247,7 +266,8 @@ def train_cmd(argv: list[str]) -> None:
 
 
 COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd,
-            "export": export_cmd, "import-hf": import_hf_cmd, "plan": plan_cmd}
+            "export": export_cmd, "import-hf": import_hf_cmd, "plan": plan_cmd,
+            "report": report_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

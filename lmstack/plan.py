@@ -78,7 +78,7 @@ def aspect_for(n: float) -> float:
 
 
 def shape_for(n: float, vocab: int = 50_304) -> ModelConfig:
-    """A pre-norm MHA shape with about n non-embedding parameters (12 d^2 per layer with SwiGLU at 8/3)."""
+    """An OLMo 2 style MHA shape with about n non-embedding parameters (12 d^2 per layer, SwiGLU at 8/3)."""
     a = aspect_for(n)
     best = None
     for layers in range(max(1, round((n / (12 * a * a)) ** (1 / 3)) - 3), round((n / (12 * a * a)) ** (1 / 3)) + 4):
@@ -88,7 +88,8 @@ def shape_for(n: float, vocab: int = 50_304) -> ModelConfig:
         step = 8 if head_dim == 128 else (2 if a * layers >= 512 else 1)  # head counts GQA can divide
         for heads in range(step, 513, step):
             d = heads * head_dim
-            cfg = ModelConfig(d_model=d, n_layers=layers, n_heads=heads, vocab_size=vocab, mlp_multiple_of=128)
+            cfg = ModelConfig(d_model=d, n_layers=layers, n_heads=heads, vocab_size=vocab, mlp_multiple_of=128,
+                              placement="reordered", qk_norm=True)  # norm=olmo2, as the overrides say
             err = abs(math.log(cfg.non_embedding_params() / n)) + 0.3 * abs(math.log(d / layers / a))
             if best is None or err < best[0]:
                 best = (err, cfg)

@@ -9,6 +9,7 @@ import glob
 import logging
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -158,6 +159,13 @@ def _rewind_request(trainer: L.Trainer):
     return None
 
 
+def write_result(run_dir: Path, result: dict) -> None:
+    """run_dir/result.json: how the run ended (completed | diverged) and its numbers, for sweep reports."""
+    import json
+
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+
+
 def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: int) -> str:
     from lmstack.generate import generate
 
@@ -175,6 +183,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
+    started = time.time()
     L.seed_everything(spec.seed, workers=True)
     trainer = build_trainer(spec)
     module, dm = build(spec, trainer, config)
@@ -200,6 +209,9 @@ def run(cfg: DictConfig) -> dict:
                 cb.rewinds, cb.spikes = spike.rewinds, spike.spikes
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if module.stop_reason:
+        if trainer.is_global_zero:
+            write_result(run_dir, {"status": "diverged", "reason": module.stop_reason, "val/bpb_before": before,
+                                   "steps": trainer.global_step, "wall_s": time.time() - started})
         raise TrainingStopped(module.stop_reason)
     if module.last_val and module.last_val["step"] == trainer.global_step:
         after = module.last_val["val/bpb"]  # the fit validated at its last step already
@@ -207,6 +219,12 @@ def run(cfg: DictConfig) -> dict:
         after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
     result = {"val/bpb": after, "val/bpb_before": before, "steps": trainer.global_step, "run_dir": str(run_dir)}
     if trainer.is_global_zero:
+        worse = not math.isfinite(after) or (before is not None and after > before)
+        write_result(run_dir, {"status": "diverged" if worse else "completed", **result,
+                               "tokens": trainer.global_step * module.tokens_per_step,
+                               "non_embedding_params": module.model.num_params(non_embedding=True),
+                               "nonfinite_steps": module.nonfinite.total, "skipped_steps": module.skipped_steps,
+                               "wall_s": time.time() - started, "pid": os.getpid()})
         if before is not None:
             print(f"val/bpb before: {before:.4f}  after: {after:.4f}  ({(before - after) / before:.1%} lower)")
         else:

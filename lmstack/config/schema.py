@@ -158,7 +158,7 @@ class RunSpec:
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
 
 
-TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep"}
+TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
 # Trainer arguments lmstack derives itself; setting them in `trainer` would silently disagree.
 DERIVED_TRAINER_KEYS = {"max_steps", "max_epochs", "callbacks", "logger", "strategy", "default_root_dir",
                         "val_check_interval", "gradient_clip_val", "log_every_n_steps"}

@@ -1,0 +1,50 @@
+"""One process per sweep job: under `python train.py -m`, Hydra's launcher calls the task once per job in
+the sweep process; the task starts `train.py` again as a child for that job (same overrides, the job's
+folder as its run directory) and waits. A job that crashes or diverges is recorded in its folder's
+`result.json` and the sweep goes on to the next job; the next job starts in a fresh process, with nothing
+left over from the last one (memory, threads, compiled kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD_ENV = "LMSTACK_SWEEP_JOB"
+
+
+def in_sweep() -> bool:
+    """True in the sweep process of a multirun (not in the per-job child it starts)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN and os.environ.get(CHILD_ENV) != "1"
+
+
+def run_job_process(script: str) -> float:
+    """Run this job's training in a child process; its final val/bpb, or NaN when it failed or diverged
+    (so a sweeper that minimises, such as Optuna's, treats it as a failed trial)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    cmd = [sys.executable, script, *hc.overrides.task, f"hydra.run.dir={out}"]
+    if hc.runtime.config_sources:  # a --config-dir given to the sweep reaches the job too
+        extra = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
+        cmd += [f"--config-dir={p.removeprefix('file://')}" for p in extra]
+    proc = subprocess.run(cmd, env={**os.environ, CHILD_ENV: "1"})
+    result_file = out / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if proc.returncode != 0 and result.get("status") != "diverged":
+        result = {**result, "status": "failed", "returncode": proc.returncode}
+        result_file.write_text(json.dumps(result, indent=2))
+    print(f"[sweep] job {hc.job.num} ({' '.join(hc.overrides.task)}): {result.get('status')} "
+          f"val/bpb={result.get('val/bpb')}", flush=True)
+    value = result.get("val/bpb")
+    if result.get("status") != "completed" or value is None or not math.isfinite(value):
+        return float("nan")
+    return float(value)

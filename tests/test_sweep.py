@@ -1,0 +1,120 @@
+"""Sweeps: conf/sweep composes, jobs run in their own processes, a diverged job is flagged and the sweep goes
+on; `lmstack report` on finished, running and cut-off sweeps; the scaling fit on synthetic power laws."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lmstack.config import validate
+from lmstack.sweep import report as report_mod
+from lmstack.sweep.fit import fit_power_law, held_out_check
+
+from .conftest import CONF, SHARED_DATA, SMALL, clean_env
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = {"attention": 3, "norm": 4, "lr": 5, "schedule": 3, "data": 2}
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_each_sweep_composes_validates_and_names_its_jobs(name):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"sweep={name}", "run_dir=/tmp/x"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert int(np.prod([len(str(v).split(",")) for v in params.values()])) == JOBS[name]
+    assert cfg.model.d_model == 128 and cfg.train.max_tokens == 1_000_000  # tiny at a fixed budget
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra")
+    plain["paths"]["shared_data"] = str(SHARED_DATA)
+    spec = validate(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+    assert spec.data_mix.sources[0].name == "brown"
+
+
+def sweep(out: Path, *overrides: str) -> Path:
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SMALL, *overrides, f"paths.output_root={out}",
+           f"paths.cache_dir={out / 'cache'}", f"paths.shared_data={SHARED_DATA}"]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900, env=clean_env(), capture_output=True)
+    (found,) = [p for p in out.glob("sweeps/*/*") if p.is_dir()]
+    return found
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_job_in_its_own_process_and_flags_the_diverged_one(tmp_path):
+    # 8 steps each; lr=1e4 gives non-finite losses from its second step, the run stops itself after 5 in a row
+    sweep_dir = sweep(tmp_path, "sweep=lr", "optimizer.lr=3e-3,1e4", "train.max_tokens=2048", "train.val_every_steps=4")
+    results = [json.loads((sweep_dir / j / "result.json").read_text()) for j in ("0", "1")]
+    assert results[0]["status"] == "completed" and results[1]["status"] == "diverged"
+    assert len({results[0]["pid"], results[1].get("pid", results[0]["pid"] + 1)}) == 2
+    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "report", str(sweep_dir)], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    md = (sweep_dir / "report.md").read_text()
+    assert "| rank | job | optimizer.lr | val/bpb | tokens | wall_s | status | diverged |" in md
+    assert "| 1 | 0 | 0.003 |" in md and "| 2 | 1 | 10000.0 |" in md and md.count("| diverged | yes |") == 1
+    rows = list(csv.DictReader(open(sweep_dir / "report.csv")))
+    assert [r["job"] for r in rows] == ["0", "1"] and rows[0]["tokens"] == "2048"
+    assert float(rows[0]["val/bpb"]) == pytest.approx(results[0]["val/bpb"], rel=1e-5)
+    assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
+
+    # the same sweep cut off: no result.json yet -> running (recent events), then interrupted; a job that
+    # never started is listed too
+    (sweep_dir / "0" / "result.json").unlink()
+    (sweep_dir / "2" / ".hydra").mkdir(parents=True)
+    jobs = {j.name: j for j in report_mod.find_jobs(sweep_dir)}
+    assert jobs["0"].status == "running" and jobs["2"].status == "not started"
+    assert jobs["0"].final("val/bpb") == pytest.approx(results[0]["val/bpb"], rel=1e-5)
+    report_mod.RUNNING_WINDOW_S = -1
+    try:
+        jobs, _ = report_mod.write_report(str(sweep_dir))
+    finally:
+        report_mod.RUNNING_WINDOW_S = 300
+    assert {j.name: j.status for j in jobs} == {"0": "interrupted", "1": "diverged", "2": "not started"}
+    assert "1 diverged, 0 failed, 2 unfinished" in (sweep_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_searches_lr_and_warmup(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = sweep(tmp_path, "sweep=lr_optuna", "hydra.sweeper.n_trials=2")
+    best = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "optimizer.lr" in best and "schedule.warmup_tokens" in best
+    values = [json.loads((sweep_dir / j / "result.json").read_text())["val/bpb"] for j in ("0", "1")]
+    assert f"best_value: {min(values)}" in best
+
+
+def test_the_fit_recovers_a_synthetic_power_law():
+    c = np.logspace(12, 17, 9)  # the reducible part runs from 2.5 down to 0.08
+    loss = 1.69 + 1e4 * c ** -0.3
+    law = fit_power_law(c, loss)
+    assert law.E == pytest.approx(1.69, rel=1e-3) and law.alpha == pytest.approx(0.3, rel=1e-3)
+    assert law.A == pytest.approx(1e4, rel=1e-2)
+    fitted, held = held_out_check(c, loss)
+    assert len(held) == 2 and all(abs(p - a) / a < 1e-3 for _, a, p in held)
+    noisy = loss * (1 + 0.005 * np.random.default_rng(0).standard_normal(len(c)))
+    assert fit_power_law(c, noisy).alpha == pytest.approx(0.3, rel=0.1)
+    with pytest.raises(ValueError, match="at least 3 points"):
+        fit_power_law(c[:2], loss[:2])
+
+
+def test_fit_report_over_jobs_of_several_sizes(tmp_path):
+    jobs = []
+    for i, n in enumerate([1e6, 2e6, 4e6, 8e6, 16e6]):
+        d = 20 * n
+        job = report_mod.Job(str(i), tmp_path, {"model.d_model": str(i)}, "completed",
+                             result={"non_embedding_params": n, "tokens": d, "val/bpb": 0.0})
+        job.result["val/bpb"] = float(1.2 + 50.0 * (6 * n * d) ** -0.15)
+        jobs.append(job)
+    text = report_mod.fit_report(jobs, predict_flops=6 * 64e6 * 20 * 64e6)
+    assert "L(C) = 1.2" in text and "C^(-0.15" in text
+    predicted = float(text.rsplit(":", 1)[1])
+    assert predicted == pytest.approx(1.2 + 50.0 * (6 * 64e6 * 20 * 64e6) ** -0.15, rel=1e-3)
+    with pytest.raises(ValueError, match="at least 4 completed jobs"):
+        report_mod.fit_report(jobs[:3])
