@@ -28,6 +28,15 @@ class ModelSection:
     embed_init_std: float = field_(0.02, min=0.0)
     init_cutoff: float = field_(3.0, min=0.0)
     depth_scaled_init: bool = False
+    moe_experts: int = field_(0, min=0)  # 0: dense
+    moe_top_k: int = field_(2, min=1)
+    moe_hidden: Optional[int] = field_(None, min=1)
+    moe_shared_expert: bool = False
+    moe_norm_topk: bool = False
+    moe_layers: Optional[list[int]] = None
+    moe_impl: Literal["auto", "grouped", "loop"] = "auto"
+    moe_lb_coef: float = field_(0.01, min=0.0)
+    moe_z_coef: float = field_(0.001, min=0.0)
 
 
 @dataclass
@@ -158,6 +167,8 @@ class RunSpec:
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
 
 
+MOE_KEYS = ("moe_experts", "moe_top_k", "moe_hidden", "moe_shared_expert", "moe_norm_topk", "moe_layers",
+            "moe_impl", "moe_lb_coef", "moe_z_coef")
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
 # Trainer arguments lmstack derives itself; setting them in `trainer` would silently disagree.
 DERIVED_TRAINER_KEYS = {"max_steps", "max_epochs", "callbacks", "logger", "strategy", "default_root_dir",
@@ -204,6 +215,7 @@ def model_config(spec: RunSpec, vocab_size: Optional[int] = None) -> ModelConfig
             norm_bias=norm.bias, placement=norm.placement, qk_norm=norm.qk_norm, tie_embeddings=m.tie_embeddings,
             attn_backend=att.backend, init_std=m.init_std, embed_init_std=m.embed_init_std,
             init_cutoff=m.init_cutoff, depth_scaled_init=m.depth_scaled_init,
+            **{k: getattr(m, k) for k in MOE_KEYS},
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

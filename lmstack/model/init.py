@@ -7,6 +7,7 @@ import math
 
 from torch import nn
 
+from .moe import MoE
 from .norms import NORM_CLASSES
 
 
@@ -26,6 +27,8 @@ def init_weights(model: nn.Module, cfg) -> None:
             _trunc_normal(module.weight, out_std if is_output else cfg.init_std, cfg.init_cutoff)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, MoE):  # the experts' stacked weights (the router is a Linear, above)
+            module.reset_parameters(cfg.init_std, out_std, cfg.init_cutoff)
         elif isinstance(module, NORM_CLASSES):
             nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:

@@ -12,6 +12,7 @@ from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
 from .init import init_weights
 from .mlp import SwiGLU
+from .moe import MoE
 from .norms import make_norm
 from .rope import rope_cache
 
@@ -23,7 +24,11 @@ class Block(nn.Module):
         super().__init__()
         self.reordered = cfg.placement == "reordered"
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.mlp = SwiGLU(cfg.d_model, cfg.hidden_size)
+        if cfg.is_moe(layer_idx):
+            self.mlp = MoE(cfg.d_model, cfg.expert_hidden, cfg.moe_experts, cfg.moe_top_k, cfg.moe_shared_expert,
+                           cfg.moe_norm_topk, cfg.moe_impl)
+        else:
+            self.mlp = SwiGLU(cfg.d_model, cfg.hidden_size)
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
 
@@ -74,6 +79,18 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cos, sin, cache, pos)
         return self.lm_head(self.norm(x))
+
+    def moe_layers(self) -> list[MoE]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+
+    def moe_aux_loss(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last forward's load-balancing and router z-losses, averaged over MoE layers (None: dense)."""
+        layers = self.moe_layers()
+        if not layers:
+            return None
+        lb = torch.stack([m.aux["lb_loss"] for m in layers]).mean()
+        z = torch.stack([m.aux["z_loss"] for m in layers]).mean()
+        return lb, z
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
         p = self.lm_head.weight

@@ -29,9 +29,8 @@ GPU_PEAK_TFLOPS = {
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     cfg = model.cfg
-    matmul = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embed."))
-    if cfg.tie_embeddings:
-        matmul += cfg.vocab_size * cfg.d_model  # the head is the embedding matrix, used as a matmul
+    # the blocks (for MoE, the k experts a token uses) and the LM head
+    matmul = cfg.non_embedding_params(active=True) + cfg.vocab_size * cfg.d_model
     return 6 * matmul + 12 * cfg.n_layers * cfg.d_model * seq_len
 
 

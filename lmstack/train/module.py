@@ -62,7 +62,13 @@ class PretrainModule(L.LightningModule):
         self.log("train/z_loss", z)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/tokens", float((self.trainer.global_step + 1) * self.tokens_per_step))
-        return ce + z
+        aux = self.model.moe_aux_loss()
+        if aux is None:
+            return ce + z
+        lb, router_z = aux
+        self.log("train/moe_lb_loss", lb)
+        self.log("train/moe_router_z_loss", router_z)
+        return ce + z + self.model_cfg.moe_lb_coef * lb + self.model_cfg.moe_z_coef * router_z
 
     def configure_model(self):
         """Sharding strategies (FSDP2) shard the model here, on every rank, before optimizers exist."""
