@@ -15,7 +15,8 @@ def main(cfg: DictConfig) -> float:
         return run_job_process(os.path.abspath(__file__))
     from lmstack.run import run
 
-    return run(cfg)["val/bpb"]
+    result = run(cfg)
+    return result.get("objective", result.get("val/bpb"))  # what a sweeper minimises
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str |
     return ckpt_path
 
 
-def build_trainer(spec: RunSpec, extra_callbacks=()) -> L.Trainer:
-    callbacks = [hydra.utils.instantiate(cb) for cb in spec.callbacks.values() if cb]
+def build_trainer(spec: RunSpec, extra_callbacks=(), drop=()) -> L.Trainer:
+    """The Trainer with the configured callbacks (less those named in `drop`), logger and strategy."""
+    callbacks = [hydra.utils.instantiate(cb) for name, cb in spec.callbacks.items() if cb and name not in drop]
     if spec.evals is not None:
         callbacks.append(hydra.utils.instantiate(spec.evals))
     logger = hydra.utils.instantiate(spec.logger) if spec.logger else False
@@ -182,6 +183,10 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    if spec.stage is not None:  # adaptation: SFT (lmstack/adapt)
+        from lmstack.adapt.run import run_stage
+
+        return run_stage(spec, config, build_trainer)
     ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
     started = time.time()
     L.seed_everything(spec.seed, workers=True)

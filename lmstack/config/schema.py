@@ -165,6 +165,7 @@ class RunSpec:
     logger: Any = None
     callbacks: dict = field_({})
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
+    stage: Optional[dict] = None  # an adaptation stage (conf/stage/): sft; None: pretraining
 
 
 MOE_KEYS = ("moe_experts", "moe_top_k", "moe_hidden", "moe_shared_expert", "moe_norm_topk", "moe_layers",

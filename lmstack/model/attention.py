@@ -72,6 +72,12 @@ def sdpa_attention(q, k, v, q_offset: int = 0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+def masked_attention(q, k, v, mask: torch.Tensor):
+    """SDPA with an explicit boolean mask [B, 1, T, S] (True: may attend), e.g. causal within each packed
+    conversation. Used for masked batches whatever the configured backend, which assume plain causality."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
 class KVCache:
     """Pre-allocated keys and values for every layer, for incremental decoding."""
 
@@ -120,7 +126,7 @@ class CausalSelfAttention(nn.Module):
             best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).max())
         return best.detach()
 
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0):
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
         b, t, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
@@ -134,5 +140,5 @@ class CausalSelfAttention(nn.Module):
         if self.record_max_logit:
             with torch.no_grad():
                 self.max_logit = self._max_logit(q, k)
-        y = self.backend(q, k, v, pos)
+        y = self.backend(q, k, v, pos) if mask is None else masked_attention(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

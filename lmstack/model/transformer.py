@@ -32,11 +32,11 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
 
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0):
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
         if self.reordered:
-            x = x + self.attn_norm(self.attn(x, cos, sin, cache, pos))
+            x = x + self.attn_norm(self.attn(x, cos, sin, cache, pos, mask))
             return x + self.mlp_norm(self.mlp(x))
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -63,8 +63,10 @@ class Transformer(nn.Module):
     def _build_rope(self, device) -> None:
         self.rope_cos, self.rope_sin = rope_cache(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0) -> torch.Tensor:
-        """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab]."""
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab]. `mask` [B, 1, T, T]
+        (True: may attend) replaces plain causal attention, e.g. for packed conversations."""
         t = idx.shape[1]
         if pos + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
@@ -75,9 +77,9 @@ class Transformer(nn.Module):
         for block in self.blocks:
             if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 # keep only each block's input; recompute its activations in backward (memory for compute)
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, None, 0, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache, pos)
+                x = block(x, cos, sin, cache, pos, mask)
         return self.lm_head(self.norm(x))
 
     def moe_layers(self) -> list[MoE]:

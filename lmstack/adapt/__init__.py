@@ -1,0 +1,1 @@
+"""Adaptation after pretraining: verifiable tasks, the chat template, SFT data and loss."""

@@ -1,0 +1,34 @@
+"""Held-out exact match: greedy answers through the chat template, judged by each task's verifier."""
+
+from __future__ import annotations
+
+import torch
+
+from lmstack.generate import generate
+
+from .chat import END, prompt_ids
+from .tasks import Example, Task
+
+
+@torch.no_grad()
+def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = None) -> str:
+    ids = generate(model, prompt_ids(tok, prompt, system), max_new_tokens, temperature=0.0,
+                   eos_id=tok.token_to_id(END))
+    return tok.decode(ids)  # special tokens (the end marker) are dropped
+
+
+def exact_match(model, tok, examples: list[Example], tasks: dict[str, Task], max_new_tokens: int = 16,
+                system: str | None = None) -> dict:
+    """{"exact_match": mean verifier score, "n": examples, "samples": the first few (prompt, response)}."""
+    was_training = model.training
+    model.eval()
+    scores, samples = [], []
+    try:
+        for ex in examples:
+            response = answer(model, tok, ex.prompt, max_new_tokens, system)
+            scores.append(tasks[ex.task].verify(response, ex))
+            if len(samples) < 5:
+                samples.append({"prompt": ex.prompt, "response": response, "answer": ex.answer})
+    finally:
+        model.train(was_training)
+    return {"exact_match": sum(scores) / max(len(scores), 1), "n": len(scores), "samples": samples}
