@@ -1,0 +1,46 @@
+"""Preference losses on (chosen, rejected) responses: DPO (`sigmoid`), length-normalised DPO (`dpo_norm`, as
+in Tulu 3) and SimPO, with the numbers worth logging.
+
+Inputs are summed log-probabilities of each response's tokens under the policy (`pc`, `pr`) and the frozen
+reference (`rc`, `rr`), and the responses' token counts (`nc`, `nr`):
+- `sigmoid`:  h = (pc - rc) - (pr - rr);                 loss = -logsigmoid(beta h)
+- `dpo_norm`: h = (pc - rc) / nc - (pr - rr) / nr;       the same loss on per-token log-ratios, so long
+  responses do not win by length. With nc = nr = n it is `sigmoid` with beta / n (identical at n = 1).
+- `simpo`:    h = pc / nc - pr / nr - gamma / beta;      no reference model.
+Label smoothing eps (conservative DPO): loss = -(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h).
+Rewards are beta x the (normalised) log-ratios; accuracy is the share of pairs with reward_c > reward_r.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("sigmoid", "dpo_norm", "simpo")
+
+
+def response_logps(logits: torch.Tensor, labels: torch.Tensor, ignore: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the sum of log p(label) over positions with a label, and how many there are."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    keep = labels != ignore
+    picked = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * keep
+    return picked.sum(-1), keep.sum(-1)
+
+
+def preference_loss(pc, pr, rc, rr, nc, nr, loss: str = "sigmoid", beta: float = 0.1,
+                    label_smoothing: float = 0.0, gamma: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """(mean loss over pairs, metrics: rewards, margin, accuracy)."""
+    if loss not in LOSSES:
+        raise ValueError(f"preference loss={loss!r}; allowed: {', '.join(LOSSES)}")
+    nc, nr = nc.clamp(min=1).to(pc.dtype), nr.clamp(min=1).to(pc.dtype)
+    if loss == "sigmoid":
+        chosen, rejected = pc - rc, pr - rr
+    elif loss == "dpo_norm":
+        chosen, rejected = (pc - rc) / nc, (pr - rr) / nr
+    else:
+        chosen, rejected = pc / nc, pr / nr
+    h = chosen - rejected - (gamma / beta if loss == "simpo" else 0.0)
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    rc_, rr_ = (beta * chosen).detach(), (beta * rejected).detach()
+    return losses.mean(), {"rewards/chosen": rc_.mean(), "rewards/rejected": rr_.mean(),
+                           "rewards/margin": (rc_ - rr_).mean(), "rewards/accuracy": (rc_ > rr_).float().mean()}

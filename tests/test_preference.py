@@ -1,0 +1,62 @@
+"""Preference losses against hand computations: DPO, length-normalised DPO, SimPO, label smoothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmstack.adapt.preference import preference_loss, response_logps
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_dpo_by_hand_with_and_without_label_smoothing():
+    pc, pr, rc, rr, n = t(-5.0), t(-7.0), t(-6.0), t(-6.0), t(3)
+    loss, m = preference_loss(pc, pr, rc, rr, n, n, "sigmoid", beta=0.1)
+    assert float(loss) == pytest.approx(math.log1p(math.exp(-0.2)))  # h = (1) - (-1) = 2
+    assert float(m["rewards/chosen"]) == pytest.approx(0.1) and float(m["rewards/rejected"]) == pytest.approx(-0.1)
+    assert float(m["rewards/margin"]) == pytest.approx(0.2) and float(m["rewards/accuracy"]) == 1.0
+    smooth, _ = preference_loss(pc, pr, rc, rr, n, n, "sigmoid", beta=0.1, label_smoothing=0.1)
+    assert float(smooth) == pytest.approx(0.9 * math.log1p(math.exp(-0.2)) + 0.1 * math.log1p(math.exp(0.2)))
+
+
+def test_dpo_norm_equals_sigmoid_at_equal_lengths_and_differs_otherwise():
+    torch.manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(8, dtype=torch.float64) * 5 for _ in range(4))
+    one = torch.ones(8, dtype=torch.long)
+    a, _ = preference_loss(pc, pr, rc, rr, one, one, "sigmoid", beta=0.3)
+    b, _ = preference_loss(pc, pr, rc, rr, one, one, "dpo_norm", beta=0.3)
+    assert float(a) == pytest.approx(float(b), rel=1e-12)
+    four = one * 4  # equal lengths n: dpo_norm is sigmoid with beta / n
+    a, _ = preference_loss(pc, pr, rc, rr, four, four, "sigmoid", beta=0.3 / 4)
+    b, _ = preference_loss(pc, pr, rc, rr, four, four, "dpo_norm", beta=0.3)
+    assert float(a) == pytest.approx(float(b), rel=1e-12)
+    lengths_c, lengths_r = one * 2, one * 9
+    a, _ = preference_loss(pc, pr, rc, rr, lengths_c, lengths_r, "sigmoid", beta=0.3)
+    b, _ = preference_loss(pc, pr, rc, rr, lengths_c, lengths_r, "dpo_norm", beta=0.3)
+    assert abs(float(a) - float(b)) > 1e-3
+
+
+def test_simpo_uses_no_reference():
+    pc, pr, nc, nr = t(-4.0), t(-9.0), t(2), t(3)
+    a, _ = preference_loss(pc, pr, t(0.0), t(0.0), nc, nr, "simpo", beta=2.0, gamma=0.5)
+    b, _ = preference_loss(pc, pr, t(100.0), t(-50.0), nc, nr, "simpo", beta=2.0, gamma=0.5)
+    h = -4 / 2 - (-9 / 3) - 0.5 / 2.0
+    assert float(a) == float(b) == pytest.approx(math.log1p(math.exp(-2.0 * h)))
+    with pytest.raises(ValueError, match="allowed: sigmoid, dpo_norm, simpo"):
+        preference_loss(pc, pr, pc, pr, nc, nr, "ipo")
+
+
+def test_response_logps_sum_the_labelled_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 3, 4, -100, -100], [-100, -100, -100, 1, 6]])
+    total, n = response_logps(logits, labels)
+    logp = torch.log_softmax(logits, -1)
+    assert n.tolist() == [2, 2]
+    assert float(total[0]) == pytest.approx(float(logp[0, 1, 3] + logp[0, 2, 4]), rel=1e-6)
+    assert float(total[1]) == pytest.approx(float(logp[1, 3, 1] + logp[1, 4, 6]), rel=1e-6)
