@@ -148,7 +148,7 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_sft_stage_from_a_pretrained_checkpoint(small_cfg, tmp_path):
+def test_sft_then_dpo_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     from tokenizers import Tokenizer
 
     from lmstack.generate import load_checkpoint
@@ -174,3 +174,13 @@ def test_the_sft_stage_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     events = EventAccumulator(str(next((tmp_path / "sft").rglob("events.out.tfevents*")).parent)).Reload()
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) >= 2 and val[-1] < val[0]  # it learns the answers' format at least
+
+    # DPO from the SFT checkpoint, recorded in the same recipe.json
+    dpo = small_cfg("stage=dpo", f"init_from={recipe['sft']['checkpoint']}", "stage.train_examples=48",
+                    "stage.test_examples=12", "stage.epochs=1", "stage.rejected_samples=1", "data.batch_size=8",
+                    f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}", "train.val_every_steps=100")
+    dpo.run_dir = str(tmp_path / "dpo")
+    run(dpo)
+    recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
+    assert set(recipe) == {"sft", "dpo"} and recipe["dpo"]["preference_accuracy"] > 0.5
+    assert recipe["dpo"]["held_out"] == 12 and recipe["dpo"]["steps"] == 6  # 48 pairs / 8 per step

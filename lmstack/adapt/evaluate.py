@@ -11,9 +11,11 @@ from .tasks import Example, Task
 
 
 @torch.no_grad()
-def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = None) -> str:
-    ids = generate(model, prompt_ids(tok, prompt, system), max_new_tokens, temperature=0.0,
-                   eos_id=tok.token_to_id(END))
+def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = None, temperature: float = 0.0,
+           generator: torch.Generator | None = None) -> str:
+    """The model's response through the chat template (greedy unless a temperature is given)."""
+    ids = generate(model, prompt_ids(tok, prompt, system), max_new_tokens, temperature=temperature,
+                   eos_id=tok.token_to_id(END), generator=generator)
     return tok.decode(ids)  # special tokens (the end marker) are dropped
 
 

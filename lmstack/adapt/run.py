@@ -29,6 +29,7 @@ from .tasks import Example, Task, make_task
 log = logging.getLogger("lmstack")
 STAGE_KEYS = {"name", "tasks", "train_examples", "test_examples", "system", "reduction", "epochs", "max_new_tokens",
               "test_fraction"}
+DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples"}
 
 
 class Rows(Dataset):
@@ -100,19 +101,51 @@ def record(run_dir: Path, stage: str, numbers: dict, recipe_file: str | None = N
     return path
 
 
-def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
-    from lmstack.generate import load_checkpoint
+class PairsDataModule(RowsDataModule):
+    """Encoded preference pairs (lists of dicts), padded per batch."""
 
+    def __init__(self, train: list[dict], val: list[dict], batch_size: int, seed: int, seq_len: int):
+        L.LightningDataModule.__init__(self)
+        self.train, self.val, self.batch_size, self.seed, self.seq_len = train, val, batch_size, seed, seq_len
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        from .pairs import collate_pairs
+
+        t = self.trainer
+        sampler = DistributedSampler(ds, num_replicas=t.world_size if t else 1, rank=t.global_rank if t else 0,
+                                     shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, collate_fn=collate_pairs)
+
+
+def check_stage(spec: RunSpec) -> dict:
     stage = spec.stage
-    unknown = set(stage) - STAGE_KEYS - {"recipe_file"}
+    unknown = set(stage) - STAGE_KEYS - DPO_KEYS - {"recipe_file"}
     if unknown:
-        raise ConfigError(f"stage.{sorted(unknown)[0]} is not a stage option; allowed: {', '.join(sorted(STAGE_KEYS))}")
-    if stage["name"] != "sft":
-        raise ConfigError(f"stage={stage['name']!r} is not available yet; available: sft")
+        raise ConfigError(f"stage.{sorted(unknown)[0]} is not a stage option; allowed: "
+                          f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS))}")
+    if stage["name"] not in ("sft", "dpo"):
+        raise ConfigError(f"stage={stage['name']!r} is not available; available: sft, dpo")
     if not spec.init_from:
-        raise ConfigError("stage=sft starts from a checkpoint: set init_from=PATH (lmstack or lmstack import-hf)")
+        raise ConfigError(f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or "
+                          "lmstack import-hf)")
     if stage.get("reduction", "mean") not in ("mean", "sum"):
         raise ConfigError(f"stage.reduction={stage.get('reduction')!r}; allowed: mean, sum")
+    return stage
+
+
+def schedule_for(spec: RunSpec, max_steps: int, tps: int) -> dict:
+    total, sched = max_steps * tps, spec.schedule
+    return {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
+            "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
+            "decay_tokens": tokens_of(sched.decay_tokens, total)}
+
+
+def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
+    from lmstack.data.tokenizer import token_byte_lengths
+    from lmstack.generate import load_checkpoint
+
+    stage = check_stage(spec)
+    name = stage["name"]
     run_dir = Path(spec.run_dir)
     L.seed_everything(spec.seed, workers=True)
     model, tok, _ = load_checkpoint(spec.init_from)
@@ -122,48 +155,89 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     resize_vocab(model, tok.get_vocab_size())
     tasks = stage_tasks(stage)
     train, test = split_examples(stage, tasks, spec.seed)
-    system = stage.get("system")
-    seq_len = spec.data.seq_len
-    train_rows = pack([render(tok, conversation(e, system)) for e in train], seq_len)
-    val_rows = pack([render(tok, conversation(e, system)) for e in test], seq_len)
-
+    system, seq_len = stage.get("system"), spec.data.seq_len
+    max_new = stage.get("max_new_tokens", 16)
     trainer = build_trainer(spec, drop=("spike",))  # spike tracing reads pretraining documents
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
-    max_steps = max(1, math.ceil(stage.get("epochs", 1) * len(train_rows["input_ids"]) / per_step))
+    cfg = {**model.cfg.to_dict(), "attn_backend": spec.attention.backend}
+    common = (asdict(spec.optimizer),)
+    extra = {}
+    before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None
+    if name == "sft":
+        train_data = pack([render(tok, conversation(e, system)) for e in train], seq_len)
+        val_data = pack([render(tok, conversation(e, system)) for e in test], seq_len)
+        n_train = len(train_data["input_ids"])
+        what = f"{len(train)} conversations in {n_train} packed rows of {seq_len} tokens"
+    else:
+        train_data, val_data, extra = dpo_data(stage, model, tok, train, test, tasks, system, seq_len, spec.seed)
+        n_train = len(train_data)
+        what = f"{n_train} preference pairs ({extra['rejected_from_model']} rejected answers sampled from the model)"
+    max_steps = max(1, math.ceil(stage.get("epochs", 1) * n_train / per_step))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
-    total = max_steps * tps
-    sched = spec.schedule
-    schedule = {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
-                "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
-                "decay_tokens": tokens_of(sched.decay_tokens, total)}
-    cfg = {**model.cfg.to_dict(), "attn_backend": spec.attention.backend}
-    module = SFTModule(cfg, asdict(spec.optimizer), schedule, 0.0, spec.train.grad_clip, tps, config,
-                       spec.train.max_nonfinite_steps, spec.train.activation_checkpointing, spec.train.compile,
-                       reduction=stage.get("reduction", "mean"))
-    module.model.load_state_dict(model.state_dict())
-    module.tokenizer_json = tok.to_str()
-    from lmstack.data.tokenizer import token_byte_lengths
+    args = (cfg, *common, schedule_for(spec, max_steps, tps), 0.0, spec.train.grad_clip, tps, config,
+            spec.train.max_nonfinite_steps, spec.train.activation_checkpointing, spec.train.compile)
+    if name == "sft":
+        module = SFTModule(*args, reduction=stage.get("reduction", "mean"))
+        dm = RowsDataModule(train_data, val_data, spec.data.batch_size, spec.seed)
+    else:
+        from .dpo import DPOModule
 
+        module = DPOModule(*args, loss=stage.get("loss", "dpo_norm"), beta=stage.get("beta", 0.1),
+                           label_smoothing=stage.get("label_smoothing", 0.0), gamma=stage.get("gamma", 0.5),
+                           reference=stage.get("reference", "cached"))
+        dm = PairsDataModule(train_data, val_data, spec.data.batch_size, spec.seed, seq_len)
+    module.model.load_state_dict(model.state_dict())
+    if name == "dpo" and module.reference == "live":
+        module.freeze_reference()
+    module.tokenizer_json = tok.to_str()
     module.set_token_bytes(torch.from_numpy(token_byte_lengths(tok)))
-    dm = RowsDataModule(train_rows, val_rows, spec.data.batch_size, spec.seed)
-    max_new = stage.get("max_new_tokens", 16)
-    before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None
     if trainer.is_global_zero:
-        print(f"stage sft: {len(train)} train / {len(test)} held-out conversations in {len(train_rows['input_ids'])} "
-              f"packed rows of {seq_len} tokens; {max_steps} steps; held-out exact match before: "
+        print(f"stage {name}: {what}, {len(test)} held out; {max_steps} steps; held-out exact match before: "
               f"{before['exact_match']:.3f}")
     trainer.fit(module, datamodule=dm)
+    if name == "dpo":
+        trainer.validate(module, datamodule=dm, verbose=False)  # the final preference accuracy
     result = {"steps": trainer.global_step, "run_dir": str(run_dir)}
     if trainer.is_global_zero:
         final = module.model if trainer.world_size == 1 else load_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))[0]
         after = exact_match(final, tok, test, tasks, max_new, system)
         numbers = {"exact_match": after["exact_match"], "exact_match_before": before["exact_match"],
-                   "held_out": after["n"], "train_conversations": len(train), "steps": trainer.global_step,
-                   "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
-        path = record(run_dir, "sft", numbers, stage.get("recipe_file"))
+                   "held_out": after["n"], "train_examples": len(train), "steps": trainer.global_step,
+                   "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), **extra}
+        if name == "dpo":
+            numbers["preference_accuracy"] = module.last_val["val/preference_accuracy"]
+        path = record(run_dir, name, numbers, stage.get("recipe_file"))
         result.update(numbers, objective=1.0 - after["exact_match"])
         for s in after["samples"][:3]:
             print(f"  {s['prompt']!r} -> {s['response']!r} (answer {s['answer']!r})")
-        print(f"held-out exact match: {before['exact_match']:.3f} -> {after['exact_match']:.3f}; {path}")
+        print(f"held-out exact match: {before['exact_match']:.3f} -> {after['exact_match']:.3f}"
+              + (f"; preference accuracy {numbers['preference_accuracy']:.3f}" if name == "dpo" else "") + f"; {path}")
     return result
+
+
+@torch.no_grad()
+def dpo_data(stage, model, tok, train, test, tasks, system, seq_len, seed) -> tuple[list, list, dict]:
+    """Encoded train and held-out pairs; with reference=cached, the reference log-probs of every pair
+    computed once here with the starting model."""
+    from .pairs import build_pairs, collate_pairs, encode_pair
+    from .preference import response_logps
+
+    model.eval()
+    samples = stage.get("rejected_samples", 4)
+    out, sampled = [], 0
+    for split, examples in (("train", train), ("test", test)):
+        pairs = build_pairs(examples, tasks, model if samples else None, tok, samples,
+                            stage.get("max_new_tokens", 16), system, seed)
+        sampled += sum(p.source == "model" for p in pairs)
+        items = [encode_pair(tok, p, system, seq_len) for p in pairs]
+        if stage.get("reference", "cached") == "cached" and stage.get("loss", "dpo_norm") != "simpo":
+            for start in range(0, len(items), 32):
+                chunk = items[start : start + 32]
+                batch = collate_pairs(chunk)
+                rc, _ = response_logps(model(batch["chosen_ids"]), batch["chosen_labels"])
+                rr, _ = response_logps(model(batch["rejected_ids"]), batch["rejected_labels"])
+                for it, c, r in zip(chunk, rc.tolist(), rr.tolist()):
+                    it["ref_chosen"], it["ref_rejected"] = c, r
+        out.append(items)
+    return out[0], out[1], {"rejected_from_model": sampled}
