@@ -12,6 +12,7 @@ USAGE = """usage:
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
   lmstack report SWEEP_DIR [metric=val/bpb] [--fit predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
   lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]
+  lmstack chat ckpt=PATH [system=TEXT max_new_tokens=128 temperature=0 top_k=50]   chat with an SFT/DPO/RLVR model
   lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
   lmstack import-hf DIR [out=DIR/lmstack.ckpt]     a Hugging Face Llama / OLMo 2 folder as a checkpoint
 """
@@ -125,6 +126,40 @@ def eval_cmd(argv: list[str]) -> None:
     os.makedirs(a["out"], exist_ok=True)
     with open(os.path.join(a["out"], "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
+
+
+def chat_cmd(argv: list[str]) -> None:
+    """An interactive chat with a checkpoint through the chat template (one line per turn; empty line or
+    EOF ends it)."""
+    import torch
+
+    from lmstack.adapt.chat import END, has_chat_tokens, render
+    from lmstack.generate import generate, load_checkpoint
+
+    a = _args(argv, {"ckpt": "???", "system": "", "max_new_tokens": 128, "temperature": 0.0, "top_k": 50,
+                     "seed": 0, "device": "cpu"})
+    try:
+        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    if tok is None or not has_chat_tokens(tok):
+        raise SystemExit(f"{a['ckpt']} has no chat template tokens: chat with a checkpoint from stage=sft/dpo/rlvr")
+    g = torch.Generator().manual_seed(a["seed"])
+    messages = [{"role": "system", "content": a["system"]}] if a["system"] else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        ids, _ = render(tok, messages, add_generation_prompt=True)
+        out = generate(model, ids, a["max_new_tokens"], temperature=a["temperature"], top_k=a["top_k"] or None,
+                       eos_id=tok.token_to_id(END), generator=g if a["temperature"] > 0 else None)
+        reply = tok.decode(out)
+        messages.append({"role": "assistant", "content": reply})
+        print(f"assistant> {reply}", flush=True)
 
 
 def export_cmd(argv: list[str]) -> None:
@@ -267,7 +302,7 @@ def train_cmd(argv: list[str]) -> None:
 
 COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd,
             "export": export_cmd, "import-hf": import_hf_cmd, "plan": plan_cmd,
-            "report": report_cmd}
+            "report": report_cmd, "chat": chat_cmd}
 
 
 def main(argv: list[str] | None = None) -> None:

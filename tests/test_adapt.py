@@ -148,7 +148,7 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_then_dpo_from_a_pretrained_checkpoint(small_cfg, tmp_path):
+def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     from tokenizers import Tokenizer
 
     from lmstack.generate import load_checkpoint
@@ -184,3 +184,37 @@ def test_sft_then_dpo_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
     assert set(recipe) == {"sft", "dpo"} and recipe["dpo"]["preference_accuracy"] > 0.5
     assert recipe["dpo"]["held_out"] == 12 and recipe["dpo"]["steps"] == 6  # 48 pairs / 8 per step
+
+    # RLVR (GRPO) from the DPO checkpoint: 8 prompts x 4 samples, 2 steps
+    rl = small_cfg("stage=rlvr", f"init_from={recipe['dpo']['checkpoint']}", "stage.train_examples=8",
+                   "stage.test_examples=4", "stage.group_size=4", "data.batch_size=4", "stage.beta=0.05",
+                   f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}")
+    rl.run_dir = str(tmp_path / "rlvr")
+    run(rl)
+    recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
+    assert set(recipe) == {"sft", "dpo", "rlvr"} and recipe["rlvr"]["steps"] == 2
+    assert 0.0 <= recipe["rlvr"]["mean_reward"] <= 1.0 and "mean_reward_before" in recipe["rlvr"]
+
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    chat = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", f"ckpt={recipe['rlvr']['checkpoint']}",
+                           "max_new_tokens=6"], input="What is 12 + 30?\nWhat is 5 + 2?\n\n", capture_output=True,
+                          text=True, cwd=root, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("assistant> ") == 2
+
+
+def test_grpo_with_beta_zero_builds_no_reference():
+    from lmstack.adapt.rlvr import GRPOModule
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
+    sched = {"name": "constant", "peak_lr": 1e-3, "total_tokens": 10, "warmup_tokens": 0, "min_lr": 0.0,
+             "decay_tokens": 0}
+    m = GRPOModule(cfg, {"lr": 1e-3}, sched, beta=0.0)
+    m.freeze_reference()
+    assert m._ref == []
+    m = GRPOModule(cfg, {"lr": 1e-3}, sched, beta=0.1)
+    m.freeze_reference()
+    assert len(m._ref) == 1 and not any(p.requires_grad for p in m._ref[0].parameters())

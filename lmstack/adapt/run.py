@@ -30,6 +30,7 @@ log = logging.getLogger("lmstack")
 STAGE_KEYS = {"name", "tasks", "train_examples", "test_examples", "system", "reduction", "epochs", "max_new_tokens",
               "test_fraction"}
 DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples"}
+RLVR_KEYS = {"group_size", "clip_low", "clip_high", "scale_advantages", "temperature", "eval_samples"}
 
 
 class Rows(Dataset):
@@ -119,12 +120,12 @@ class PairsDataModule(RowsDataModule):
 
 def check_stage(spec: RunSpec) -> dict:
     stage = spec.stage
-    unknown = set(stage) - STAGE_KEYS - DPO_KEYS - {"recipe_file"}
+    unknown = set(stage) - STAGE_KEYS - DPO_KEYS - RLVR_KEYS - {"recipe_file"}
     if unknown:
         raise ConfigError(f"stage.{sorted(unknown)[0]} is not a stage option; allowed: "
-                          f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS))}")
-    if stage["name"] not in ("sft", "dpo"):
-        raise ConfigError(f"stage={stage['name']!r} is not available; available: sft, dpo")
+                          f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS | RLVR_KEYS))}")
+    if stage["name"] not in ("sft", "dpo", "rlvr"):
+        raise ConfigError(f"stage={stage['name']!r} is not available; available: sft, dpo, rlvr")
     if not spec.init_from:
         raise ConfigError(f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or "
                           "lmstack import-hf)")
@@ -168,6 +169,9 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         val_data = pack([render(tok, conversation(e, system)) for e in test], seq_len)
         n_train = len(train_data["input_ids"])
         what = f"{len(train)} conversations in {n_train} packed rows of {seq_len} tokens"
+    elif name == "rlvr":
+        train_data, val_data, n_train = train, None, len(train)
+        what = f"{n_train} prompts x {stage.get('group_size', 8)} samples"
     else:
         train_data, val_data, extra = dpo_data(stage, model, tok, train, test, tasks, system, seq_len, spec.seed)
         n_train = len(train_data)
@@ -180,6 +184,15 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     if name == "sft":
         module = SFTModule(*args, reduction=stage.get("reduction", "mean"))
         dm = RowsDataModule(train_data, val_data, spec.data.batch_size, spec.seed)
+    elif name == "rlvr":
+        from .rlvr import GRPOModule
+
+        module = GRPOModule(*args, group_size=stage.get("group_size", 8), beta=stage.get("beta", 0.0),
+                            clip_low=stage.get("clip_low", 0.2), clip_high=stage.get("clip_high", 0.28),
+                            scale_advantages=stage.get("scale_advantages", False),
+                            temperature=stage.get("temperature", 1.0), max_new_tokens=max_new, system=system)
+        module.tok, module.tasks = tok, tasks
+        dm = PromptsDataModule(train_data, spec.data.batch_size, spec.seed, seq_len)
     else:
         from .dpo import DPOModule
 
@@ -188,13 +201,16 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
                            reference=stage.get("reference", "cached"))
         dm = PairsDataModule(train_data, val_data, spec.data.batch_size, spec.seed, seq_len)
     module.model.load_state_dict(model.state_dict())
-    if name == "dpo" and module.reference == "live":
+    if name == "dpo" and module.reference == "live" or name == "rlvr":
         module.freeze_reference()
     module.tokenizer_json = tok.to_str()
     module.set_token_bytes(torch.from_numpy(token_byte_lengths(tok)))
+    reward_before = None
+    if name == "rlvr" and trainer.is_global_zero:
+        reward_before = sampled_reward(model, tok, test, tasks, stage, system)
     if trainer.is_global_zero:
         print(f"stage {name}: {what}, {len(test)} held out; {max_steps} steps; held-out exact match before: "
-              f"{before['exact_match']:.3f}")
+              f"{before['exact_match']:.3f}" + (f", mean sampled reward {reward_before:.3f}" if name == "rlvr" else ""))
     trainer.fit(module, datamodule=dm)
     if name == "dpo":
         trainer.validate(module, datamodule=dm, verbose=False)  # the final preference accuracy
@@ -207,13 +223,47 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
                    "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), **extra}
         if name == "dpo":
             numbers["preference_accuracy"] = module.last_val["val/preference_accuracy"]
+        if name == "rlvr":
+            numbers["mean_reward_before"] = reward_before
+            numbers["mean_reward"] = sampled_reward(final, tok, test, tasks, stage, system)
         path = record(run_dir, name, numbers, stage.get("recipe_file"))
         result.update(numbers, objective=1.0 - after["exact_match"])
         for s in after["samples"][:3]:
             print(f"  {s['prompt']!r} -> {s['response']!r} (answer {s['answer']!r})")
         print(f"held-out exact match: {before['exact_match']:.3f} -> {after['exact_match']:.3f}"
-              + (f"; preference accuracy {numbers['preference_accuracy']:.3f}" if name == "dpo" else "") + f"; {path}")
+              + (f"; preference accuracy {numbers['preference_accuracy']:.3f}" if name == "dpo" else "")
+              + (f"; mean sampled reward {reward_before:.3f} -> {numbers['mean_reward']:.3f}" if name == "rlvr" else "")
+              + f"; {path}")
     return result
+
+
+class PromptsDataModule(L.LightningDataModule):
+    """Task examples (prompts with their verifiers' keys), shuffled per epoch and split over ranks."""
+
+    def __init__(self, examples: list, batch_size: int, seed: int, seq_len: int):
+        super().__init__()
+        self.examples, self.batch_size, self.seed, self.seq_len = examples, batch_size, seed, seq_len
+
+    def train_dataloader(self):
+        t = self.trainer
+        sampler = DistributedSampler(self.examples, num_replicas=t.world_size if t else 1,
+                                     rank=t.global_rank if t else 0, shuffle=True, seed=self.seed, drop_last=True)
+        return DataLoader(self.examples, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=list)
+
+
+@torch.no_grad()
+def sampled_reward(model, tok, examples, tasks, stage, system) -> float:
+    """Mean verifier reward of `eval_samples` sampled answers per held-out prompt (at the stage's temperature)."""
+    from .evaluate import answer
+
+    gen = torch.Generator().manual_seed(0)
+    model.eval()
+    k = stage.get("eval_samples", 4)
+    scores = [tasks[e.task].verify(answer(model, tok, e.prompt, stage.get("max_new_tokens", 16), system,
+                                          stage.get("temperature", 1.0), gen), e)
+              for e in examples for _ in range(k)]
+    return sum(scores) / max(len(scores), 1)
 
 
 @torch.no_grad()
