@@ -12,7 +12,7 @@ from lmstack.run import run
 
 from .test_config import OPTIONS
 
-TOO_BIG_FOR_CPU = {("model", "150m"), ("model", "1b"), ("model", "7b")}
+TOO_BIG_FOR_CPU = {("model", "150m"), ("model", "1b"), ("model", "7b"), ("model", "moe-1b-7b")}
 
 
 @pytest.mark.slow

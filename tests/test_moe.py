@@ -149,3 +149,21 @@ def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
     model, _, state = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "step000004.ckpt"))
     assert state["global_step"] == 4 and model.cfg.moe_experts == 8  # the experts' shards gathered back
     assert all(p.isfinite().all() for p in model.parameters())
+
+
+def test_the_olmoe_like_preset_has_olmoes_sizes_on_the_meta_device():
+    from omegaconf import OmegaConf
+
+    from lmstack.config import model_config, validate
+
+    from .conftest import compose_cfg
+
+    spec = validate(OmegaConf.to_container(compose_cfg(["model=moe-1b-7b"]), resolve=True))
+    cfg = model_config(spec, vocab_size=50304)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    n = model.num_params(non_embedding=True)
+    embeddings = 2 * 50304 * 2048
+    assert n == cfg.non_embedding_params()
+    assert abs((n + embeddings) / 6.9e9 - 1) < 0.03  # OLMoE-1B-7B: 6.9B in all
+    assert abs((cfg.non_embedding_params(active=True) + embeddings) / 1.3e9 - 1) < 0.03  # 1.3B active
