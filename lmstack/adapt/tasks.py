@@ -18,6 +18,7 @@ import json
 import random
 import re
 import string
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -52,11 +53,12 @@ def first_line(response: str) -> str:
     return response.strip().split("\n", 1)[0].strip()
 
 
-class Task:
+class Task(ABC):
     name = "task"
 
+    @abstractmethod
     def sample(self, rng: random.Random) -> Example:
-        raise NotImplementedError
+        """One example drawn with `rng` (prompts may repeat; `generate` keeps distinct ones)."""
 
     def verify(self, response: str, ex: Example) -> float:
         """1.0 when the response is right, else 0.0."""
