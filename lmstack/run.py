@@ -22,7 +22,7 @@ from lmstack.config import ConfigError, RunSpec, model_config, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
 from lmstack.train.module import PretrainModule
-from lmstack.train.schedules import tokens_of
+from lmstack.train.schedules import schedule_args, tokens_of
 from lmstack.train.step_guard import TrainingStopped
 
 log = logging.getLogger("lmstack")
@@ -137,11 +137,7 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
         mcfg = ModelConfig(**init["model_cfg"])
     else:
         mcfg = model_config(spec, spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
-    total = max_steps * tps
-    sched = spec.schedule
-    schedule = {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
-                "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
-                "decay_tokens": tokens_of(sched.decay_tokens, total)}
+    schedule = schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps)
     module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
                             spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps,
                             spec.train.activation_checkpointing, spec.train.compile)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lmstack.config import ConfigError, RunSpec
-from lmstack.train.schedules import tokens_of
+from lmstack.train.schedules import schedule_args
 
 from .chat import add_chat_tokens, render, resize_vocab
 from .evaluate import exact_match
@@ -56,7 +56,9 @@ class RowsDataModule(L.LightningDataModule):
         t = self.trainer
         sampler = DistributedSampler(ds, num_replicas=t.world_size if t else 1, rank=t.global_rank if t else 0,
                                      shuffle=shuffle, seed=self.seed, drop_last=shuffle)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, collate_fn=self.collate)
+
+    collate = None  # DataLoader's default: stack the rows
 
     def train_dataloader(self):
         return self._loader(self.train, True)
@@ -109,13 +111,11 @@ class PairsDataModule(RowsDataModule):
         L.LightningDataModule.__init__(self)
         self.train, self.val, self.batch_size, self.seed, self.seq_len = train, val, batch_size, seed, seq_len
 
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
+    @staticmethod
+    def collate(items):
         from .pairs import collate_pairs
 
-        t = self.trainer
-        sampler = DistributedSampler(ds, num_replicas=t.world_size if t else 1, rank=t.global_rank if t else 0,
-                                     shuffle=shuffle, seed=self.seed, drop_last=shuffle)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, collate_fn=collate_pairs)
+        return collate_pairs(items)
 
 
 def check_stage(spec: RunSpec) -> dict:
@@ -132,13 +132,6 @@ def check_stage(spec: RunSpec) -> dict:
     if stage.get("reduction", "mean") not in ("mean", "sum"):
         raise ConfigError(f"stage.reduction={stage.get('reduction')!r}; allowed: mean, sum")
     return stage
-
-
-def schedule_for(spec: RunSpec, max_steps: int, tps: int) -> dict:
-    total, sched = max_steps * tps, spec.schedule
-    return {"name": sched.name, "peak_lr": spec.optimizer.lr, "total_tokens": total,
-            "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
-            "decay_tokens": tokens_of(sched.decay_tokens, total)}
 
 
 def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
@@ -179,7 +172,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     max_steps = max(1, math.ceil(stage.get("epochs", 1) * n_train / per_step))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
-    args = (cfg, *common, schedule_for(spec, max_steps, tps), 0.0, spec.train.grad_clip, tps, config,
+    args = (cfg, *common, schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps), 0.0, spec.train.grad_clip, tps, config,
             spec.train.max_nonfinite_steps, spec.train.activation_checkpointing, spec.train.compile)
     if name == "sft":
         module = SFTModule(*args, reduction=stage.get("reduction", "mean"))
