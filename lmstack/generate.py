@@ -28,13 +28,25 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tem
              top_k: Optional[int] = None, top_p: Optional[float] = None, eos_id: Optional[int] = None,
              use_cache: bool = True, generator: Optional[torch.Generator] = None) -> list[int]:
     """Continue `prompt_ids`; temperature 0 is greedy. Returns the new tokens only."""
+    return generate_many(model, prompt_ids, 1, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache,
+                         generator)[0]
+
+
+@torch.no_grad()
+def generate_many(model: Transformer, prompt_ids: list[int], n: int, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: Optional[int] = None, top_p: Optional[float] = None, eos_id: Optional[int] = None,
+                  use_cache: bool = True, generator: Optional[torch.Generator] = None) -> list[list[int]]:
+    """n continuations of one prompt decoded as one batch (GRPO's group, several samples per prompt): each
+    row ends at its own EOS (kept) while the others go on. Returns each row's new tokens."""
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token")
     device = next(model.parameters()).device
     limit = model.cfg.max_seq_len
-    tokens = torch.tensor([prompt_ids[-(limit - 1):] if len(prompt_ids) >= limit else prompt_ids], device=device)
-    cache = model.new_cache(1, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
-    out: list[int] = []
+    prompt = prompt_ids[-(limit - 1):] if len(prompt_ids) >= limit else prompt_ids
+    tokens = torch.tensor([prompt] * n, device=device)
+    cache = model.new_cache(n, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
     pos, step_input = 0, tokens
     for _ in range(max_new_tokens):
         if tokens.shape[1] > limit or (cache is not None and tokens.shape[1] > cache.max_len):
@@ -45,11 +57,14 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tem
         else:
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=generator)
-        out.append(int(nxt))
-        if eos_id is not None and out[-1] == eos_id:
+        for i, t in enumerate(nxt[:, 0].tolist()):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = eos_id is not None and t == eos_id
+        if all(done):
             break
         tokens = torch.cat([tokens, nxt], dim=1)
-        if cache is not None:  # feed only the new token; the cache holds the rest
+        if cache is not None:  # feed only the new tokens; the cache holds the rest
             pos, step_input = tokens.shape[1] - 1, nxt
         else:
             step_input = tokens

@@ -107,6 +107,28 @@ def test_generate_with_and_without_cache_is_the_same_greedy_text():
     assert generate(model, prompt, 20, temperature=0) == generate(model, prompt, 20, temperature=0, use_cache=False)
 
 
+def test_generate_many_decodes_a_batch_like_single_rows():
+    from lmstack.generate import generate_many
+
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    prompt = [3, 14, 15, 92]
+    greedy = generate(model, prompt, 12, temperature=0)
+    assert generate_many(model, prompt, 3, 12, temperature=0) == [greedy] * 3
+    # sampled rows: the cached batch draws the same tokens as the uncached one, and each row stops at its EOS
+    free = generate_many(model, prompt, 16, 10, temperature=3.0, generator=torch.Generator().manual_seed(1))
+    eos = free[0][3]  # a token row 0 draws 4th: with it as EOS, row 0 stops by then and the others go on
+    rows = generate_many(model, prompt, 16, 10, temperature=3.0, eos_id=eos, generator=torch.Generator().manual_seed(1))
+    again = generate_many(model, prompt, 16, 10, temperature=3.0, eos_id=eos, use_cache=False,
+                          generator=torch.Generator().manual_seed(1))
+    assert rows == again
+    assert len({tuple(r) for r in rows}) > 1
+    for r, f in zip(rows, free):
+        cut = f.index(eos) + 1 if eos in f else 10
+        assert r == f[:cut]
+    assert len(rows[0]) <= 4 and any(len(r) == 10 for r in rows)
+
+
 def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
     from lmstack.generate import filter_logits
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmstack.generate import generate
+from lmstack.generate import generate, generate_many
 
 from .chat import END, prompt_ids
 from .tasks import Example, Task
@@ -17,6 +17,15 @@ def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = No
     ids = generate(model, prompt_ids(tok, prompt, system), max_new_tokens, temperature=temperature,
                    eos_id=tok.token_to_id(END), generator=generator)
     return tok.decode(ids)  # special tokens (the end marker) are dropped
+
+
+@torch.no_grad()
+def sample_answers(model, tok, prompt: str, n: int, max_new_tokens: int, system: str | None = None,
+                   temperature: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
+    """n sampled responses to one prompt, decoded as one batch."""
+    rows = generate_many(model, prompt_ids(tok, prompt, system), n, max_new_tokens, temperature=temperature,
+                         eos_id=tok.token_to_id(END), generator=generator)
+    return [tok.decode(ids) for ids in rows]
 
 
 def exact_match(model, tok, examples: list[Example], tasks: dict[str, Task], max_new_tokens: int = 16,

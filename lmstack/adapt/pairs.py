@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .chat import END, prompt_ids
-from .evaluate import answer
+from .evaluate import sample_answers
 from .sft import IGNORE
 from .tasks import Example, Task
 
@@ -58,11 +58,9 @@ def build_pairs(examples: list[Example], tasks: dict[str, Task], model=None, tok
             continue
         rejected = None
         if model is not None:
-            for _ in range(samples):
-                r = answer(model, tok, ex.prompt, max_new_tokens, system, temperature=1.0, generator=gen).strip()
-                if r and task.verify(r, ex) == 0.0:
-                    rejected = r
-                    break
+            wrong = [r.strip() for r in sample_answers(model, tok, ex.prompt, samples, max_new_tokens, system,
+                                                       temperature=1.0, generator=gen)]
+            rejected = next((r for r in wrong if r and task.verify(r, ex) == 0.0), None)
         pairs.append(Pair(ex, ex.answer, rejected, "model") if rejected else
                      Pair(ex, ex.answer, corrupt(ex, task, rng), "corrupted"))
     return pairs

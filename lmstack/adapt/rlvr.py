@@ -12,7 +12,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from lmstack.generate import generate
+from lmstack.generate import generate_many
 from lmstack.train.module import PretrainModule
 
 from .chat import END, prompt_ids
@@ -58,14 +58,11 @@ class GRPOModule(PretrainModule):
         seqs, rewards, lengths = [], [], []
         for ex in examples:
             prompt = prompt_ids(self.tok, ex.prompt, self.system)
-            row = []
-            for _ in range(self.group_size):
-                out = generate(self.model, prompt, self.max_new, temperature=self.temperature, eos_id=end)
-                text = self.tok.decode(out)
-                row.append(self.tasks[ex.task].verify(text, ex))
-                seqs.append((prompt, out))
-                lengths.append(len(out))
-            rewards.append(row)
+            outs = generate_many(self.model, prompt, self.group_size, self.max_new, temperature=self.temperature,
+                                 eos_id=end)
+            rewards.append([self.tasks[ex.task].verify(self.tok.decode(out), ex) for out in outs])
+            seqs += [(prompt, out) for out in outs]
+            lengths += [len(out) for out in outs]
         self.model.train()
         width = max(len(p) + len(o) for p, o in seqs) - 1
         ids = torch.zeros(len(seqs), width, dtype=torch.long)

@@ -248,14 +248,14 @@ class PromptsDataModule(L.LightningDataModule):
 @torch.no_grad()
 def sampled_reward(model, tok, examples, tasks, stage, system) -> float:
     """Mean verifier reward of `eval_samples` sampled answers per held-out prompt (at the stage's temperature)."""
-    from .evaluate import answer
+    from .evaluate import sample_answers
 
     gen = torch.Generator().manual_seed(0)
     model.eval()
     k = stage.get("eval_samples", 4)
-    scores = [tasks[e.task].verify(answer(model, tok, e.prompt, stage.get("max_new_tokens", 16), system,
-                                          stage.get("temperature", 1.0), gen), e)
-              for e in examples for _ in range(k)]
+    scores = [tasks[e.task].verify(r, e) for e in examples
+              for r in sample_answers(model, tok, e.prompt, k, stage.get("max_new_tokens", 16), system,
+                                      stage.get("temperature", 1.0), gen)]
     return sum(scores) / max(len(scores), 1)
 
 
