@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The adaptation recipe on CPU: pretrain `tiny` (the main job; or INIT=ckpt to start from a checkpoint),
-# then SFT -> DPO -> RLVR on 2-digit arithmetic, each scored on held-out prompts. The table is
+# then SFT -> DPO -> RLVR on 2-digit addition (conf/stage defaults), each scored on held-out prompts. The table is
 # OUT/recipe.json (stage -> exact match, DPO preference accuracy, RLVR mean reward).
 #   bash scripts/recipe_tiny.sh                 # PY=.venv/bin/python OUT=outputs/recipe by default
 set -euo pipefail
@@ -13,8 +13,7 @@ if [ -z "${INIT:-}" ]; then
   "$PY" train.py hydra.run.dir="$OUT/pretrain" train.sample_tokens=0 trainer.enable_progress_bar=false
   INIT="$OUT/pretrain/checkpoints/last.ckpt"
 fi
-"$PY" train.py stage=sft init_from="$INIT" hydra.run.dir="$OUT/sft" "${COMMON[@]}" \
-  stage.train_examples=6000 stage.epochs=4 data.seq_len=128 optimizer.lr=3e-3
+"$PY" train.py stage=sft init_from="$INIT" hydra.run.dir="$OUT/sft" "${COMMON[@]}"
 "$PY" train.py stage=dpo init_from="$OUT/sft/checkpoints/last.ckpt" hydra.run.dir="$OUT/dpo" "${COMMON[@]}"
 "$PY" train.py stage=rlvr init_from="$OUT/dpo/checkpoints/last.ckpt" hydra.run.dir="$OUT/rlvr" "${COMMON[@]}"
 "$PY" - "$OUT/recipe.json" <<'PYEOF'

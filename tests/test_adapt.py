@@ -121,7 +121,7 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
     import lightning as L
 
     from lmstack.adapt.module import SFTModule
-    from lmstack.adapt.run import RowsDataModule
+    from lmstack.adapt.data import RowsDataModule
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
     opt = {"name": "adamw", "lr": 1e-2, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1,
@@ -178,6 +178,7 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     # DPO from the SFT checkpoint, recorded in the same recipe.json
     dpo = small_cfg("stage=dpo", f"init_from={recipe['sft']['checkpoint']}", "stage.train_examples=48",
                     "stage.test_examples=12", "stage.epochs=1", "stage.rejected_samples=1", "data.batch_size=8",
+                    "optimizer.lr=5e-4", "stage.rpo_alpha=0.2",
                     f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}", "train.val_every_steps=100")
     dpo.run_dir = str(tmp_path / "dpo")
     run(dpo)
@@ -204,6 +205,18 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
                           text=True, cwd=root, timeout=300)
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("assistant> ") == 2
+
+
+def test_stage_options_are_checked(small_cfg):
+    from lmstack.adapt.run import check_stage
+    from lmstack.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rpo_alpha=-1.0 must be >= 0"):
+        check_stage(small_cfg("stage=dpo", "init_from=x.ckpt", "stage.rpo_alpha=-1.0"))
+    with pytest.raises(ConfigError, match="set init_from=PATH"):
+        check_stage(small_cfg("stage=sft"))
+    with pytest.raises(ConfigError, match="stage.bogus is not a stage option"):
+        check_stage(small_cfg("stage=sft", "init_from=x.ckpt", "+stage.bogus=1"))
 
 
 def test_grpo_with_beta_zero_builds_no_reference():

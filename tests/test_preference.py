@@ -24,6 +24,18 @@ def test_dpo_by_hand_with_and_without_label_smoothing():
     assert float(smooth) == pytest.approx(0.9 * math.log1p(math.exp(-0.2)) + 0.1 * math.log1p(math.exp(0.2)))
 
 
+def test_rpo_alpha_adds_the_chosen_answers_mean_token_nll():
+    # two pairs: chosen log-probs -3 over 2 tokens and -9 over 4 tokens -> mean NLL 12 / 6 = 2 per token
+    pc, pr, rc, rr = t(-3.0, -9.0), t(-4.0, -8.0), t(-3.5, -9.5), t(-4.0, -8.0)
+    nc, nr = t(2, 4), t(1, 3)
+    plain, m = preference_loss(pc, pr, rc, rr, nc, nr, "dpo_norm", beta=2.0)
+    with_nll, m2 = preference_loss(pc, pr, rc, rr, nc, nr, "dpo_norm", beta=2.0, rpo_alpha=0.5)
+    dpo = (math.log1p(math.exp(-2.0 * (0.5 / 2))) + math.log1p(math.exp(-2.0 * (0.5 / 4)))) / 2
+    assert float(plain) == pytest.approx(dpo)
+    assert float(with_nll) == pytest.approx(dpo + 0.5 * 2.0)
+    assert float(m["chosen_nll"]) == pytest.approx(2.0) and float(m2["rewards/margin"]) == float(m["rewards/margin"])
+
+
 def test_dpo_norm_equals_sigmoid_at_equal_lengths_and_differs_otherwise():
     torch.manual_seed(0)
     pc, pr, rc, rr = (torch.randn(8, dtype=torch.float64) * 5 for _ in range(4))

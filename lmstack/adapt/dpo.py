@@ -19,13 +19,13 @@ class DPOModule(PretrainModule):
                  grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
                  max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False,
                  loss: str = "dpo_norm", beta: float = 0.1, label_smoothing: float = 0.0, gamma: float = 0.5,
-                 reference: str = "cached"):
+                 reference: str = "cached", rpo_alpha: float = 0.0):
         super().__init__(model_cfg, optimizer, schedule, z_loss, grad_clip, tokens_per_step, config,
                          max_nonfinite_steps, activation_checkpointing, compile)
         if reference not in ("cached", "live"):
             raise ValueError(f"dpo reference={reference!r}; allowed: cached, live")
         self.loss_name, self.beta, self.label_smoothing, self.gamma = loss, beta, label_smoothing, gamma
-        self.reference = reference
+        self.reference, self.rpo_alpha = reference, rpo_alpha
         self._ref: list = []  # the live reference, outside the module's parameters (never optimised)
 
     def freeze_reference(self) -> None:
@@ -60,7 +60,7 @@ class DPOModule(PretrainModule):
         pc, pr, nc, nr = self.logps(self.model, batch)
         rc, rr = self.reference_logps(batch)
         loss, metrics = preference_loss(pc, pr, rc, rr, nc, nr, self.loss_name, self.beta, self.label_smoothing,
-                                        self.gamma)
+                                        self.gamma, self.rpo_alpha)
         self.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=prefix == "val")
         for k, v in metrics.items():
             self.log(f"{prefix}/{k}", v, sync_dist=prefix == "val")

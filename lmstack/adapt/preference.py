@@ -8,6 +8,9 @@ reference (`rc`, `rr`), and the responses' token counts (`nc`, `nr`):
   responses do not win by length. With nc = nr = n it is `sigmoid` with beta / n (identical at n = 1).
 - `simpo`:    h = pc / nc - pr / nr - gamma / beta;      no reference model.
 Label smoothing eps (conservative DPO): loss = -(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h).
+`rpo_alpha` adds alpha x the chosen responses' mean per-token negative log-likelihood (RPO, Pang et al. 2024;
+Llama 3's DPO; TRL's `rpo_alpha`): when chosen and rejected answers share most tokens ("87" vs "88"), plain
+DPO lowers both likelihoods and greedy answers get worse; the NLL term keeps the chosen ones likely.
 Rewards are beta x the (normalised) log-ratios; accuracy is the share of pairs with reward_c > reward_r.
 """
 
@@ -28,8 +31,9 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor, ignore: int = -10
 
 
 def preference_loss(pc, pr, rc, rr, nc, nr, loss: str = "sigmoid", beta: float = 0.1,
-                    label_smoothing: float = 0.0, gamma: float = 0.5) -> tuple[torch.Tensor, dict]:
-    """(mean loss over pairs, metrics: rewards, margin, accuracy)."""
+                    label_smoothing: float = 0.0, gamma: float = 0.5, rpo_alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """(mean loss over pairs, plus rpo_alpha x the chosen tokens' mean NLL; metrics: rewards, margin,
+    accuracy, the chosen NLL)."""
     if loss not in LOSSES:
         raise ValueError(f"preference loss={loss!r}; allowed: {', '.join(LOSSES)}")
     nc, nr = nc.clamp(min=1).to(pc.dtype), nr.clamp(min=1).to(pc.dtype)
@@ -41,6 +45,8 @@ def preference_loss(pc, pr, rc, rr, nc, nr, loss: str = "sigmoid", beta: float =
         chosen, rejected = pc / nc, pr / nr
     h = chosen - rejected - (gamma / beta if loss == "simpo" else 0.0)
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    nll = -pc.sum() / nc.sum()
+    total = losses.mean() + rpo_alpha * nll if rpo_alpha else losses.mean()
     rc_, rr_ = (beta * chosen).detach(), (beta * rejected).detach()
-    return losses.mean(), {"rewards/chosen": rc_.mean(), "rewards/rejected": rr_.mean(),
-                           "rewards/margin": (rc_ - rr_).mean(), "rewards/accuracy": (rc_ > rr_).float().mean()}
+    return total, {"rewards/chosen": rc_.mean(), "rewards/rejected": rr_.mean(), "rewards/margin": (rc_ - rr_).mean(),
+                   "rewards/accuracy": (rc_ > rr_).float().mean(), "chosen_nll": nll.detach()}

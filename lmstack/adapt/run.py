@@ -15,12 +15,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lmstack.config import ConfigError, RunSpec
 from lmstack.train.schedules import schedule_args
 
 from .chat import add_chat_tokens, render, resize_vocab
+from .data import PairsDataModule, PromptsDataModule, RowsDataModule
 from .evaluate import exact_match
 from .module import SFTModule
 from .sft import pack
@@ -29,42 +29,8 @@ from .tasks import Example, Task, make_task
 log = logging.getLogger("lmstack")
 STAGE_KEYS = {"name", "tasks", "train_examples", "test_examples", "system", "reduction", "epochs", "max_new_tokens",
               "test_fraction"}
-DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples"}
+DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples", "rpo_alpha"}
 RLVR_KEYS = {"group_size", "clip_low", "clip_high", "scale_advantages", "temperature", "eval_samples"}
-
-
-class Rows(Dataset):
-    def __init__(self, rows: dict[str, torch.Tensor]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows["input_ids"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.rows.items()}
-
-
-class RowsDataModule(L.LightningDataModule):
-    """Packed rows, shuffled per epoch and split over ranks; held-out rows for validation."""
-
-    def __init__(self, train: dict, val: dict, batch_size: int, seed: int):
-        super().__init__()
-        self.train, self.val, self.batch_size, self.seed = Rows(train), Rows(val), batch_size, seed
-        self.seq_len = train["input_ids"].shape[1]
-
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
-        t = self.trainer
-        sampler = DistributedSampler(ds, num_replicas=t.world_size if t else 1, rank=t.global_rank if t else 0,
-                                     shuffle=shuffle, seed=self.seed, drop_last=shuffle)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle, collate_fn=self.collate)
-
-    collate = None  # DataLoader's default: stack the rows
-
-    def train_dataloader(self):
-        return self._loader(self.train, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val, False)
 
 
 def stage_tasks(stage: dict) -> dict[str, Task]:
@@ -104,20 +70,6 @@ def record(run_dir: Path, stage: str, numbers: dict, recipe_file: str | None = N
     return path
 
 
-class PairsDataModule(RowsDataModule):
-    """Encoded preference pairs (lists of dicts), padded per batch."""
-
-    def __init__(self, train: list[dict], val: list[dict], batch_size: int, seed: int, seq_len: int):
-        L.LightningDataModule.__init__(self)
-        self.train, self.val, self.batch_size, self.seed, self.seq_len = train, val, batch_size, seed, seq_len
-
-    @staticmethod
-    def collate(items):
-        from .pairs import collate_pairs
-
-        return collate_pairs(items)
-
-
 def check_stage(spec: RunSpec) -> dict:
     stage = spec.stage
     unknown = set(stage) - STAGE_KEYS - DPO_KEYS - RLVR_KEYS - {"recipe_file"}
@@ -129,6 +81,8 @@ def check_stage(spec: RunSpec) -> dict:
     if not spec.init_from:
         raise ConfigError(f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or "
                           "lmstack import-hf)")
+    if stage.get("rpo_alpha", 0.0) < 0:
+        raise ConfigError(f"stage.rpo_alpha={stage['rpo_alpha']} must be >= 0 (the weight of the chosen answers' NLL)")
     if stage.get("reduction", "mean") not in ("mean", "sum"):
         raise ConfigError(f"stage.reduction={stage.get('reduction')!r}; allowed: mean, sum")
     return stage
@@ -191,7 +145,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
 
         module = DPOModule(*args, loss=stage.get("loss", "dpo_norm"), beta=stage.get("beta", 0.1),
                            label_smoothing=stage.get("label_smoothing", 0.0), gamma=stage.get("gamma", 0.5),
-                           reference=stage.get("reference", "cached"))
+                           reference=stage.get("reference", "cached"), rpo_alpha=stage.get("rpo_alpha", 0.0))
         dm = PairsDataModule(train_data, val_data, spec.data.batch_size, spec.seed, seq_len)
     module.model.load_state_dict(model.state_dict())
     if name == "dpo" and module.reference == "live" or name == "rlvr":
@@ -228,21 +182,6 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
               + (f"; mean sampled reward {reward_before:.3f} -> {numbers['mean_reward']:.3f}" if name == "rlvr" else "")
               + f"; {path}")
     return result
-
-
-class PromptsDataModule(L.LightningDataModule):
-    """Task examples (prompts with their verifiers' keys), shuffled per epoch and split over ranks."""
-
-    def __init__(self, examples: list, batch_size: int, seed: int, seq_len: int):
-        super().__init__()
-        self.examples, self.batch_size, self.seed, self.seq_len = examples, batch_size, seed, seq_len
-
-    def train_dataloader(self):
-        t = self.trainer
-        sampler = DistributedSampler(self.examples, num_replicas=t.world_size if t else 1,
-                                     rank=t.global_rank if t else 0, shuffle=True, seed=self.seed, drop_last=True)
-        return DataLoader(self.examples, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=list)
 
 
 @torch.no_grad()
