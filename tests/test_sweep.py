@@ -118,3 +118,30 @@ def test_fit_report_over_jobs_of_several_sizes(tmp_path):
     assert predicted == pytest.approx(1.2 + 50.0 * (6 * 64e6 * 20 * 64e6) ** -0.15, rel=1e-3)
     with pytest.raises(ValueError, match="at least 4 completed jobs"):
         report_mod.fit_report(jobs[:3])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_job_dies_with_its_sweep_process():
+    import os
+    import signal
+    import time
+
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lmstack.sweep.job import start_job; "
+         "p = start_job([sys.executable, '-c', 'import time; time.sleep(120)'], {}); print(p.pid, flush=True); "
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    job = int(sweep.stdout.readline())
+
+    def alive(pid):
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    assert alive(job)
+    os.kill(sweep.pid, signal.SIGKILL)  # no handler can run: only the kernel can end the job now
+    sweep.wait()
+    deadline = time.time() + 20
+    while alive(job) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(job)

@@ -2,7 +2,8 @@
 the sweep process; the task starts `train.py` again as a child for that job (same overrides, the job's
 folder as its run directory) and waits. A job that crashes or diverges is recorded in its folder's
 `result.json` and the sweep goes on to the next job; the next job starts in a fresh process, with nothing
-left over from the last one (memory, threads, compiled kernels).
+left over from the last one (memory, threads, compiled kernels). On Linux the child is tied to the sweep
+process: when that dies, however it dies (Ctrl-C, kill, the OOM killer), the running job gets SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,24 @@ def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN and os.environ.get(CHILD_ENV) != "1"
 
 
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG), and exit at
+    once if it died already (the child was reparented before the request)."""
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def start_job(cmd: list[str], env: dict) -> subprocess.Popen:
+    """The job's process, tied to this one's life where the OS allows it."""
+    return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+
+
 def run_job_process(script: str) -> float:
     """Run this job's training in a child process; its final val/bpb, or NaN when it failed or diverged
     (so a sweeper that minimises, such as Optuna's, treats it as a failed trial)."""
@@ -36,7 +56,13 @@ def run_job_process(script: str) -> float:
     if hc.runtime.config_sources:  # a --config-dir given to the sweep reaches the job too
         extra = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
         cmd += [f"--config-dir={p.removeprefix('file://')}" for p in extra]
-    proc = subprocess.run(cmd, env={**os.environ, CHILD_ENV: "1"})
+    proc = start_job(cmd, {**os.environ, CHILD_ENV: "1"})
+    try:
+        proc.wait()
+    except BaseException:  # Ctrl-C or an error in the sweep: the job goes too
+        proc.terminate()
+        proc.wait()
+        raise
     result_file = out / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else {}
     if proc.returncode != 0 and result.get("status") != "diverged":
