@@ -195,3 +195,31 @@ def test_prepared_folders_sharing_a_tokenizer_mix_by_weight(prepared_dir, prepar
     train_bpe(["a different corpus gives a different tokenizer"] * 50, 300).save(str(other / "tokenizer.json"))
     with pytest.raises(ValueError, match="another tokenizer.*prepare.tokenize.tokenizer="):
         module([("web", prepared_dir, 0.5), ("other", other, 0.5)])
+
+
+def test_a_brought_tokenizer_joins_documents_with_its_own_end_of_text_token(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from lmstack.data.tokenizer import eos_id
+
+    docs = [d["text"] for d in read_source("py", builtin="python_stdlib")][:40]
+    llama2_like = Tokenizer(models.BPE())
+    llama2_like.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    llama2_like.decoder = decoders.ByteLevel()
+    llama2_like.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = tmp_path / "tokenizer.json"
+    llama2_like.save(str(path))
+    assert eos_id(llama2_like) == llama2_like.token_to_id("</s>") == 2
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(docs[:20])))
+    corpus = prepare_corpus([{"name": "py", "paths": [str(src)]}], str(tmp_path / "c"), seq_len=32,
+                            val_fraction=0.3, vocab_size=400, tokenizer=str(path))
+    blocks = BlockDataset([str(corpus.split_dir("py", "train"))])
+    ids = [t for i in range(len(blocks)) for t in blocks[i]["input_ids"].tolist()]
+    assert ids.count(2) >= 4  # "</s>" between the documents
+    no_eos = Tokenizer(models.BPE())
+    no_eos.save(str(tmp_path / "bare.json"))
+    with pytest.raises(ValueError, match="no end-of-text token"):
+        prepare_corpus([{"name": "py", "paths": [str(src)]}], str(tmp_path / "d"), seq_len=32,
+                       val_fraction=0.0, vocab_size=400, tokenizer=str(tmp_path / "bare.json"))

@@ -139,3 +139,38 @@ def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(smal
     both = OmegaConf.to_container(small_cfg(f"init_from={tmp_path / 'imported.ckpt'}", "ckpt_path=last"), resolve=True)
     with pytest.raises(ConfigError, match="set one of ckpt_path"):
         validate(both)
+
+
+@pytest.mark.slow
+def test_an_adapted_model_exports_its_chat_template_and_end_marker(small_cfg, tmp_path):
+    from lmstack.adapt.chat import END, add_chat_tokens, prompt_ids, render, resize_vocab
+    from lmstack.generate import load_checkpoint
+    from lmstack.run import run
+
+    cfg = small_cfg()
+    run(cfg)
+    model, tok, ckpt = load_checkpoint(str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt"))
+    tok = add_chat_tokens(tok)  # what an adaptation stage does before training
+    resize_vocab(model, tok.get_vocab_size())
+    ckpt["tokenizer_json"] = tok.to_str()
+    ckpt["hyper_parameters"]["model_cfg"]["vocab_size"] = model.cfg.vocab_size
+    ckpt["state_dict"] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(ckpt, tmp_path / "chat.ckpt")
+    out = cli("export", f"ckpt={tmp_path / 'chat.ckpt'}", "format=hf", f"out={tmp_path / 'hf'}")
+    assert out.returncode == 0, out.stderr
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+
+    def hf_ids(conversation, **kw) -> list[int]:
+        out = hf_tok.apply_chat_template(conversation, tokenize=True, **kw)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)  # a BatchEncoding in transformers 5
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"}]
+    assert hf_ids(conversation, add_generation_prompt=True) == prompt_ids(tok, "What is 12 + 30?", "Be brief.")
+    full = conversation + [{"role": "assistant", "content": "42"}]
+    assert hf_ids(full) == render(tok, full)[0]
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [tok.token_to_id("<|endoftext|>"), tok.token_to_id(END)]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    x = torch.tensor([render(tok, full)[0]])
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() < 1e-4

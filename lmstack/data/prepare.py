@@ -157,7 +157,7 @@ def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val
     (which must exist); documents are dicts with `id` and `text`. Returns the corpus metadata."""
     if tokenizer:
         tok = Tokenizer.from_file(str(Path(os.path.expanduser(tokenizer))))
-        eos_id(tok)  # refuses a tokenizer without our EOS token
+        eos_id(tok)  # refuses a tokenizer without an end-of-text token
     else:
         sample, sample_bytes = [], 0
         for docs in per_source.values():

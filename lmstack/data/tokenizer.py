@@ -41,8 +41,14 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
     return out
 
 
+# End-of-text tokens of tokenizers users bring (`lmstack import-hf`): GPT-2/OLMo, Llama 3, Llama 2, Gemma.
+EOS_NAMES = (EOS, "<|end_of_text|>", "</s>", "<eos>")
+
+
 def eos_id(tok: Tokenizer) -> int:
-    idx = tok.token_to_id(EOS)
-    if idx is None:
-        raise ValueError(f"tokenizer has no {EOS} token")
-    return idx
+    """The id of the token that ends a document: ours, or an imported tokenizer's own end-of-text token."""
+    for name in EOS_NAMES:
+        idx = tok.token_to_id(name)
+        if idx is not None:
+            return idx
+    raise ValueError(f"tokenizer has no end-of-text token (looked for {', '.join(EOS_NAMES)})")

@@ -108,26 +108,39 @@ def export_hf(ckpt_path: str, out: str) -> dict:
     """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json."""
     from safetensors.torch import save_file
 
-    from lmstack.data.tokenizer import EOS, PAD
+    from lmstack.adapt.chat import END, has_chat_tokens
+    from lmstack.data.tokenizer import PAD, eos_id
     from lmstack.generate import load_checkpoint
 
     model, tok, _ = load_checkpoint(ckpt_path)
     arch = hf_architecture(model.cfg)
     if tok is None:
         raise ValueError(f"{ckpt_path} carries no tokenizer; Hugging Face folders need one")
-    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    try:
+        eos = eos_id(tok)
+    except ValueError:
+        eos = None
+    pad = tok.token_to_id(PAD)
+    chat = has_chat_tokens(tok)  # an adapted model: generation also stops at the end marker
+    stop = [eos, tok.token_to_id(END)] if chat and eos is not None else eos
     state = to_hf_state({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, model.cfg, arch)
     Path(out).mkdir(parents=True, exist_ok=True)
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     config = hf_config(model.cfg, arch, eos, pad)
     _write_json(out, "config.json", config)
-    _write_json(out, "generation_config.json", {"eos_token_id": eos, "pad_token_id": pad, "bos_token_id": None})
+    _write_json(out, "generation_config.json", {"eos_token_id": stop, "pad_token_id": pad, "bos_token_id": None})
     tok.save(os.path.join(out, "tokenizer.json"))
     _write_json(out, "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS if eos is not None else None,
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tok.id_to_token(eos) if eos is not None else None,
         "pad_token": PAD if pad is not None else None, "bos_token": None, "add_bos_token": False,
-        "model_max_length": model.cfg.max_seq_len, "clean_up_tokenization_spaces": False})
+        "model_max_length": model.cfg.max_seq_len, "clean_up_tokenization_spaces": False,
+        **({"chat_template": CHAT_TEMPLATE} if chat else {})})
     return config
+
+
+# lmstack/adapt/chat.py's rendering as a Jinja template, so `apply_chat_template` gives the same ids
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def _write_json(folder: str, name: str, obj: dict) -> None:
