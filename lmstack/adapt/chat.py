@@ -20,6 +20,11 @@ END = "<|end|>"
 CHAT_TOKENS = [*MARKERS.values(), END]
 
 
+# `render` as a Jinja chat template (Hugging Face's `apply_chat_template` gives the same ids; written on export)
+JINJA_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + END + "{% endfor %}"
+                  "{% if add_generation_prompt %}" + MARKERS["assistant"] + "{% endif %}")
+
+
 def add_chat_tokens(tok: Tokenizer) -> Tokenizer:
     """The tokenizer with the chat markers as special tokens (a no-op when they are there already)."""
     missing = [t for t in CHAT_TOKENS if tok.token_to_id(t) is None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmstack.generate import generate, generate_many
+from lmstack.generate import generate_many
 
 from .chat import END, prompt_ids
 from .tasks import Example, Task
@@ -14,9 +14,7 @@ from .tasks import Example, Task
 def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = None, temperature: float = 0.0,
            generator: torch.Generator | None = None) -> str:
     """The model's response through the chat template (greedy unless a temperature is given)."""
-    ids = generate(model, prompt_ids(tok, prompt, system), max_new_tokens, temperature=temperature,
-                   eos_id=tok.token_to_id(END), generator=generator)
-    return tok.decode(ids)  # special tokens (the end marker) are dropped
+    return sample_answers(model, tok, prompt, 1, max_new_tokens, system, temperature, generator)[0]
 
 
 @torch.no_grad()
@@ -25,7 +23,7 @@ def sample_answers(model, tok, prompt: str, n: int, max_new_tokens: int, system:
     """n sampled responses to one prompt, decoded as one batch."""
     rows = generate_many(model, prompt_ids(tok, prompt, system), n, max_new_tokens, temperature=temperature,
                          eos_id=tok.token_to_id(END), generator=generator)
-    return [tok.decode(ids) for ids in rows]
+    return [tok.decode(ids) for ids in rows]  # special tokens (the end marker) are dropped
 
 
 def exact_match(model, tok, examples: list[Example], tasks: dict[str, Task], max_new_tokens: int = 16,

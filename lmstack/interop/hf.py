@@ -108,7 +108,7 @@ def export_hf(ckpt_path: str, out: str) -> dict:
     """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json."""
     from safetensors.torch import save_file
 
-    from lmstack.adapt.chat import END, has_chat_tokens
+    from lmstack.adapt.chat import END, JINJA_TEMPLATE, has_chat_tokens
     from lmstack.data.tokenizer import PAD, eos_id
     from lmstack.generate import load_checkpoint
 
@@ -134,13 +134,8 @@ def export_hf(ckpt_path: str, out: str) -> dict:
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tok.id_to_token(eos) if eos is not None else None,
         "pad_token": PAD if pad is not None else None, "bos_token": None, "add_bos_token": False,
         "model_max_length": model.cfg.max_seq_len, "clean_up_tokenization_spaces": False,
-        **({"chat_template": CHAT_TEMPLATE} if chat else {})})
+        **({"chat_template": JINJA_TEMPLATE} if chat else {})})
     return config
-
-
-# lmstack/adapt/chat.py's rendering as a Jinja template, so `apply_chat_template` gives the same ids
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def _write_json(folder: str, name: str, obj: dict) -> None:
