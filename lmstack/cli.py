@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 USAGE = """usage:
@@ -35,13 +36,25 @@ def _args(argv: list[str], defaults: dict) -> dict:
     missing = [k for k, v in defaults.items() if v == "???" and k not in given]
     if missing:
         raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
+    _check_values(given)
     return {**defaults, **given}
+
+
+def _check_values(args: dict) -> None:
+    """The config's rules for every value (finite floats, seeds >= 0), as a command-line error."""
+    from lmstack.config.validate import ConfigError, check_values
+
+    try:
+        check_values(args)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
 
 def generate_cmd(argv: list[str]) -> None:
     import torch
 
-    from lmstack.generate import generate, load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
+    from lmstack.generate import generate
 
     a = _args(argv, {"ckpt": "???", "prompt": "???", "max_new_tokens": 64, "temperature": 0.8, "top_k": 50,
                      "top_p": 1.0, "seed": 0, "device": "cpu"})
@@ -85,6 +98,22 @@ def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dic
     return sets, tasks
 
 
+@contextlib.contextmanager
+def owned_output(path: str, kind: str, inputs: list[str]):
+    """The output folder of a command, claimed (`lmstack.ownership`), or the reason it cannot be, as an
+    exit message."""
+    from lmstack.ownership import OwnedFolder, OwnershipError
+
+    try:
+        owned = OwnedFolder(path, kind, inputs).__enter__()
+    except OwnershipError as e:
+        raise SystemExit(f"out={path}: {e}") from None
+    try:
+        yield owned
+    finally:
+        owned.__exit__(None, None, None)
+
+
 def eval_cmd(argv: list[str]) -> None:
     """Configured eval sets and tasks (or paths) on a checkpoint: a table, and DIR/eval.json."""
     import json
@@ -92,7 +121,7 @@ def eval_cmd(argv: list[str]) -> None:
     import time
 
     from lmstack.eval.suite import evaluate, load_suite
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     a = _args(argv, {"ckpt": "???", "tasks": "???", "out": "???", "batch_size": 16, "limit": -1, "device": "cpu",
                      "evals": "olmes", "seq_len": 0})
@@ -123,9 +152,10 @@ def eval_cmd(argv: list[str]) -> None:
         results[name] = r
         cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb")]
         print(f"| {name} | {items} | {' | '.join(cells)} | {rate:.1f} |")
-    os.makedirs(a["out"], exist_ok=True)
-    with open(os.path.join(a["out"], "eval.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    with owned_output(a["out"], "eval", [a["ckpt"]]) as owned:
+        with open(owned.path / "eval.json", "w") as f:
+            json.dump(results, f, indent=2)
+        owned.update(status="complete", files=["eval.json"])
 
 
 def chat_cmd(argv: list[str]) -> None:
@@ -134,7 +164,8 @@ def chat_cmd(argv: list[str]) -> None:
     import torch
 
     from lmstack.adapt.chat import END, has_chat_tokens, render
-    from lmstack.generate import generate, load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
+    from lmstack.generate import generate
 
     a = _args(argv, {"ckpt": "???", "system": "", "max_new_tokens": 128, "temperature": 0.0, "top_k": 50,
                      "seed": 0, "device": "cpu"})
@@ -169,9 +200,11 @@ def export_cmd(argv: list[str]) -> None:
     a = _args(argv, {"ckpt": "???", "out": "???", "format": "hf"})
     if a["format"] != "hf":
         raise SystemExit(f"format={a['format']!r} is not supported; allowed: hf")
+    from lmstack.ownership import OwnershipError
+
     try:
         config = export_hf(a["ckpt"], a["out"])
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OwnershipError) as e:
         raise SystemExit(f"cannot export {a['ckpt']}: {e}") from None
     print(f"wrote {config['architectures'][0]} ({config['num_hidden_layers']} layers, d={config['hidden_size']}, "
           f"vocab {config['vocab_size']}) to {a['out']}")
@@ -234,6 +267,17 @@ def plan_cmd(argv: list[str]) -> None:
         raise SystemExit(str(e)) from None
 
 
+@contextlib.contextmanager
+def _refusals():
+    """What lmstack refuses (a bad value, a folder it may not write, a missing input) as a one-line exit."""
+    from lmstack.ownership import OwnershipError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, OwnershipError) as e:
+        raise SystemExit(f"lmstack: {e}") from None
+
+
 def prepare_cmd(argv: list[str]) -> None:
     """Compose conf/prepare.yaml with Hydra overrides and run the curation pipeline."""
     import os
@@ -242,7 +286,8 @@ def prepare_cmd(argv: list[str]) -> None:
 
     c = _compose("prepare", argv)
     inputs = c["inputs"] if isinstance(c["inputs"], list) else [c["inputs"]]
-    stats = run_prepare(inputs, c["output_dir"], c["prepare"])
+    with _refusals():
+        stats = run_prepare(inputs, c["output_dir"], c["prepare"])
     print(f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
           f"{stats['rejected']:,} rejected; report: {os.path.join(c['output_dir'], 'report.md')}")
 
@@ -262,7 +307,8 @@ def prepare_merge_cmd(argv: list[str]) -> None:
         raise SystemExit(f"missing argument shards=...\n{USAGE}")
     patterns = OmegaConf.to_container(OmegaConf.from_dotlist([f"s={given[0]}"]))["s"]
     dirs = sorted(d for p in (patterns if isinstance(patterns, list) else [patterns]) for d in glob.glob(p))
-    stats = merge_shards(dirs, c["output_dir"], c["prepare"])
+    with _refusals():
+        stats = merge_shards(dirs, c["output_dir"], c["prepare"])
     print(f"{len(dirs)} shards: {stats['docs_in']:,} documents in, {stats['docs_out']:,} out "
           f"({stats['reduction']}x fewer); report: {os.path.join(c['output_dir'], 'report.md')}")
 

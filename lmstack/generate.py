@@ -1,4 +1,4 @@
-"""Sampling with a KV cache: greedy, temperature, top-k and top-p; and loading a model from a checkpoint."""
+"""Sampling with a KV cache: greedy, temperature, top-k and top-p (checkpoints load through `lmstack.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from lmstack.model import ModelConfig, Transformer
+from lmstack.model import Transformer
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -69,31 +69,3 @@ def generate_many(model: Transformer, prompt_ids: list[int], n: int, max_new_tok
         else:
             step_input = tokens
     return out
-
-
-def load_checkpoint(path: str, device: str = "cpu"):
-    """(model, tokenizer or None, checkpoint dict) from an lmstack Lightning checkpoint: a file, or the
-    folder of a sharded (FSDP) checkpoint, gathered into one state dict in this process."""
-    import os
-    from pathlib import Path
-
-    from tokenizers import Tokenizer
-
-    if os.path.isdir(path):
-        # Lightning's own reader of the folders its ModelParallelStrategy writes (pinned version)
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-        ckpt = _load_distributed_checkpoint(Path(path))
-    elif os.path.isfile(path):
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    else:
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    hp = ckpt.get("hyper_parameters", {})
-    if "model_cfg" not in hp:
-        raise ValueError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")
-    model = Transformer(ModelConfig(**hp["model_cfg"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    model.to(device).eval()
-    tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if ckpt.get("tokenizer_json") else None
-    return model, tok, ckpt

@@ -5,7 +5,6 @@ Returns the metrics a sweeper optimises (`val/bpb` after training).
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
@@ -30,23 +29,27 @@ logging.getLogger("litdata").setLevel(logging.WARNING)  # one INFO line per data
 
 
 def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str | None:
-    """`last`: the newest checkpoints/last.ckpt under output_root from another run; a path: must exist."""
+    """`last` or a run directory: that run's newest readable checkpoint (`lmstack.checkpoint`); a
+    checkpoint path: must exist."""
+    from lmstack.checkpoint import find_resume_checkpoint
+
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
-        mine = os.path.abspath(run_dir)
-        found = [p for p in glob.glob(os.path.join(output_root, "**", "checkpoints", "last.ckpt"), recursive=True)
-                 if not os.path.abspath(p).startswith(mine + os.sep)]
-        if not found:
-            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {output_root!r}")
-        return max(found, key=os.path.getmtime)
+    if ckpt_path == "last" or os.path.isdir(os.path.join(ckpt_path, "checkpoints")):
+        try:
+            return str(find_resume_checkpoint(ckpt_path, output_root, run_dir))
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
     if not os.path.exists(ckpt_path):
         raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist")
     return ckpt_path
 
 
 def build_trainer(spec: RunSpec, extra_callbacks=(), drop=()) -> L.Trainer:
-    """The Trainer with the configured callbacks (less those named in `drop`), logger and strategy."""
+    """The Trainer with the configured callbacks (less those named in `drop`), logger and strategy;
+    checkpoints are written atomically and read weights-only (`lmstack.checkpoint`)."""
+    from lmstack.checkpoint import checkpoint_io
+
     callbacks = [hydra.utils.instantiate(cb) for name, cb in spec.callbacks.items() if cb and name not in drop]
     if spec.evals is not None:
         callbacks.append(hydra.utils.instantiate(spec.evals))
@@ -66,6 +69,7 @@ def build_trainer(spec: RunSpec, extra_callbacks=(), drop=()) -> L.Trainer:
         check_val_every_n_epoch=None,
         use_distributed_sampler=False,
         gradient_clip_val=None,
+        plugins=[checkpoint_io()],
     )
 
 
@@ -90,7 +94,7 @@ def load_init(spec: RunSpec) -> dict:
     preparation can read it: the cache, named by its content)."""
     import hashlib
 
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     if not os.path.exists(spec.init_from):
         raise ConfigError(f"init_from={spec.init_from!r} does not exist")
@@ -111,11 +115,54 @@ def load_init(spec: RunSpec) -> dict:
     return {"state": model.state_dict(), "model_cfg": cfg, "tokenizer": str(path), "step": ckpt.get("global_step", 0)}
 
 
-def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
-    """The data module (corpus prepared) and the LightningModule for this spec and trainer."""
+def read_resume_record(ckpt: str | None) -> dict:
+    from lmstack.checkpoint import read_record
+
+    return read_record(ckpt) if ckpt else {}
+
+
+def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -> dict:
+    """What an exact resume needs unchanged; saved in every checkpoint, compared when a run resumes."""
+    import hashlib
+    import json
+
+    corpus = [(str(root), (dm.corpus.meta if root == dm.corpus.root else {}).get("key"))
+              for root in sorted({d.parent for _, d, _ in dm.parts})]
+    return {
+        "global_batch_tokens": tps, "seq_len": spec.data.seq_len, "seed": spec.seed,
+        "data_mix": asdict(spec.data_mix), "blocklist": spec.data.blocklist,
+        "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
+        "tokenizer": dm.corpus.meta.get("tokenizer"),
+        "model": {k: v for k, v in mcfg.to_dict().items() if k != "attn_backend"},
+        "optimizer": asdict(spec.optimizer), "schedule": asdict(spec.schedule), "max_tokens": spec.train.max_tokens,
+    }
+
+
+def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:
+    """Refuse (or, with train.resume_changes=allow, log) a resume whose identity differs from the checkpoint's."""
+    saved = record.get("identity")
+    if not saved:
+        log.warning("%s records no run identity (an older checkpoint): resuming without checking it", ckpt)
+        return
+    diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    if not diff:
+        return
+    detail = "; ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in diff)
+    if policy != "allow":
+        raise ConfigError(f"ckpt_path={ckpt}: this run differs from the checkpoint's in {', '.join(diff)} ({detail}); "
+                          "an exact resume needs them unchanged; set train.resume_changes=allow to resume anyway")
+    log.warning("resuming %s with changes (train.resume_changes=allow): %s", ckpt, detail)
+
+
+def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None,
+          resume: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
+    """The data module (corpus prepared) and the LightningModule for this spec and trainer. `resume`: the
+    record of the checkpoint the run resumes (the budget left is counted from its tokens)."""
     tps = tokens_per_step(spec, trainer)
     check_global_batch(spec, tps)
     max_steps = math.ceil(spec.train.max_tokens / tps)
+    if resume and "tokens" in resume:
+        max_steps = resume["step"] + max(0, math.ceil((spec.train.max_tokens - resume["tokens"]) / tps))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     init = load_init(spec) if spec.init_from else None
     dm = LMDataModule(
@@ -145,6 +192,7 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None) -> tupl
         module.model.load_state_dict(init["state"])
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
+    module.run_identity = run_identity(spec, tps, dm, mcfg)
     return module, dm
 
 
@@ -173,11 +221,27 @@ def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: in
     return prompt + tokenizer.decode(ids)
 
 
+HYDRA_ENTRIES = (".hydra", "train.log", "multirun.yaml")  # what Hydra writes into a run directory first
+
+
+def claim_run_dir(run_dir: Path, spec: RunSpec) -> None:
+    """The run directory is new, empty (but for Hydra's files) or an lmstack run's: never another folder."""
+    from lmstack.ownership import OwnedFolder, OwnershipError
+
+    inputs = [p for p in (spec.init_from, spec.ckpt_path) if p and p != "last" and os.path.exists(p)]
+    try:
+        with OwnedFolder(run_dir, "run", foreign_ok=HYDRA_ENTRIES, wait=True) as owned:
+            if inputs:
+                owned.update(init_from=spec.init_from, ckpt_path=spec.ckpt_path)
+    except OwnershipError as e:
+        raise ConfigError(f"run_dir: {e}") from None
+
+
 def run(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     spec = validate(config)
     run_dir = Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, spec)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     if spec.stage is not None:  # adaptation: SFT (lmstack/adapt)
         from lmstack.adapt.run import run_stage
@@ -187,7 +251,10 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     L.seed_everything(spec.seed, workers=True)
     trainer = build_trainer(spec)
-    module, dm = build(spec, trainer, config)
+    record = read_resume_record(ckpt)
+    module, dm = build(spec, trainer, config, record)
+    if ckpt:
+        check_resume(record, module.run_identity, spec.train.resume_changes, ckpt)
     if trainer.is_global_zero:
         if spec.init_from:
             print(f"initialised from {spec.init_from}: its weights, model configuration and tokenizer")
@@ -198,17 +265,17 @@ def run(cfg: DictConfig) -> dict:
     before = None
     if ckpt is None:
         before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     while (rewind := _rewind_request(trainer)) is not None:  # spike detection in `rewind` mode
         spike, ckpt = rewind
         log.warning("rewinding to %s; steps skipped on the way forward: %s", ckpt, sorted(spike.skip_steps))
         trainer = build_trainer(spec)
-        module, dm = build(spec, trainer, config)
+        module, dm = build(spec, trainer, config, read_resume_record(ckpt))
         for cb in trainer.callbacks:
             if type(cb) is type(spike):
                 cb.skip_steps |= spike.skip_steps
                 cb.rewinds, cb.spikes = spike.rewinds, spike.spikes
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if module.stop_reason:
         if trainer.is_global_zero:
             write_result(run_dir, {"status": "diverged", "reason": module.stop_reason, "val/bpb_before": before,
@@ -222,7 +289,7 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         worse = not math.isfinite(after) or (before is not None and after > before)
         write_result(run_dir, {"status": "diverged" if worse else "completed", **result,
-                               "tokens": trainer.global_step * module.tokens_per_step,
+                               "tokens": module.tokens_at(trainer.global_step),
                                "non_embedding_params": module.model.num_params(non_embedding=True),
                                "nonfinite_steps": module.nonfinite.total, "skipped_steps": module.skipped_steps,
                                "wall_s": time.time() - started, "pid": os.getpid()})

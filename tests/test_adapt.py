@@ -151,7 +151,7 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
 def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     from tokenizers import Tokenizer
 
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
     from lmstack.run import run
 
     pre = small_cfg()

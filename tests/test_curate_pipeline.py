@@ -101,12 +101,13 @@ def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, m
         run_prepare(inputs, str(tmp_path / "b"), cfg)
     except KeyboardInterrupt:
         pass
-    assert not (tmp_path / "b").exists() and len(list((tmp_path / "b.tmp" / "parts").glob("*.pkl"))) == 2
+    assert not (tmp_path / "b" / "stats.json").exists()
+    assert len(list((tmp_path / "b" / ".work" / "parts").glob("*.pkl"))) == 2
     calls.clear()
     monkeypatch.setattr(pipeline, "_filter_file", lambda job: calls.append(job[0]) or real(job))
     second = run_prepare(inputs, str(tmp_path / "b"), cfg)
     assert len(calls) == 3  # the two finished files were not read again
-    assert not (tmp_path / "b.tmp").exists()
+    assert not (tmp_path / "b" / ".work").exists() and not list(tmp_path.glob("b.tmp*"))
     for name in ("documents.jsonl.gz", "removed/c4.too_few_sentences.jsonl.gz"):
         read = lambda p: gzip.open(p, "rt").read()  # noqa: E731
         assert read(tmp_path / "a" / name) == read(tmp_path / "b" / name)

@@ -41,7 +41,7 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
             assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
     ckpt = tmp_path / "fsdp" / "run" / "checkpoints" / "step000005.ckpt"
     assert ckpt.is_dir() and any(ckpt.glob("*.distcp"))  # sharded: each rank wrote its part
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     model, tok, state = load_checkpoint(str(ckpt))  # gathered into one process for generation or export
     assert state["global_step"] == 5 and tok is not None

@@ -51,7 +51,7 @@ def trained_checkpoint(small_cfg, tmp_path, *overrides) -> Path:
     (("norm=olmo2", "attention=mqa", "model.tie_embeddings=true"), "Olmo2ForCausalLM"),
 ], ids=["llama-gqa", "olmo2-mqa-tied"])
 def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(small_cfg, tmp_path, overrides, arch):
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     ckpt = trained_checkpoint(small_cfg, tmp_path, *overrides)
     out = cli("export", f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'hf'}")
@@ -144,7 +144,7 @@ def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(smal
 @pytest.mark.slow
 def test_an_adapted_model_exports_its_chat_template_and_end_marker(small_cfg, tmp_path):
     from lmstack.adapt.chat import END, add_chat_tokens, prompt_ids, render, resize_vocab
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
     from lmstack.run import run
 
     cfg = small_cfg()

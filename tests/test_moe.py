@@ -144,7 +144,7 @@ def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["world_size"] == 2 and len(r["steps"]) == 4 and all(math.isfinite(s["loss"]) for s in r["steps"])
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     model, _, state = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "step000004.ckpt"))
     assert state["global_step"] == 4 and model.cfg.moe_experts == 8  # the experts' shards gathered back

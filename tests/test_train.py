@@ -91,7 +91,7 @@ def test_generate_cli_from_checkpoint(small_cfg):
 
 
 def test_checkpoint_carries_tokenizer_and_model_config(small_cfg):
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     cfg = small_cfg()
     run(cfg)

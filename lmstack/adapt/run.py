@@ -90,7 +90,7 @@ def check_stage(spec: RunSpec) -> dict:
 
 def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     from lmstack.data.tokenizer import token_byte_lengths
-    from lmstack.generate import load_checkpoint
+    from lmstack.checkpoint import load_checkpoint
 
     stage = check_stage(spec)
     name = stage["name"]

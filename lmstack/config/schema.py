@@ -10,7 +10,7 @@ from lmstack.model.attention import ATTENTION_BACKENDS
 from lmstack.model.config import ModelConfig
 from lmstack.train.schedules import SCHEDULES, tokens_of
 
-from .validate import ConfigError, check_kwargs, check_target, field_, to_dataclass
+from .validate import ConfigError, check_kwargs, check_values, check_target, field_, to_dataclass
 
 
 @dataclass
@@ -125,6 +125,7 @@ class TrainSection:
     max_nonfinite_steps: int = field_(5, min=0)  # this many non-finite steps in a row: checkpoint and stop
     max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
     batch_guard: str = "warn"  # warn | fail
+    resume_changes: Literal["refuse", "allow"] = "refuse"  # resuming with another batch, seed, mix, model, ...
     activation_checkpointing: bool = False
     compile: bool = False
     sample_prompt: str = "def "
@@ -226,6 +227,7 @@ def validate(cfg: dict) -> RunSpec:
     """Check a composed, resolved config (a plain dict); raise ConfigError naming the first bad key."""
     cfg = {k: v for k, v in cfg.items() if k not in TOP_LEVEL_EXTRA}
     spec = to_dataclass(RunSpec, cfg, "")
+    check_values(cfg)
     import_plugins(spec.imports)
     if spec.schedule.name not in SCHEDULES:
         raise ConfigError(f"schedule.name={spec.schedule.name!r} is not allowed; allowed: {', '.join(SCHEDULES)}")

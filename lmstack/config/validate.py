@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -79,6 +80,29 @@ def _coerce(value: Any, tp, key: str):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
         return value
     return value
+
+
+def check_values(node: Any, key: str = "") -> None:
+    """Rules for every option, wherever it sits (typed sections, stage and plugin mappings, prepare):
+    a float is finite (NaN and infinity pass every `<`/`>` bound unnoticed), a `seed` is an integer >= 0,
+    `betas` are two numbers in [0, 1)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            check_values(value, _join(key, str(name)))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_values(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node!r} is not a finite number")
+    name = key.rsplit(".", 1)[-1]
+    if name == "seed" and node is not None:
+        if isinstance(node, bool) or not isinstance(node, int) or node < 0:
+            raise ConfigError(f"{key}={node!r}: a seed must be an integer >= 0")
+    if name == "betas" and node is not None:
+        ok = isinstance(node, (list, tuple)) and len(node) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in node)
+        if not ok:
+            raise ConfigError(f"{key}={node!r}: betas must be two numbers in [0, 1)")
 
 
 def _join(key: str, name: str) -> str:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tokenizers import Tokenizer
 from .curate.dedup import ExactDedup
 from .curate.readers import Document
 from .curate.stats import Accounting, StageStats
-from .sources import is_validation, read_source, source_fingerprint
+from .sources import is_validation, read_source, source_files, source_fingerprint
 from .tokenizer import eos_id, train_bpe
 
 log = logging.getLogger(__name__)
@@ -208,25 +207,28 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
         tok_cfg = {"file": tokenizer_digest(Path(os.path.expanduser(tokenizer)))}
     key = corpus_key(sources + [{"max_docs": max_docs}], tok_cfg, seq_len, val_fraction)
     root = Path(os.path.expanduser(cache_dir)) / "corpora" / key
-    if (root / "meta.json").exists():
+    if (root / "meta.json").exists():  # complete: meta.json is written last
         return PreparedCorpus(root, json.loads((root / "meta.json").read_text()))
-    log.info("preparing corpus in %s", root)
-    tmp = root.with_name(key + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    per_source, acct = {}, Accounting()
-    for src in sources:
-        docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
-        if max_docs:
-            docs = docs[:max_docs]
-        if not docs:
-            raise ValueError(f"data source {src['name']!r} yielded no documents")
-        per_source[src["name"]] = _exact_dedup(docs, acct)
-    meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
-                        shard_bytes, key, tokenizer)
-    size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
-    acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
-    acct.write(tmp)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    from lmstack.ownership import OwnedFolder
+
+    inputs = [f for s in sources if s.get("paths") for f in source_files(None, s["paths"])]
+    with OwnedFolder(root, "corpus", inputs, wait=True) as owned:  # other ranks wait, then reuse it
+        if (root / "meta.json").exists():
+            return PreparedCorpus(root, json.loads((root / "meta.json").read_text()))
+        log.info("preparing corpus in %s", root)
+        tmp = owned.staging()
+        per_source, acct = {}, Accounting()
+        for src in sources:
+            docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
+            if max_docs:
+                docs = docs[:max_docs]
+            if not docs:
+                raise ValueError(f"data source {src['name']!r} yielded no documents")
+            per_source[src["name"]] = _exact_dedup(docs, acct)
+        meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
+                            shard_bytes, key, tokenizer)
+        size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
+        acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
+        acct.write(tmp)
+        owned.publish(tmp, last="meta.json")
     return PreparedCorpus(root, meta)

@@ -8,7 +8,7 @@ parquet, WARC, .txt and folders of them) are read by the curation pipeline's rea
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import sysconfig
 from pathlib import Path
 from typing import Iterator
@@ -49,15 +49,20 @@ def read_source(name: str, builtin: str | None = None, paths: list[str] | None =
         yield {"id": item.id, "text": item.text, "source": name}
 
 
-def source_fingerprint(builtin: str | None, paths: list[str] | None) -> str:
-    """Changes when the source's files change (paths, sizes, modification times)."""
+def source_files(builtin: str | None, paths: list[str] | None) -> list[str]:
+    """The files a configured source reads."""
     from .curate.readers import expand_inputs
 
-    files = [str(p) for p in stdlib_files()] if builtin else expand_inputs(paths or [])
+    return [str(p) for p in stdlib_files()] if builtin else expand_inputs(paths or [])
+
+
+def source_fingerprint(builtin: str | None, paths: list[str] | None) -> str:
+    """Changes when the source's files change (paths, sizes, modification times, content hashes)."""
+    from .curate.readers import file_fingerprint
+
     h = hashlib.sha256()
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{f}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    for f in source_files(builtin, paths):
+        h.update(json.dumps(file_fingerprint(f), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

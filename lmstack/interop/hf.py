@@ -105,12 +105,12 @@ def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> 
 
 
 def export_hf(ckpt_path: str, out: str) -> dict:
-    """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json."""
-    from safetensors.torch import save_file
-
-    from lmstack.adapt.chat import END, JINJA_TEMPLATE, has_chat_tokens
+    """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json. The folder is
+    claimed (`lmstack.ownership`) only once the checkpoint is known to export."""
+    from lmstack.adapt.chat import END, has_chat_tokens
+    from lmstack.checkpoint import load_checkpoint
     from lmstack.data.tokenizer import PAD, eos_id
-    from lmstack.generate import load_checkpoint
+    from lmstack.ownership import OwnedFolder
 
     model, tok, _ = load_checkpoint(ckpt_path)
     arch = hf_architecture(model.cfg)
@@ -124,7 +124,19 @@ def export_hf(ckpt_path: str, out: str) -> dict:
     chat = has_chat_tokens(tok)  # an adapted model: generation also stops at the end marker
     stop = [eos, tok.token_to_id(END)] if chat and eos is not None else eos
     state = to_hf_state({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, model.cfg, arch)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    with OwnedFolder(out, "export", [ckpt_path]) as owned:  # an lmstack export folder, or a new one
+        config = _write_hf(owned.path, state, model, tok, arch, eos, pad, stop, chat)
+        owned.update(status="complete")
+    return config
+
+
+def _write_hf(out: Path, state: dict, model, tok, arch: str, eos, pad, stop, chat: bool) -> dict:
+    """The folder's files: weights, config.json, generation_config.json, the tokenizer and its config."""
+    from safetensors.torch import save_file
+
+    from lmstack.adapt.chat import JINJA_TEMPLATE
+    from lmstack.data.tokenizer import PAD
+
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     config = hf_config(model.cfg, arch, eos, pad)
     _write_json(out, "config.json", config)
@@ -143,20 +155,60 @@ def _write_json(folder: str, name: str, obj: dict) -> None:
         json.dump(obj, f, indent=2)
 
 
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refused when it leads outside the folder (`..`, an absolute name, a symlink out):
+    an import reads only the folder it was given."""
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{folder}: {name!r} leads outside the folder ({path}); refusing to read it")
+    return path
+
+
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    single, index = inside(folder, "model.safetensors"), inside(folder, "model.safetensors.index.json")
     if single.exists():
         return load_file(str(single))
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for f in files for k, v in load_file(str(folder / f)).items()}
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ValueError(f"{index}: weight_map must map tensor names to file names")
+        files = sorted(set(weight_map.values()))
+        return {k: v for f in files for k, v in load_file(str(inside(folder, f))).items()}
     raise FileNotFoundError(f"{folder} holds no model.safetensors (or model.safetensors.index.json)")
+
+
+# config.json keys a model is built from: (key, required, type); each must be > 0 (initializer_range >= 0)
+_HF_KEYS = [("hidden_size", True, int), ("num_hidden_layers", True, int), ("num_attention_heads", True, int),
+            ("vocab_size", True, int), ("intermediate_size", True, int), ("num_key_value_heads", False, int),
+            ("max_position_embeddings", False, int), ("head_dim", False, int), ("rms_norm_eps", False, float),
+            ("rope_theta", False, float), ("initializer_range", False, float)]
+
+
+def _check_hf_config(c) -> None:
+    """Each key the model is built from is present where needed, of its type and in range."""
+    import math
+
+    if not isinstance(c, dict):
+        raise ValueError("config.json must hold a JSON object")
+    for key, required, tp in _HF_KEYS:
+        v = c.get(key)
+        if v is None:
+            if required:
+                raise ValueError(f"config.json has no {key}")
+            continue
+        number = not isinstance(v, bool) and isinstance(v, int if tp is int else (int, float))
+        if not number or not math.isfinite(v) or v < 0 or (v == 0 and key != "initializer_range"):
+            raise ValueError(f"config.json: {key}={v!r} cannot build a model (expected a positive {tp.__name__})")
+    if not isinstance(c.get("architectures", []), list):
+        raise ValueError("config.json: architectures must be a list")
 
 
 def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
     """The lmstack configuration of a Llama or OLMo 2 config.json, or ValueError naming what differs."""
+    _check_hf_config(c)
     arch = next((a for a, name in ARCH.items() if name in c.get("architectures", [])), None)
     if arch is None:
         raise ValueError(f"architectures={c.get('architectures')}: lmstack imports {', '.join(ARCH.values())}")
@@ -173,7 +225,9 @@ def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
     if blocks:
         key, value = blocks[0]
         raise ValueError(f"{key}={value} has no lmstack equivalent")
-    cfg = ModelConfig(
+    if not isinstance(rope, dict):
+        raise ValueError("config.json: rope_parameters must be an object")
+    cfg = _model_config(
         d_model=d, n_layers=c["num_hidden_layers"], n_heads=heads,
         n_kv_heads=c.get("num_key_value_heads") or heads, vocab_size=c["vocab_size"],
         max_seq_len=c.get("max_position_embeddings", 2048), mlp_hidden=c["intermediate_size"],
@@ -185,6 +239,17 @@ def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
     return cfg, arch
 
 
+def _model_config(**kw) -> ModelConfig:
+    try:
+        return ModelConfig(**kw)
+    except ValueError as e:  # the model's own checks (divisibility, RoPE), in config.json's terms
+        names = {"d_model": "hidden_size", "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads"}
+        msg = str(e)
+        for ours, theirs in names.items():
+            msg = msg.replace(f"{ours}=", f"{theirs}=")
+        raise ValueError(f"config.json: {msg}") from None
+
+
 def import_hf(folder: str, out: str) -> dict:
     """An lmstack checkpoint (the same dict a training run saves, without optimizer state) from a Hugging Face
     Llama or OLMo 2 folder; `init_from=` starts pretraining or adaptation from it."""
@@ -193,16 +258,25 @@ def import_hf(folder: str, out: str) -> dict:
     from lmstack.data.tokenizer import token_byte_lengths
     from lmstack.model import Transformer
 
+    from lmstack.checkpoint import atomic_save, readable
+
     root = Path(folder)
-    if not (root / "config.json").exists():
+    if not inside(root, "config.json").exists():
         raise FileNotFoundError(f"{root} holds no config.json")
-    cfg, arch = model_config_from_hf(json.loads((root / "config.json").read_text()))
+    if Path(out).exists() and not (Path(out).is_file() and readable(Path(out))):
+        raise ValueError(f"out={out} exists and is not an lmstack checkpoint; lmstack will not overwrite it")
+    try:
+        config = json.loads(inside(root, "config.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"config.json is not valid JSON ({e})") from None
+    cfg, arch = model_config_from_hf(config)
     model = Transformer(cfg)
     state = from_hf_state(_read_hf_weights(root), cfg, arch)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise ValueError(f"{root}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    tok_json = (root / "tokenizer.json").read_text() if (root / "tokenizer.json").exists() else None
+    tok_file = inside(root, "tokenizer.json")
+    tok_json = tok_file.read_text() if tok_file.exists() else None
     ckpt = {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": {"model_cfg": cfg.to_dict()},
@@ -213,6 +287,5 @@ def import_hf(folder: str, out: str) -> dict:
         lengths = torch.from_numpy(token_byte_lengths(Tokenizer.from_str(tok_json))).long()
         tb[: len(lengths)] = lengths[: cfg.vocab_size]
         ckpt["token_bytes"] = tb
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out)
+    atomic_save(ckpt, out)
     return {"architecture": ARCH[arch], "params": sum(p.numel() for p in model.parameters()), "out": out}

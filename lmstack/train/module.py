@@ -44,6 +44,15 @@ class PretrainModule(L.LightningModule):
         self.nonfinite = NonFinite(max_nonfinite_steps)
         self.stop_reason: str | None = None  # set when the run stopped itself (non-finite losses)
         self._must_stop = False
+        # what an exact resume needs unchanged (set by the run; saved in checkpoints, checked on resume)
+        self.run_identity: dict | None = None
+        self.token_base = (0, 0)  # (step, tokens trained before it): from the checkpoint a run resumed
+
+    def tokens_at(self, step: int) -> int:
+        """Tokens trained after `step` optimizer steps (counted from the checkpoint when resumed, so a
+        resume with another batch size, allowed by train.resume_changes, still counts right)."""
+        base_step, base_tokens = self.token_base
+        return base_tokens + (step - base_step) * self.tokens_per_step
 
     def set_token_bytes(self, token_bytes: torch.Tensor) -> None:
         tb = torch.zeros(self.model_cfg.vocab_size, dtype=torch.long)
@@ -61,7 +70,7 @@ class PretrainModule(L.LightningModule):
         self.log("train/loss", ce, prog_bar=True)
         self.log("train/z_loss", z)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        self.log("train/tokens", float((self.trainer.global_step + 1) * self.tokens_per_step))
+        self.log("train/tokens", float(self.tokens_at(self.trainer.global_step + 1)))
         aux = self.model.moe_aux_loss()
         if aux is None:
             return ce + z
@@ -126,8 +135,8 @@ class PretrainModule(L.LightningModule):
                           o["decay_norms"], o["decay_biases"], o.get("fused"))
         make_skippable(opt, lambda: self.skip_update)
         sched = Schedule(**self.hparams.schedule)
-        peak, tps = sched.peak_lr, self.tokens_per_step
-        lr_lambda = lambda step: sched.lr(step * tps) / peak if peak else 0.0  # noqa: E731
+        peak = sched.peak_lr
+        lr_lambda = lambda step: sched.lr(self.tokens_at(step)) / peak if peak else 0.0  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -158,11 +167,15 @@ class PretrainModule(L.LightningModule):
             checkpoint["tokenizer_json"] = self.tokenizer_json
         checkpoint["token_bytes"] = self.token_bytes.cpu()
         checkpoint["step_guard"] = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
+        checkpoint["lmstack"] = {"identity": self.run_identity, "tokens": self.tokens_at(checkpoint["global_step"])}
 
     def on_load_checkpoint(self, checkpoint):
         self.tokenizer_json = checkpoint.get("tokenizer_json")
         guard = checkpoint.get("step_guard", {})
         self.skipped_steps = guard.get("skipped_steps", 0)
         self.nonfinite.total = guard.get("nonfinite_steps", 0)
+        record = checkpoint.get("lmstack") or {}
+        if "tokens" in record:
+            self.token_base = (checkpoint["global_step"], record["tokens"])
         if "token_bytes" in checkpoint:
             self.token_bytes = checkpoint["token_bytes"].to(self.token_bytes.device)

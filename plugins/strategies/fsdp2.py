@@ -6,7 +6,8 @@ The mesh is one data-parallel dimension over all processes. Each block is its ow
 parameters are gathered just before it runs and freed after, if `reshard_after_forward`), then the root
 module takes the embedding, final norm and head. Mixed precision on GPU: parameters cast to bf16 for
 compute, gradients reduced in fp32 (`param_dtype: auto` means bf16 on CUDA, none on CPU). Checkpoints
-are sharded (a folder per checkpoint, each rank writes its shards) and resume with `ckpt_path=`.
+are sharded (a folder per checkpoint, each rank writes its shards) and resume with `ckpt_path=`; each is
+written under a temporary name, marked with lmstack's manifest and renamed into place (`lmstack.checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,35 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._data_parallel_size == "auto":  # all processes shard the data (the parent's "auto" is per node)
             self._data_parallel_size = self.num_nodes * self.num_processes // int(self._tensor_parallel_size)
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """Shards written into a temporary folder beside the target, then published by rank 0."""
+        import secrets
+        from pathlib import Path
+
+        from lmstack.checkpoint import publish_folder, temp_sibling, write_manifest
+
+        final = Path(self.broadcast(str(filepath)))
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, final, storage_options)
+        tmp = Path(self.broadcast(str(temp_sibling(final, secrets.token_hex(6)))))
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("lmstack_checkpoint_written")
+        if self.global_rank == 0:
+            write_manifest(tmp)
+            publish_folder(tmp, final)
+        self.barrier("lmstack_checkpoint_published")
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        """Only folders lmstack wrote (manifest and metadata checked); the metadata file loads weights-only."""
+        from pathlib import Path
+
+        from lmstack.checkpoint import check_sharded
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if path.is_dir():
+            check_sharded(path)
+        return super().load_checkpoint(path, weights_only=True)
 
     def _mp_policy(self):
         from torch.distributed.fsdp import MixedPrecisionPolicy

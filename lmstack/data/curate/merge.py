@@ -4,15 +4,51 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .pipeline import Sizer, _minhash, _minhash_stage, _Removed, _tokenize, _write_documents, publish
+from .pipeline import Sizer, _minhash, _minhash_stage, _Removed, _tokenize, _write_documents
 from .readers import Document
 from .stats import Accounting, StageStats
+
+
+def check_shards(dirs: list[Path]) -> list[dict]:
+    """The shards' stats, in shard order, if the folders are every shard of one finished sharded job:
+    no folder twice, no shard missing or twice, none from another job (inputs or config)."""
+    from lmstack.ownership import read_marker, resolve
+
+    real = [resolve(d) for d in dirs]
+    twice = sorted({str(d) for d in real if real.count(d) > 1})
+    if twice:
+        raise ValueError(f"prepare-merge: {twice[0]} is named twice")
+    stats = []
+    for d in real:
+        marker = read_marker(d)
+        if not (d / "stats.json").is_file() or not marker or marker.get("status") != "complete":
+            raise ValueError(f"prepare-merge: {d} is not a finished `lmstack prepare` shard (no complete stats.json)")
+        st = json.loads((d / "stats.json").read_text())
+        if st.get("num_shards") is None or st.get("shard_index") is None or st.get("job") is None:
+            raise ValueError(f"prepare-merge: {d} is not a shard of a sharded job (prepare.num_shards unset)")
+        stats.append(st | {"_dir": d})
+    jobs = sorted({s["job"] for s in stats})
+    if len(jobs) > 1:
+        other = next(s["_dir"] for s in stats if s["job"] != stats[0]["job"])
+        raise ValueError(f"prepare-merge: {other} comes from another job than {stats[0]['_dir']} (other inputs or "
+                         "config); merge the shards of one job")
+    n = stats[0]["num_shards"]
+    by_index: dict[int, Path] = {}
+    for st in stats:
+        if st["shard_index"] in by_index:
+            raise ValueError(f"prepare-merge: {by_index[st['shard_index']]} and {st['_dir']} are both shard "
+                             f"{st['shard_index']}")
+        by_index[st["shard_index"]] = st["_dir"]
+    missing = sorted(set(range(n)) - set(by_index))
+    if missing:
+        raise ValueError(f"prepare-merge: shard{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(map(str, missing))} of {n} missing")
+    return sorted(stats, key=lambda st: st["shard_index"])
 
 
 def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
@@ -21,16 +57,23 @@ def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
     MinHash clusters are found across all shards from the band keys each shard saved (only those small
     arrays are loaded together), duplicates are dropped, the accounting of every shard is summed, and
     the kept documents are tokenized into one corpus."""
-    dirs = [Path(d) for d in shard_dirs]
-    stats = [json.loads((d / "stats.json").read_text()) for d in dirs]
-    expected = {s.get("num_shards") for s in stats}
-    if len(expected) != 1 or None in expected or len(dirs) != expected.pop():
-        raise ValueError(f"prepare-merge needs every shard of one sharded job; got {len(dirs)} folders "
-                         f"with num_shards {sorted(str(s.get('num_shards')) for s in stats)}")
-    out = Path(output_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    from lmstack.ownership import OwnedFolder
+
+    from .pipeline import check_config
+
+    check_config(cfg)
+    stats = check_shards([Path(d) for d in shard_dirs])
+    dirs = [st.pop("_dir") for st in stats]
+    with OwnedFolder(output_dir, "prepare", dirs) as owned:
+        owned.update(status="running", fingerprint={"shards": [str(d) for d in dirs], "job": stats[0]["job"]})
+        tmp = owned.staging()
+        acct = _merge(dirs, stats, cfg, tmp)
+        acct.write(tmp)
+        owned.publish(tmp, last="stats.json")
+        return acct.to_dict()
+
+
+def _merge(dirs: list[Path], stats: list[dict], cfg: dict, tmp: Path) -> Accounting:
     t0 = time.time()
     acct = Accounting()
     stages: dict[str, StageStats] = {}
@@ -61,6 +104,4 @@ def merge_shards(shard_dirs: list[str], output_dir: str, cfg: dict) -> dict:
     _write_documents(tmp / "documents.jsonl.gz", kept)
     _tokenize(kept, tmp, cfg, acct)
     acct.extra.update(shards=len(dirs), seconds=round(time.time() - t0, 2))
-    acct.write(tmp)
-    publish(tmp, out)
-    return acct.to_dict()
+    return acct

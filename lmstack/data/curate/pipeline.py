@@ -13,7 +13,6 @@ import gzip
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .blocklists import IdBlocklist, UrlBlocklist
 from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, clusters, to_remove
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
-from .readers import Document, Reject, expand_inputs, read_inputs
+from .readers import Document, Reject, expand_inputs, file_fingerprint, read_inputs
 from .stats import Accounting, StageStats
 
 log = logging.getLogger(__name__)
@@ -144,14 +143,19 @@ class StepResults:
 
 
 def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool, sizer: Sizer | None = None) -> list[Document]:
-    """Run documents through steps; a document leaves at the first rule that removes it."""
+    """Run documents through steps; a document leaves at the first rule that removes it, or as a reject
+    (with its file, line and the step's error) when a step fails on it."""
     sizer = sizer or Sizer()
     kept = []
     for doc in docs:
         for step in steps:
             st = part.stages.setdefault(step.name, StageStats(step.name))
-            st.count_in(sizer(doc))
-            rule = step(doc)
+            try:
+                st.count_in(sizer(doc))
+                rule = step(doc)
+            except Exception as e:  # noqa: BLE001 - one document's failure must not stop the run
+                part.rejects.append(vars(doc.reject(f"{step.name} failed: {type(e).__name__}: {e}")))
+                break
             if rule:
                 part.counts[f"{step.name}/{rule}"] += 1
                 part.removed.append((f"{step.name}/{rule}", doc if keep_removed else None))
@@ -198,10 +202,15 @@ def _filter_file(args) -> StepResults:
                                 cfg.get("max_doc_bytes", 10_000_000)):
             part.docs_in += 1
             read.docs_in += 1
+            if isinstance(item, Document):
+                try:
+                    size = sizer(item)
+                except Exception as e:  # noqa: BLE001 - e.g. the tokenizer refusing a document
+                    item = item.reject(f"read failed: {type(e).__name__}: {e}")
             if isinstance(item, Reject):
                 part.rejects.append(vars(item))
                 continue
-            read.count_out(sizer(item))
+            read.count_out(size)
             yield item
 
     steps = build_filters(cfg)
@@ -214,13 +223,33 @@ def _filter_file(args) -> StepResults:
     return part
 
 
-def _parts(files: list[str], cfg: dict, num_workers: int, parts_dir: Path):
-    """Per-file results in input order. Each finished file's result is saved in `parts_dir` (written
-    to a temporary name, then renamed), so a run started again after an interruption reuses them."""
+_PART_CLASSES = {("lmstack.data.curate.pipeline", "StepResults"), ("lmstack.data.curate.readers", "Document"),
+                 ("lmstack.data.curate.stats", "StageStats"), ("collections", "Counter"),
+                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                 ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+                 ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+
+def _part_key(fingerprint: dict, cfg: dict) -> str:
+    """A finished file's result is reused only for the same input content and the same per-file config."""
+    import xxhash
+
+    per_file = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
+    return xxhash.xxh64(json.dumps([fingerprint, per_file], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: int, parts_dir: Path):
+    """Per-file results in input order. Each finished file's result is saved in `parts_dir` under a key of
+    its input's fingerprint and the config (written to a temporary name, then renamed), so a run started
+    again after an interruption reuses those whose input and config are unchanged."""
     import pickle
 
-    saved = lambda i: parts_dir / f"{i:06d}.pkl"  # noqa: E731
-    todo = [i for i in range(len(files)) if not saved(i).exists()]
+    from lmstack import safe_unpickle
+
+    saved = [parts_dir / f"{_part_key(fp, cfg)}.pkl" for fp in fingerprints]
+    todo = [i for i in range(len(files)) if not saved[i].exists()]
+    if len(todo) < len(files):
+        log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
     jobs = [(files[i], cfg) for i in todo]
     if num_workers <= 1 or len(jobs) <= 1:
         computed, pool = map(_filter_file, jobs), None
@@ -231,14 +260,14 @@ def _parts(files: list[str], cfg: dict, num_workers: int, parts_dir: Path):
         computed = pool.imap(_filter_file, jobs)
     try:
         for i in range(len(files)):
-            if saved(i).exists():
-                with open(saved(i), "rb") as f:
-                    yield pickle.load(f)
+            if saved[i].exists():
+                yield safe_unpickle.loads(saved[i].read_bytes(), _PART_CLASSES)
                 continue
             part = next(computed)
-            with open(saved(i).with_suffix(".partial"), "wb") as f:
+            partial = saved[i].with_suffix(f".{os.getpid()}.partial")
+            with open(partial, "wb") as f:
                 pickle.dump(part, f)
-            os.replace(saved(i).with_suffix(".partial"), saved(i))
+            os.replace(partial, saved[i])
             yield part
     finally:
         if pool is not None:
@@ -301,15 +330,46 @@ def _estimate_tokens(acct: Accounting) -> None:
             s.tokens_estimated = True
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """A finished output folder replaces the old one in one rename, so a reader never sees half of it."""
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+# Config keys that change how a run is carried out, not what it produces.
+RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards")
 
 
-def _plan(files: list[str], cfg: dict) -> str:
-    return json.dumps({"files": files, "cfg": cfg}, sort_keys=True, default=str)
+def check_config(cfg: dict) -> None:
+    """The prepare config, before any work: finite numbers, seeds >= 0, a valid shard, steps that build."""
+    from lmstack.config.validate import check_values
+
+    check_values(cfg, "prepare")
+    num_shards, shard = cfg.get("num_shards", 1), cfg.get("shard_index", 0)
+    if not isinstance(num_shards, int) or not isinstance(shard, int) or not 0 <= shard < num_shards:
+        raise ValueError(f"prepare.shard_index={shard} must be in [0, prepare.num_shards={num_shards})")
+    build_filters(cfg), build_dedup(cfg), Sizer.from_cfg(cfg), _minhash(cfg)
+
+
+def changes(old: dict | None, new: dict) -> str:
+    """What differs between two run fingerprints, for a message: input files and config keys."""
+    if not old:
+        return "no record of the earlier run's inputs"
+    before = {f["path"]: f for f in old.get("inputs", [])}
+    after = {f["path"]: f for f in new.get("inputs", [])}
+    what = [f"input {p} {'added' if p not in before else 'removed' if p not in after else 'changed'}"
+            for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p)]
+
+    def flat(d, key=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{key}{k}.").items() if isinstance(v, dict) else [(f"{key}{k}", v)])}
+
+    a, b = flat(old.get("config", {})), flat(new.get("config", {}))
+    what += [f"prepare.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "; ".join(what[:8]) + ("; ..." if len(what) > 8 else "") if what else "nothing"
+
+
+def job_fingerprint(files: list[str], cfg: dict) -> str:
+    """The same for every shard of one sharded job (all its inputs, by path/size/mtime, and its config)."""
+    import xxhash
+
+    stats = [(os.path.realpath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    per_job = {k: v for k, v in cfg.items() if k not in ("num_workers", "shard_index")}
+    return xxhash.xxh64(json.dumps([stats, per_job], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
@@ -317,24 +377,40 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
 
     `cfg` may carry `num_workers` (processes on this machine, one input file at a time) and
     `shard_index` / `num_shards` (this job prepares every num_shards-th input file, for arrays of jobs
-    on many machines, each with its own output_dir)."""
-    out = Path(output_dir)
-    if (out / "stats.json").exists():
-        log.info("%s is complete already (stats.json exists); remove it to prepare again", out)
-        return json.loads((out / "stats.json").read_text())
-    files = expand_inputs(inputs)
+    on many machines, each with its own output_dir). The output folder is claimed first
+    (`lmstack.ownership`: lmstack's own or new, apart from the inputs, locked against a second run); a
+    finished run with the same input fingerprints and config is returned as it is, otherwise the results
+    of unchanged input files are reused and the rest recomputed."""
+    from lmstack.ownership import OwnedFolder
+
+    check_config(cfg)
+    all_files = expand_inputs(inputs)
     num_shards, shard = cfg.get("num_shards", 1), cfg.get("shard_index", 0)
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard_index={shard} must be in [0, num_shards={num_shards})")
-    files = files[shard::num_shards]
-    tmp = out.with_name(out.name + ".tmp")
-    plan = _plan(files, cfg)
-    if not (tmp / "plan.json").exists() or (tmp / "plan.json").read_text() != plan:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing to resume, or a different job
-        (tmp / "parts").mkdir(parents=True)
-        (tmp / "plan.json").write_text(plan)
-    else:
-        log.info("resuming %s: %d of %d input files done", out, len(list((tmp / "parts").glob("*.pkl"))), len(files))
+    files = all_files[shard::num_shards]
+    with OwnedFolder(output_dir, "prepare", all_files) as owned:
+        out = owned.path
+        fps = [file_fingerprint(f) for f in files]
+        fingerprint = {"inputs": fps, "config": {k: v for k, v in cfg.items() if k != "num_workers"}}
+        if owned.complete and (out / "stats.json").is_file():
+            if owned.marker.get("fingerprint") == fingerprint:
+                log.info("%s is complete already, from the same inputs and config", out)
+                return json.loads((out / "stats.json").read_text())
+            log.warning("%s was prepared from other inputs or config (%s): preparing it again", out,
+                        changes(owned.marker.get("fingerprint"), fingerprint))
+        owned.update(status="running", fingerprint=fingerprint)
+        parts_dir = out / ".work" / "parts"
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        staging = owned.staging()
+        acct = _prepare(files, fps, cfg, staging, parts_dir)
+        if num_shards > 1:
+            acct.extra.update(shard_index=shard, num_shards=num_shards, job=job_fingerprint(all_files, cfg))
+        acct.write(staging)
+        owned.publish(staging, last="stats.json")  # the previous results and .work go
+        return acct.to_dict()
+
+
+def _prepare(files: list[str], fps: list[dict], cfg: dict, tmp: Path, parts_dir: Path) -> Accounting:
+    """The pipeline over `files`, its results written into `tmp`; returns the accounting."""
     t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
     removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
@@ -344,11 +420,8 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     kept: list[Document] = []
     pii = Counter()
     with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(total=len(files), unit="file", desc="prepare") as bar:
-        for part in _parts(files, cfg, int(cfg.get("num_workers", 1)), tmp / "parts"):
+        for part in _parts(files, fps, cfg, int(cfg.get("num_workers", 1)), parts_dir):
             acct.docs_in += part.docs_in
-            acct.rejected += len(part.rejects)
-            for r in part.rejects:
-                rejects.write(json.dumps(r) + "\n")
             acct.removed.update(part.counts)
             for rule, doc in part.removed:
                 if doc is not None:
@@ -357,6 +430,10 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
                 stages.setdefault(name, StageStats(name)).add(st)
             pii.update(part.pii)
             kept.extend(apply_steps(dedup, part.kept, dedup_part, bool(cfg.get("keep_removed")), sizer))
+            for r in part.rejects + dedup_part.rejects:
+                rejects.write(json.dumps(r) + "\n")
+            acct.rejected += len(part.rejects) + len(dedup_part.rejects)
+            dedup_part.rejects = []
             bar.update()
             bar.set_postfix_str(f"{acct.docs_in:,} docs, {acct.docs_in / max(time.time() - t0, 1e-9):,.0f} docs/s")
     acct.removed.update(dedup_part.counts)
@@ -367,14 +444,13 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     if cfg.get("pii"):
         acct.extra["pii_masked"] = dict(pii)
     mh = _minhash(cfg)
-    if num_shards > 1:
+    if cfg.get("num_shards", 1) > 1:
         # One job of many: MinHash and tokenization need every shard, so they wait for `prepare-merge`;
         # this shard leaves its documents and their MinHash band keys.
         if mh:
             np.save(tmp / "band_keys.npy", _band_keys(kept, mh))
         removed.close()
         _write_documents(tmp / "documents.jsonl.gz", kept)
-        acct.extra.update(shard_index=shard, num_shards=num_shards)
     else:
         if mh and kept:
             kept = _minhash_stage(kept, _band_keys(kept, mh), acct, removed, sizer)
@@ -386,8 +462,4 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     acct.extra["docs_per_second"] = round(acct.docs_in / wall, 1)
     acct.extra["cpu_utilisation"] = round((_cpu_seconds() - cpu0) / wall / (os.cpu_count() or 1), 3)
     acct.extra["files"] = len(files)
-    acct.write(tmp)
-    shutil.rmtree(tmp / "parts")
-    (tmp / "plan.json").unlink()
-    publish(tmp, out)
-    return acct.to_dict()
+    return acct

@@ -1,5 +1,7 @@
-"""Readers for raw documents. Every problem becomes a `Reject` with file, line and reason; nothing is
-dropped silently and one bad file or line never stops the run.
+"""Readers for raw documents. Every problem becomes a `Reject` with file, line (or record) and reason;
+nothing is dropped silently and one bad file or line never stops the run: a record that cannot be read,
+decoded or extracted is one reject, and a file that fails as a whole (not that format, truncated,
+unreadable) is a reject that says what was lost.
 
 Formats: .jsonl / .jsonl.gz / .jsonl.zst / .json.gz (one object per line), .parquet, folders of .txt
 files, and WARC (.warc / .warc.gz) HTTP responses whose HTML goes through resiliparse's main-content
@@ -8,6 +10,7 @@ extraction.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import gzip
 import io
@@ -28,6 +31,10 @@ class Document:
     # values a worker computed from `text` for later steps (size, dedup keys), each stored with the text it
     # was computed from so that a step which rewrites the text invalidates it; never written out
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    origin: tuple = field(default=("", None), repr=False, compare=False)  # (file, line): where a reject points
+
+    def reject(self, reason: str) -> "Reject":
+        return Reject(self.origin[0], self.origin[1], reason)
 
     def cached(self, name: str, compute):
         hit = self.cache.get(name)
@@ -47,15 +54,96 @@ Item = Union[Document, Reject]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json")
 
 
+def _walk(root: str, parts: list[str]) -> Iterator[str]:
+    """Paths under `root` matching the glob components `parts` (`**`: any depth). Directory symlinks
+    are followed, but a folder already visited (by its device and inode) is not entered again, so a
+    symlink loop ends."""
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: str, rest: list[str]):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            return
+        head, tail = rest[0], rest[1:]
+        if head == "**":
+            if tail:
+                yield from match(folder, tail, entries)
+            else:
+                yield from (os.path.join(folder, e) for e in entries if not os.path.isdir(os.path.join(folder, e)))
+            for e in entries:
+                if os.path.isdir(os.path.join(folder, e)):
+                    yield from visit(os.path.join(folder, e), rest)
+        else:
+            yield from match(folder, rest, entries)
+
+    def match(folder: str, rest: list[str], entries: list[str]):
+        head, tail = rest[0], rest[1:]
+        for e in entries:
+            if not fnmatch.fnmatchcase(e, head) or (e.startswith(".") and not head.startswith(".")):
+                continue
+            path = os.path.join(folder, e)
+            if not tail:
+                yield path
+            elif os.path.isdir(path):
+                yield from visit(path, tail)
+
+    yield from visit(root, parts)
+
+
+def _glob(pattern: str) -> list[str]:
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    parts = Path(pattern).parts
+    first = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    root = str(Path(*parts[:first])) if first else "."
+    found = _walk(root, list(parts[first:]))
+    return sorted(found if first else (os.path.relpath(p) for p in found))
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by paths, globs and folders (folders: their .txt files count as one input)."""
-    files = []
+    """Files named by paths, globs (`**` recursive, safe from symlink loops) and folders (a folder's .txt
+    files count as one input); each file listed once, by its real path, in the order first named."""
+    files, seen = [], set()
     for pat in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
+        matched = _glob(os.path.expanduser(pat))
         if not matched:
             raise FileNotFoundError(f"input {pat!r} matches no file")
-        files.extend(matched)
+        for f in matched:
+            real = os.path.realpath(f)
+            if real not in seen:
+                seen.add(real)
+                files.append(f)
     return files
+
+
+def file_fingerprint(path: str, hash_below: int = 64 << 20) -> dict:
+    """What identifies an input's content: path, size, modification time, and (for files under
+    `hash_below` bytes, where it is cheap) an xxhash of the bytes. Folders: their .txt files."""
+    import xxhash
+
+    if os.path.isdir(path):
+        h = xxhash.xxh64()
+        for f in sorted(Path(path).rglob("*.txt")):
+            if f.is_file():
+                h.update(json.dumps(file_fingerprint(str(f), hash_below), sort_keys=True).encode())
+        return {"path": os.path.realpath(path), "folder": h.hexdigest()}
+    st = os.stat(path)
+    fp = {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size < hash_below:
+        h = xxhash.xxh64()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        fp["xxh64"] = h.hexdigest()
+    return fp
 
 
 def _binary_lines(path: str):
@@ -72,9 +160,17 @@ def _binary_lines(path: str):
 
 
 def _check(doc: Document, path: str, line: int | None, max_bytes: int) -> Item:
+    """A document, or a reject: empty, too large, or with an id or text that is not valid Unicode (JSON
+    can carry unpaired surrogates such as \\ud800, which no UTF-8 encoder, tokenizer or filter accepts)."""
+    doc.origin = (path, line)
     if not doc.text.strip():
         return Reject(path, line, "empty document")
-    size = len(doc.text.encode("utf-8", errors="replace"))
+    try:
+        size = len(doc.text.encode("utf-8"))
+        doc.id.encode("utf-8")
+    except UnicodeEncodeError as e:
+        which = "text" if e.object is doc.text else "id"
+        return Reject(path, line, f"{which} is not valid Unicode (unpaired surrogate at character {e.start})")
     if size > max_bytes:
         return Reject(path, line, f"document of {size:,} bytes is over max_doc_bytes={max_bytes:,}")
     return doc
@@ -94,6 +190,9 @@ def read_jsonl(path: str, source: str, text_field: str, max_bytes: int) -> Itera
             except json.JSONDecodeError as e:
                 yield Reject(path, line_no, f"invalid JSON: {e.msg} at column {e.colno}")
                 continue
+            except (ValueError, RecursionError) as e:  # e.g. nesting too deep for the parser
+                yield Reject(path, line_no, f"invalid JSON: {type(e).__name__}: {e}")
+                continue
             text = obj.get(text_field) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 yield Reject(path, line_no, f"no string field {text_field!r}")
@@ -101,13 +200,9 @@ def read_jsonl(path: str, source: str, text_field: str, max_bytes: int) -> Itera
             meta = {k: v for k, v in obj.items() if k not in (text_field, "id")}
             doc_id = str(obj.get("id") or f"{os.path.basename(path)}:{line_no}")
             yield _check(Document(doc_id, text, source, meta), path, line_no, max_bytes)
-    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt compressed file
-        yield Reject(path, line_no + 1, f"unreadable after line {line_no}: {type(e).__name__}: {e}")
-    except Exception as e:  # zstandard raises its own error type
-        if type(e).__module__.startswith("zstandard"):
-            yield Reject(path, line_no + 1, f"unreadable after line {line_no}: {e}")
-        else:
-            raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt file (gzip, zlib, zstandard errors alike)
+        yield Reject(path, line_no + 1, f"unreadable after line {line_no}, the rest of the file is lost: "
+                                        f"{type(e).__name__}: {e}")
 
 
 def read_parquet(path: str, source: str, text_field: str, max_bytes: int) -> Iterator[Item]:
@@ -133,48 +228,94 @@ def read_parquet(path: str, source: str, text_field: str, max_bytes: int) -> Ite
 def read_text_files(path: str, source: str, max_bytes: int) -> Iterator[Item]:
     """A .txt file, or every .txt file under a folder; the id is the path relative to the folder."""
     root = Path(path)
-    for txt in sorted(root.rglob("*.txt")) if root.is_dir() else [root]:
+    for txt in sorted(p for p in root.rglob("*.txt") if not p.is_dir()) if root.is_dir() else [root]:
         try:
             text = txt.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
             yield Reject(str(txt), None, f"invalid UTF-8 at byte {e.start}")
             continue
+        except OSError as e:
+            yield Reject(str(txt), None, f"unreadable: {type(e).__name__}: {e}")
+            continue
         doc_id = str(txt.relative_to(root)) if root.is_dir() else txt.name
         yield _check(Document(doc_id, text, source), str(txt), None, max_bytes)
 
 
+def _gzip_complete(path: str) -> bool:
+    """Whether a (multi-member) gzip file ends with a complete member: a truncated one does not."""
+    d = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            while chunk:
+                d.decompress(chunk)
+                chunk = d.unused_data if d.eof else b""
+                if d.eof and chunk:
+                    d = zlib.decompressobj(wbits=31)
+    return d.eof
+
+
 def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
+    """HTTP responses with HTML, through resiliparse's main-content extraction. A file that is not a WARC,
+    a record cut short and an archive that ends inside a record are rejects."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-    with open(path, "rb") as fh:
-        for n, record in enumerate(ArchiveIterator(fh, record_types=WarcRecordType.response), start=1):
-            url = record.headers.get("WARC-Target-URI", "").strip("<>")
-            ctype = record.http_headers.get("Content-Type", "") if record.http_headers else ""
-            if "html" not in ctype.lower():
-                yield Reject(path, n, f"not HTML ({ctype or 'no content type'}): {url}")
-                continue
-            body = record.reader.read()
-            html = bytes_to_str(body, detect_encoding(body))
-            text = extract_plain_text(html, main_content=True)
-            doc = Document(record.headers.get("WARC-Record-ID", f"{path}:{n}"), text, source,
-                           {"url": url, "date": record.headers.get("WARC-Date", "")})
-            yield _check(doc, path, n, max_bytes)
+    n, size = 0, None if path.endswith(".gz") else os.path.getsize(path)  # .gz: checked at the end
+    try:
+        with open(path, "rb") as fh:
+            for n, record in enumerate(ArchiveIterator(fh, record_types=WarcRecordType.response), start=1):
+                url = record.headers.get("WARC-Target-URI", "").strip("<>")
+                ctype = record.http_headers.get("Content-Type", "") if record.http_headers else ""
+                if "html" not in ctype.lower():
+                    yield Reject(path, n, f"not HTML ({ctype or 'no content type'}): {url}")
+                    continue
+                if size is not None and record.stream_pos + record.content_length > size:
+                    yield Reject(path, n, f"truncated record: {record.content_length:,} bytes declared, the file "
+                                          f"ends first; {url}")
+                    continue
+                body = record.reader.read()
+                try:
+                    html = bytes_to_str(body, detect_encoding(body))
+                    text = extract_plain_text(html, main_content=True)
+                except Exception as e:  # noqa: BLE001 - one record's extraction failing loses only it
+                    yield Reject(path, n, f"HTML extraction failed: {type(e).__name__}: {e}")
+                    continue
+                doc = Document(record.headers.get("WARC-Record-ID", f"{path}:{n}"), text, source,
+                               {"url": url, "date": record.headers.get("WARC-Date", "")})
+                yield _check(doc, path, n, max_bytes)
+    except OSError as e:  # fastwarc: "Invalid WARC header" for a file that is not a WARC
+        what = "not a WARC file" if n == 0 else f"unreadable after record {n}"
+        yield Reject(path, n + 1 if n else None, f"{what}, nothing more read from it: {e}")
+        return
+    if path.endswith(".gz") and not _gzip_complete(path):
+        yield Reject(path, n + 1, f"truncated archive: it ends inside a gzip member after record {n}; the rest "
+                                  "of the file is lost")
 
 
 def read_inputs(files: list[str], source: str, text_field: str = "text",
                 max_doc_bytes: int = 10_000_000) -> Iterator[Item]:
-    """Documents and rejects of these files, in order."""
+    """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
+    a reject."""
     for path in files:
         if os.path.isdir(path) or path.endswith(".txt"):
-            yield from read_text_files(path, source, max_doc_bytes)
+            reader = read_text_files(path, source, max_doc_bytes)
         elif path.endswith(JSONL_SUFFIXES):
-            yield from read_jsonl(path, source, text_field, max_doc_bytes)
+            reader = read_jsonl(path, source, text_field, max_doc_bytes)
         elif path.endswith(".parquet"):
-            yield from read_parquet(path, source, text_field, max_doc_bytes)
+            reader = read_parquet(path, source, text_field, max_doc_bytes)
         elif path.endswith((".warc", ".warc.gz")):
-            yield from read_warc(path, source, max_doc_bytes)
+            reader = read_warc(path, source, max_doc_bytes)
+        else:
+            reader = None
+        if reader is not None:
+            n = 0
+            try:
+                for n, item in enumerate(reader, start=1):
+                    yield item
+            except Exception as e:  # noqa: BLE001
+                yield Reject(path, None, f"reading stopped after {n} records, the rest of the file is lost: "
+                                         f"{type(e).__name__}: {e}")
         else:
             yield Reject(path, None, "unsupported file type (use jsonl[.gz|.zst], json.gz, parquet, warc[.gz], "
                                      "txt or a folder)")

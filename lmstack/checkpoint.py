@@ -1,0 +1,255 @@
+"""Checkpoints: the one place they are read, written and found.
+
+Reading never runs code from a file: single-file checkpoints load with `torch.load(weights_only=True)`;
+a sharded (torch.distributed.checkpoint) folder is read only when it carries lmstack's manifest, whose
+digest of the folder's pickled `.metadata` matches, and when that pickle names nothing but DCP's own
+metadata classes (checked by an allow-list unpickler before DCP unpickles it). Writing is atomic: a
+temporary name in the same folder, flushed, then renamed, for files and folders alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmstack import safe_unpickle
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "lmstack-checkpoint.json"  # in a sharded checkpoint folder: what wrote it, the .metadata digest
+DCP_METADATA = ".metadata"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that lmstack will not read (unsafe, foreign or damaged); the message says why."""
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
+                "torch.distributed.checkpoint.planner")
+_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+              ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+
+def _dcp_class(module: str, name: str, obj) -> bool:
+    """DCP's metadata is made of its own dataclasses and enums, and torch dtypes."""
+    return (module in _DCP_MODULES and isinstance(obj, type)) or (module == "torch" and isinstance(obj, torch.dtype))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_sharded(folder: Path) -> None:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{folder} is a sharded checkpoint folder without lmstack's manifest ({MANIFEST}); "
+                              "lmstack reads only sharded checkpoints it wrote (their metadata is a pickle)")
+    try:
+        expected = json.loads(manifest.read_text())["metadata_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest} is not an lmstack checkpoint manifest ({e})") from None
+    meta = folder / DCP_METADATA
+    if not meta.is_file() or _digest(meta) != expected:
+        raise CheckpointError(f"{folder}: {DCP_METADATA} is missing or differs from what lmstack wrote "
+                              f"(digest in {MANIFEST}); refusing to unpickle it")
+    try:
+        safe_unpickle.loads(meta.read_bytes(), _DCP_NAMES, _dcp_class)
+    except Exception as e:  # noqa: BLE001 - any failure means: not the metadata DCP writes
+        raise CheckpointError(f"{folder}: {DCP_METADATA} holds more than checkpoint metadata ({e})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """The checkpoint dict of a file or sharded folder (gathered into one state dict in this process)."""
+    path = Path(path)
+    if path.is_dir():
+        check_sharded(path)
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        try:
+            return _load_distributed_checkpoint(path)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{path}: refused ({e})") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values, which "
+                              f"lmstack never unpickles ({first})") from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """The checkpoint's lmstack record ({"identity": what exact resume needs, "tokens": trained}) and its
+    step, without loading the weights into memory ({} for checkpoints older than the record)."""
+    path = Path(path)
+    if path.is_dir():
+        check_sharded(path)
+        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+    else:
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{path}: refused ({str(e).strip().splitlines()[-1]})") from None
+        except (RuntimeError, EOFError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    record = meta.get("lmstack") or {}
+    return {**record, "step": meta.get("global_step", 0)} if record else {}
+
+
+def load_checkpoint(path: str, device: str = "cpu"):
+    """(model, tokenizer or None, checkpoint dict) from an lmstack checkpoint (file or sharded folder)."""
+    from tokenizers import Tokenizer
+
+    from lmstack.model import ModelConfig, Transformer
+
+    ckpt = read_checkpoint(path, map_location=device)
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not isinstance(hp, dict) or "model_cfg" not in hp:
+        raise CheckpointError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")
+    model = Transformer(ModelConfig(**hp["model_cfg"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.to(device).eval()
+    tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if ckpt.get("tokenizer_json") else None
+    return model, tok, ckpt
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+def temp_sibling(path: Path, token: str | None = None) -> Path:
+    """A hidden name beside `path`, unique to this write (same folder: the rename is atomic)."""
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{token or secrets.token_hex(6)}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """A finished checkpoint folder takes `final`'s place: the old one (ours) is moved aside, the new one
+    renamed in, the old one deleted; a reader finds the old or the new folder, never half of one."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    old = None
+    if final.is_dir():
+        old = temp_sibling(final, "old")
+        os.replace(final, old)
+    elif final.exists():
+        final.unlink()
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_manifest(folder: Path) -> None:
+    """Marks a sharded checkpoint folder as lmstack's (called once its `.metadata` is written)."""
+    import time
+
+    (folder / MANIFEST).write_text(json.dumps({
+        "writer": "lmstack", "format": "torch.distributed.checkpoint", "created": time.time(),
+        "metadata_sha256": _digest(folder / DCP_METADATA)}))
+
+
+# ---- finding --------------------------------------------------------------------------------------------
+def readable(path: Path) -> bool:
+    """Whether the checkpoint reads completely (a truncated or foreign one does not)."""
+    try:
+        if path.is_dir():
+            check_sharded(path)
+            return (path / "meta.pt").is_file()
+        read_checkpoint(path)
+        return True
+    except (CheckpointError, FileNotFoundError, KeyError):
+        return False
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"step(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_resume_checkpoint(ckpt_path: str, output_root: str, run_dir: str) -> Path:
+    """What `ckpt_path=last` or `ckpt_path=RUN_DIR` resumes: the newest readable last.ckpt of that run (of
+    the newest other run under `output_root` for `last`), else its newest readable step checkpoint; says
+    which it took when it is not last.ckpt. Raises FileNotFoundError when there is none."""
+    if ckpt_path == "last":
+        mine = Path(run_dir).resolve()
+        runs = [p.parent for p in Path(output_root).glob("**/checkpoints")
+                if p.parent.resolve() != mine and (p.parent / "config.yaml").is_file()]
+        if not runs:
+            raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints under {output_root!r}")
+        run = max(runs, key=lambda r: (r / "config.yaml").stat().st_mtime)
+    else:
+        run = Path(ckpt_path)
+    folder = run / "checkpoints"
+    last = folder / "last.ckpt"
+    candidates = ([last] if last.exists() else []) + sorted(folder.glob("step*.ckpt"), key=_step, reverse=True)
+    for c in candidates:
+        if readable(c):
+            if c != last:
+                log.warning("ckpt_path=%s: resuming %s (%s)", ckpt_path, c,
+                            "last.ckpt does not read completely" if last.exists() else "the run has no last.ckpt")
+            return c
+        log.warning("ckpt_path=%s: skipping %s, which does not read completely", ckpt_path, c)
+    raise FileNotFoundError(f"ckpt_path={ckpt_path}: no readable checkpoint in {folder}")
+
+
+def checkpoint_io():
+    """The CheckpointIO plugin of every lmstack Trainer: atomic writes, reads with weights_only=True
+    (defined here, not at import, so that reading a checkpoint does not import Lightning)."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Lightning's checkpoint I/O, writing each file atomically and reading with weights_only=True."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            if storage_options is not None:
+                raise TypeError("AtomicCheckpointIO takes no storage_options")
+            atomic_save(checkpoint, path)
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            return read_checkpoint(path, map_location=map_location or "cpu")
+
+    return AtomicCheckpointIO()
+
