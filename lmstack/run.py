@@ -134,8 +134,8 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
         "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
         "tokenizer": dm.corpus.meta.get("tokenizer"),
         "model": {k: v for k, v in mcfg.to_dict().items() if k != "attn_backend"},
-        "optimizer": asdict(spec.optimizer), "schedule": asdict(spec.schedule), "max_tokens": spec.train.max_tokens,
-    }
+        "optimizer": asdict(spec.optimizer), "schedule": asdict(spec.schedule),
+    }  # not the budget: extending train.max_tokens to train on is what a resume is often for
 
 
 def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:

@@ -41,6 +41,8 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
             assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
     ckpt = tmp_path / "fsdp" / "run" / "checkpoints" / "step000005.ckpt"
     assert ckpt.is_dir() and any(ckpt.glob("*.distcp"))  # sharded: each rank wrote its part
+    assert (ckpt / "lmstack-checkpoint.json").is_file()  # published whole, under lmstack's manifest
+    assert not [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
     from lmstack.checkpoint import load_checkpoint
 
     model, tok, state = load_checkpoint(str(ckpt))  # gathered into one process for generation or export

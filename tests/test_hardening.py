@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,8 @@ def test_a_crafted_sharded_checkpoint_runs_no_code(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     folder = tmp_path / "sharded.ckpt"
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore")
         dcp.save({"state_dict": {"w": torch.ones(2)}}, checkpoint_id=str(folder))
     torch.save({"hyper_parameters": {"model_cfg": {}}}, folder / "meta.pt")
     witness = tmp_path / "pwned"
