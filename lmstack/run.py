@@ -224,15 +224,14 @@ def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: in
 HYDRA_ENTRIES = (".hydra", "train.log", "multirun.yaml")  # what Hydra writes into a run directory first
 
 
-def claim_run_dir(run_dir: Path, spec: RunSpec) -> None:
-    """The run directory is new, empty (but for Hydra's files) or an lmstack run's: never another folder."""
+def claim_run_dir(run_dir: Path, **fields) -> None:
+    """The run directory is new, empty (but for Hydra's files) or an lmstack run's: never another folder;
+    its marker records `fields` (status, where it started from)."""
     from lmstack.ownership import OwnedFolder, OwnershipError
 
-    inputs = [p for p in (spec.init_from, spec.ckpt_path) if p and p != "last" and os.path.exists(p)]
     try:
         with OwnedFolder(run_dir, "run", foreign_ok=HYDRA_ENTRIES, wait=True) as owned:
-            if inputs:
-                owned.update(init_from=spec.init_from, ckpt_path=spec.ckpt_path)
+            owned.update(**fields)
     except OwnershipError as e:
         raise ConfigError(f"run_dir: {e}") from None
 
@@ -241,7 +240,7 @@ def run(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     spec = validate(config)
     run_dir = Path(spec.run_dir)
-    claim_run_dir(run_dir, spec)
+    claim_run_dir(run_dir, status="running", init_from=spec.init_from, ckpt_path=spec.ckpt_path)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     if spec.stage is not None:  # adaptation: SFT (lmstack/adapt)
         from lmstack.adapt.run import run_stage
@@ -288,6 +287,7 @@ def run(cfg: DictConfig) -> dict:
     result = {"val/bpb": after, "val/bpb_before": before, "steps": trainer.global_step, "run_dir": str(run_dir)}
     if trainer.is_global_zero:
         worse = not math.isfinite(after) or (before is not None and after > before)
+        claim_run_dir(run_dir, status="diverged" if worse else "completed")
         write_result(run_dir, {"status": "diverged" if worse else "completed", **result,
                                "tokens": module.tokens_at(trainer.global_step),
                                "non_embedding_params": module.model.num_params(non_embedding=True),

@@ -46,6 +46,23 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("lmstack-cache")
 
 
+def interrupt_prepare_at(monkeypatch, n: int) -> list:
+    """`lmstack prepare`'s per-file worker, dying (KeyboardInterrupt) when asked for the n-th file; returns
+    the list of files it was asked for."""
+    from lmstack.data.curate import pipeline
+
+    real, calls = pipeline._filter_file, []
+
+    def dies(job):
+        calls.append(job[0])
+        if len(calls) == n:
+            raise KeyboardInterrupt("interrupted")
+        return real(job)
+
+    monkeypatch.setattr(pipeline, "_filter_file", dies)
+    return calls
+
+
 def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
     """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

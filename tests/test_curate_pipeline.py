@@ -14,7 +14,7 @@ import pytest
 from lmstack.data.curate.dedup import MinHashDedup, threshold
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import SHARED_DATA, prepare_cfg
+from .conftest import SHARED_DATA, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_REAL = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz"),
@@ -88,15 +88,8 @@ def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, m
     assert run_prepare(inputs, str(tmp_path / "a"), cfg)["docs_out"] == first["docs_out"]
     assert (tmp_path / "a" / "documents.jsonl.gz").stat().st_mtime == mtime
 
-    real, calls = pipeline._filter_file, []
-
-    def dies_on_the_third_file(job):
-        calls.append(job[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt("interrupted")
-        return real(job)
-
-    monkeypatch.setattr(pipeline, "_filter_file", dies_on_the_third_file)
+    real = pipeline._filter_file
+    calls = interrupt_prepare_at(monkeypatch, 3)
     try:
         run_prepare(inputs, str(tmp_path / "b"), cfg)
     except KeyboardInterrupt:

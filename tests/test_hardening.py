@@ -16,7 +16,7 @@ import pytest
 
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import SHARED_DATA, prepare_cfg
+from .conftest import SHARED_DATA, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 C4 = SHARED_DATA / "web" / "c4-sample.01.json.gz"
@@ -156,6 +156,22 @@ def test_a_crafted_sharded_checkpoint_runs_no_code(tmp_path):
     assert not witness.exists()
 
 
+def test_token_blocks_that_name_the_pickle_serializer_are_refused(tmp_path, prepared_dir):
+    import shutil
+
+    from lmstack.data.dataset import BlockDataset
+
+    folder = tmp_path / "web"
+    shutil.copytree(prepared_dir, folder)
+    index = folder / "web" / "train" / "index.json"
+    meta = json.loads(index.read_text())
+    meta["config"]["data_format"] = ["pickle", "no_header_numpy:2"]
+    index.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="serializer 'pickle' refused"):
+        BlockDataset([str(folder / "web" / "train")])
+    assert len(BlockDataset([str(prepared_dir / "web" / "train")])) > 0
+
+
 def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
     from safetensors.torch import save_file
 
@@ -225,23 +241,13 @@ def test_a_truncated_warc_says_what_was_lost(tmp_path):
 
 # ---- stale results ----------------------------------------------------------------------------------
 def test_resume_recomputes_an_input_that_changed(tmp_path, monkeypatch):
-    from lmstack.data.curate import pipeline
-
     rows = c4_rows(10)
     a, b = write_jsonl(tmp_path / "a.jsonl", rows[:5]), write_jsonl(tmp_path / "b.jsonl", rows[5:])
     cfg = prepare_cfg(**NO_TOKENIZE)
-    real, calls = pipeline._filter_file, []
-
-    def dies_on_the_second_file(job):
-        calls.append(job[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt("interrupted")
-        return real(job)
-
-    monkeypatch.setattr(pipeline, "_filter_file", dies_on_the_second_file)
+    interrupt_prepare_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_prepare([str(a), str(b)], str(tmp_path / "out"), cfg)
-    monkeypatch.setattr(pipeline, "_filter_file", real)
+    monkeypatch.undo()
     write_jsonl(a, [{**r, "id": f"new-{i}"} for i, r in enumerate(rows[:5])])  # a changed meanwhile
     run_prepare([str(a), str(b)], str(tmp_path / "out"), cfg)
     ids = [json.loads(x)["id"] for x in gzip.open(tmp_path / "out" / "documents.jsonl.gz", "rt")]
@@ -258,6 +264,18 @@ def test_a_finished_output_with_other_inputs_is_prepared_again(tmp_path):
     assert (first["docs_in"], second["docs_in"]) == (5, 10)
     third = run_prepare([str(src)], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE, **{"filters.c4": "null"}))
     assert third["docs_in"] == 5 and not any(k.startswith("c4/") for k in third["removed"])
+
+
+def test_a_changed_blocklist_file_is_a_changed_input(tmp_path):
+    rows = c4_rows(10)
+    src = write_jsonl(tmp_path / "a.jsonl", [{**r, "id": f"doc{i}"} for i, r in enumerate(rows)])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("doc0\n")
+    cfg = prepare_cfg(**NO_TOKENIZE, **{"filters.id_blocklist": "{files: [%s]}" % ids})
+    first = run_prepare([str(src)], str(tmp_path / "out"), cfg)
+    ids.write_text("doc0\ndoc1\ndoc2\n")
+    second = run_prepare([str(src)], str(tmp_path / "out"), cfg)
+    assert second["removed"].get("id_blocklist/listed", 0) == first["removed"].get("id_blocklist/listed", 0) + 2
 
 
 def test_prepare_merge_refuses_duplicate_missing_and_foreign_shards(tmp_path):

@@ -24,7 +24,7 @@ ROOT = Path(CONF).parent
 
 @pytest.mark.parametrize("override,key", [
     ("optimizer.lr=nan", "optimizer.lr"), ("optimizer.lr=inf", "optimizer.lr"), ("train.grad_clip=inf", "train.grad_clip"),
-    ("loss.z_loss=nan", "loss.z_loss"), ("model.init_std=-inf", "model.init_std"), ("schedule.min_lr=nan", "schedule.min_lr"),
+    ("loss.z_loss=nan", "loss.z_loss"), ("model.init_std=inf", "model.init_std"), ("schedule.min_lr=nan", "schedule.min_lr"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas"), ("optimizer.betas=[-0.1,0.95]", "optimizer.betas"),
     ("optimizer.betas=[0.9]", "optimizer.betas"), ("seed=-1", "seed"), ("callbacks.spike.threshold=nan", "callbacks.spike.threshold"),
 ])

@@ -230,12 +230,21 @@ _PART_CLASSES = {("lmstack.data.curate.pipeline", "StepResults"), ("lmstack.data
                  ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
 
-def _part_key(fingerprint: dict, cfg: dict) -> str:
-    """A finished file's result is reused only for the same input content and the same per-file config."""
+def config_files(cfg: dict) -> list[dict]:
+    """Fingerprints of the files the config names (blocklists, a given tokenizer): a changed blocklist
+    changes the results as much as a changed input."""
+    named = [f for kw in (cfg.get("filters") or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
+    named += [(cfg.get("tokenize") or {}).get("tokenizer")]
+    return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
+
+
+def _part_key(fingerprint: dict, cfg: dict, named: list[dict]) -> str:
+    """A finished file's result is reused only for the same input content, the same per-file config and
+    the same files the config names."""
     import xxhash
 
     per_file = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
-    return xxhash.xxh64(json.dumps([fingerprint, per_file], sort_keys=True, default=str).encode()).hexdigest()
+    return xxhash.xxh64(json.dumps([fingerprint, per_file, named], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: int, parts_dir: Path):
@@ -246,7 +255,8 @@ def _parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: i
 
     from lmstack import safe_unpickle
 
-    saved = [parts_dir / f"{_part_key(fp, cfg)}.pkl" for fp in fingerprints]
+    named = config_files(cfg)
+    saved = [parts_dir / f"{_part_key(fp, cfg, named)}.pkl" for fp in fingerprints]
     todo = [i for i in range(len(files)) if not saved[i].exists()]
     if len(todo) < len(files):
         log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
@@ -390,7 +400,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     with OwnedFolder(output_dir, "prepare", all_files) as owned:
         out = owned.path
         fps = [file_fingerprint(f) for f in files]
-        fingerprint = {"inputs": fps, "config": {k: v for k, v in cfg.items() if k != "num_workers"}}
+        fingerprint = {"inputs": fps + config_files(cfg), "config": {k: v for k, v in cfg.items() if k != "num_workers"}}
         if owned.complete and (out / "stats.json").is_file():
             if owned.marker.get("fingerprint") == fingerprint:
                 log.info("%s is complete already, from the same inputs and config", out)
