@@ -330,3 +330,5 @@ def test_globs_survive_symlink_loops_and_list_each_file_once(tmp_path):
     assert sorted(os.path.realpath(f) for f in files) == sorted(str((root / p).resolve()) for p in
                                                                 ("x.jsonl", "a/y.jsonl", "a/b/z.jsonl"))
     assert len(expand_inputs([str(root / "x.jsonl"), str(root / "*.jsonl")])) == 1
+    nested = expand_inputs([str(root / "**" / "b" / "**" / "*.jsonl")])  # under b: z, and x and y through the loop
+    assert sorted(os.path.realpath(f) for f in nested) == sorted(os.path.realpath(f) for f in files)

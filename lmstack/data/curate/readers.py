@@ -56,35 +56,33 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json")
 
 def _walk(root: str, parts: list[str]) -> Iterator[str]:
     """Paths under `root` matching the glob components `parts` (`**`: any depth). Directory symlinks
-    are followed, but a folder already visited (by its device and inode) is not entered again, so a
-    symlink loop ends."""
-    seen: set[tuple[int, int]] = set()
+    are followed, but a folder already visited for the same remaining pattern (by its device and
+    inode) is not entered again, so a symlink loop ends. Hidden entries match only a pattern that
+    starts with a dot, as with glob."""
+    seen: set[tuple[int, int, tuple]] = set()
 
-    def visit(folder: str, rest: list[str]):
+    def visit(folder: str, rest: tuple):
         try:
             st = os.stat(folder)
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino) in seen:
-            return
-        seen.add((st.st_dev, st.st_ino))
-        try:
             entries = sorted(os.listdir(folder))
         except OSError:
             return
-        head, tail = rest[0], rest[1:]
-        if head == "**":
-            if tail:
-                yield from match(folder, tail, entries)
-            else:
-                yield from (os.path.join(folder, e) for e in entries if not os.path.isdir(os.path.join(folder, e)))
-            for e in entries:
-                if os.path.isdir(os.path.join(folder, e)):
-                    yield from visit(os.path.join(folder, e), rest)
-        else:
+        if (st.st_dev, st.st_ino, rest) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino, rest))
+        if rest[0] != "**":
             yield from match(folder, rest, entries)
+            return
+        visible = [e for e in entries if not e.startswith(".")]
+        if rest[1:]:
+            yield from match(folder, rest[1:], entries)
+        else:
+            yield from (os.path.join(folder, e) for e in visible if not os.path.isdir(os.path.join(folder, e)))
+        for e in visible:
+            if os.path.isdir(os.path.join(folder, e)):
+                yield from visit(os.path.join(folder, e), rest)
 
-    def match(folder: str, rest: list[str], entries: list[str]):
+    def match(folder: str, rest: tuple, entries: list[str]):
         head, tail = rest[0], rest[1:]
         for e in entries:
             if not fnmatch.fnmatchcase(e, head) or (e.startswith(".") and not head.startswith(".")):
@@ -95,7 +93,7 @@ def _walk(root: str, parts: list[str]) -> Iterator[str]:
             elif os.path.isdir(path):
                 yield from visit(path, tail)
 
-    yield from visit(root, parts)
+    yield from visit(root, tuple(parts))
 
 
 def _glob(pattern: str) -> list[str]:
