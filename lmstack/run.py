@@ -126,8 +126,11 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
     import hashlib
     import json
 
-    corpus = [(str(root), (dm.corpus.meta if root == dm.corpus.root else {}).get("key"))
-              for root in sorted({d.parent for _, d, _ in dm.parts})]
+    def digest(root: Path) -> str:  # a cached corpus has a key; a prepared folder's files say what it holds
+        return hashlib.sha256(b"".join((root / n).read_bytes() for n in ("meta.json", "stats.json")
+                                       if (root / n).is_file())).hexdigest()[:16]
+
+    corpus = [(str(root), digest(root)) for root in sorted({d.parent for _, d, _ in dm.parts})]
     return {
         "global_batch_tokens": tps, "seq_len": spec.data.seq_len, "seed": spec.seed,
         "data_mix": asdict(spec.data_mix), "blocklist": spec.data.blocklist,

@@ -218,6 +218,23 @@ def test_a_folder_named_like_a_text_file_is_skipped(tmp_path):
     assert stats["docs_in"] == 1 and identity(stats)
 
 
+def test_dangling_links_pipes_and_bad_checkpoint_fields_are_refused_cleanly(tmp_path):
+    src = tmp_path / "in"
+    (src / "texts").mkdir(parents=True)
+    os.symlink(tmp_path / "nowhere.jsonl", src / "gone.jsonl")
+    os.mkfifo(src / "pipe.jsonl")  # reading it would block forever
+    os.mkfifo(src / "texts" / "p.txt")
+    write_jsonl(src / "c4.jsonl", c4_rows())
+    stats = run_prepare([str(src / "*.jsonl"), str(src / "texts")], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE))
+    assert stats["rejected"] == 3 and stats["docs_in"] == 13 and identity(stats)
+    assert all("not a regular file" in r["reason"] for r in rejects(tmp_path / "out"))
+    import torch
+
+    torch.save({"hyper_parameters": {"model_cfg": {"evil": 1}}, "state_dict": {}}, tmp_path / "bad.ckpt")
+    out = cli("generate", f"ckpt={tmp_path / 'bad.ckpt'}", "prompt=x")
+    assert out.returncode != 0 and "not a loadable lmstack checkpoint" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_file_that_is_not_a_warc_is_a_reject(tmp_path):
     fake = tmp_path / "fake.warc"
     fake.write_text("this is not a web archive\n")

@@ -377,7 +377,7 @@ def job_fingerprint(files: list[str], cfg: dict) -> str:
     """The same for every shard of one sharded job (all its inputs, by path/size/mtime, and its config)."""
     import xxhash
 
-    stats = [(os.path.realpath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    stats = [[file_fingerprint(f, hash_below=0).get(k) for k in ("path", "size", "mtime_ns")] for f in files]
     per_job = {k: v for k, v in cfg.items() if k not in ("num_workers", "shard_index")}
     return xxhash.xxh64(json.dumps([stats, per_job], sort_keys=True, default=str).encode()).hexdigest()
 

@@ -133,14 +133,22 @@ def file_fingerprint(path: str, hash_below: int = 64 << 20) -> dict:
             if f.is_file():
                 h.update(json.dumps(file_fingerprint(str(f), hash_below), sort_keys=True).encode())
         return {"path": os.path.realpath(path), "folder": h.hexdigest()}
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:  # the reader makes it a reject; the fingerprint only records it
+        return {"path": os.path.realpath(path), "unreadable": type(e).__name__}
     fp = {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if not os.path.isfile(path):
+        return fp | {"kind": "not a regular file"}
     if st.st_size < hash_below:
         h = xxhash.xxh64()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        fp["xxh64"] = h.hexdigest()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            fp["xxh64"] = h.hexdigest()
+        except OSError as e:
+            fp["unreadable"] = type(e).__name__
     return fp
 
 
@@ -227,6 +235,9 @@ def read_text_files(path: str, source: str, max_bytes: int) -> Iterator[Item]:
     """A .txt file, or every .txt file under a folder; the id is the path relative to the folder."""
     root = Path(path)
     for txt in sorted(p for p in root.rglob("*.txt") if not p.is_dir()) if root.is_dir() else [root]:
+        if not txt.is_file():
+            yield Reject(str(txt), None, "not a regular file (a dangling link, pipe or device): nothing read")
+            continue
         try:
             text = txt.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
@@ -296,6 +307,9 @@ def read_inputs(files: list[str], source: str, text_field: str = "text",
     """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
     a reject."""
     for path in files:
+        if not os.path.isdir(path) and not os.path.isfile(path):  # a pipe or device would block, a dangling link fail
+            yield Reject(path, None, "not a regular file or folder (a dangling link, pipe or device): nothing read")
+            continue
         if os.path.isdir(path) or path.endswith(".txt"):
             reader = read_text_files(path, source, max_doc_bytes)
         elif path.endswith(JSONL_SUFFIXES):
