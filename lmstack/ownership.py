@@ -145,15 +145,22 @@ class OwnedFolder:
         """A new folder inside this one, unique to this process, for results before they are published."""
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
 
-    def publish(self, staging: Path, last: str | None = None, keep: Iterable[str] = ()) -> None:
-        """The staged results replace the folder's previous results (all ours: the marker says so); the
-        entry `last` (the one whose presence means complete) is moved in last. Entries in `keep` stay."""
-        self.update(status="publishing")
-        keep = {MARKER, LOCK, staging.name, *keep, *self.foreign_ok}
-        for entry in self.path.iterdir():
-            if entry.name not in keep:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    def publish(self, staging: Path, last: str | None = None) -> None:
+        """The staged results replace the folder's previous results: only what lmstack published here
+        before (the marker lists it) and its own work folders (`.work`, `.staging-*`) are removed; an entry
+        someone else put in the folder stays, and one that a result would overwrite is refused. The entry
+        `last` (the one whose presence means complete) is moved in last."""
         names = sorted(os.listdir(staging), key=lambda n: n == last)
+        ours = set(self.marker.get("files") or [])
+        clash = [n for n in names if (self.path / n).exists() and n not in ours]
+        if clash:
+            raise OwnershipError(f"{self.path / clash[0]} was not written by lmstack; it would be overwritten, so "
+                                 f"nothing was published (the results are in {staging})")
+        self.update(status="publishing")
+        for entry in self.path.iterdir():
+            if entry == staging or not (entry.name in ours or entry.name == ".work" or entry.name.startswith(".staging-")):
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         for name in names:
             os.replace(staging / name, self.path / name)
         staging.rmdir()

@@ -279,8 +279,17 @@ def test_a_finished_output_with_other_inputs_is_prepared_again(tmp_path):
     second = run_prepare([str(src), str(write_jsonl(tmp_path / "b.jsonl", rows[5:]))], str(tmp_path / "out"),
                          prepare_cfg(**NO_TOKENIZE))
     assert (first["docs_in"], second["docs_in"]) == (5, 10)
+    (tmp_path / "out" / "my_notes.txt").write_text("mine")  # a user's file in lmstack's folder stays
     third = run_prepare([str(src)], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE, **{"filters.c4": "null"}))
     assert third["docs_in"] == 5 and not any(k.startswith("c4/") for k in third["removed"])
+    assert (tmp_path / "out" / "my_notes.txt").read_text() == "mine"
+    (tmp_path / "out" / "removed").mkdir()  # ... and one in the way of a result is not overwritten
+    (tmp_path / "out" / "removed" / "mine.txt").write_text("mine")
+    short = write_jsonl(tmp_path / "c.jsonl", [{"text": "Too short to keep."}])  # so that removed/ is written
+    with pytest.raises(Exception, match="not written by lmstack"):
+        run_prepare([str(src), str(short)], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE, keep_removed="true"))
+    assert (tmp_path / "out" / "removed" / "mine.txt").read_text() == "mine"
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["docs_in"] == 5
 
 
 def test_a_changed_blocklist_file_is_a_changed_input(tmp_path):
