@@ -358,3 +358,17 @@ def test_globs_survive_symlink_loops_and_list_each_file_once(tmp_path):
     assert len(expand_inputs([str(root / "x.jsonl"), str(root / "*.jsonl")])) == 1
     nested = expand_inputs([str(root / "**" / "b" / "**" / "*.jsonl")])  # under b: z, and x and y through the loop
     assert sorted(os.path.realpath(f) for f in nested) == sorted(os.path.realpath(f) for f in files)
+
+
+def test_a_sweep_report_never_overwrites_a_file_it_did_not_write(tmp_path):
+    from lmstack.sweep.report import write_report
+
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a sweep folder with one job that has not started
+    (tmp_path / "report.md").write_text("my own report")
+    with pytest.raises(ValueError, match="not written by lmstack report"):
+        write_report(str(tmp_path))
+    assert (tmp_path / "report.md").read_text() == "my own report"
+    (tmp_path / "report.md").unlink()
+    write_report(str(tmp_path))
+    write_report(str(tmp_path))  # its own files it rewrites
+    assert (tmp_path / "report.md").read_text().startswith("# Sweep report")

@@ -133,9 +133,11 @@ def _fmt(v, digits=4) -> str:
 
 
 def write_report(sweep_dir: str, metric: str = "val/bpb") -> tuple[list[Job], Path]:
-    """report.md, report.csv and loss_curves.png in the sweep folder; returns the ranked jobs."""
+    """report.md, report.csv and loss_curves.png in the sweep folder; returns the ranked jobs. The sweep
+    folder is Hydra's: a file of those names that an earlier report did not write is never overwritten."""
     root = Path(sweep_dir)
     jobs = ranked(find_jobs(root), metric)
+    check_report_files(root)
     keys = differing(jobs)
     header = ["rank", "job", *keys, metric, "tokens", "wall_s", "status", "diverged"]
     rows = []
@@ -161,7 +163,22 @@ def write_report(sweep_dir: str, metric: str = "val/bpb") -> tuple[list[Job], Pa
     plot = _plot(jobs, keys, metric, root / "loss_curves.png")
     lines += ["", f"![{metric} against tokens]({plot.name})" if plot else "(no curves yet)", ""]
     (root / "report.md").write_text("\n".join(lines))
+    (root / REPORT_MARKER).write_text(json.dumps({"writer": "lmstack report", "files": list(REPORT_FILES)}))
     return jobs, root / "report.md"
+
+
+REPORT_FILES = ("report.md", "report.csv", "loss_curves.png")
+REPORT_MARKER = ".lmstack-report.json"  # which files in the sweep folder lmstack's report wrote
+
+
+def check_report_files(root: Path) -> None:
+    try:
+        ours = set(json.loads((root / REPORT_MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        ours = set()
+    foreign = [n for n in REPORT_FILES if (root / n).exists() and n not in ours]
+    if foreign:
+        raise ValueError(f"{root / foreign[0]} was not written by lmstack report; it would be overwritten (move it)")
 
 
 def _plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path | None:
