@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from lmstack.config import model_config, validate
 from lmstack.data.dataset import BlockDataset
-from lmstack.data.prepare import prepare_corpus
+from lmstack.data.corpus_cache import prepare_corpus
 from lmstack.model import Transformer
 from lmstack.train.flops import flops_per_token, measure_matmul_flops
 from lmstack.train.losses import lm_loss

@@ -117,7 +117,6 @@ def owned_output(path: str, kind: str, inputs: list[str]):
 def eval_cmd(argv: list[str]) -> None:
     """Configured eval sets and tasks (or paths) on a checkpoint: a table, and DIR/eval.json."""
     import json
-    import os
     import time
 
     from lmstack.eval.suite import evaluate, load_suite

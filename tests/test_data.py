@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from lmstack.data import prepare as prepare_mod
+from lmstack.data import corpus_format
 from lmstack.data.dataset import BlockDataset, ResumableSampler, mixture_stream
-from lmstack.data.prepare import prepare_corpus
+from lmstack.data.corpus_cache import prepare_corpus
 from lmstack.data.sources import is_validation, read_source, stdlib_files
 from lmstack.data.tokenizer import EOS, token_byte_lengths, train_bpe
 
@@ -84,7 +84,7 @@ def test_second_prepare_reuses_the_cache(corpus, cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the tokenizer was trained again")
 
-    monkeypatch.setattr(prepare_mod, "train_bpe", boom)
+    monkeypatch.setattr(corpus_format, "train_bpe", boom)
     again = prepare_corpus(STDLIB, str(cache_dir), seq_len=64, val_fraction=0.1, vocab_size=512,
                            tokenizer_train_bytes=2_000_000, max_docs=150)
     assert again.root == corpus.root and (again.root / "meta.json").stat().st_mtime == meta_mtime

@@ -79,7 +79,7 @@ def test_prepare_leaves_a_sibling_tmp_folder_alone_and_writes_a_marker(tmp_path)
 
 
 def test_corpus_cache_leaves_foreign_folders_alone(tmp_path):
-    from lmstack.data.prepare import corpus_key, prepare_corpus
+    from lmstack.data.corpus_cache import corpus_key, prepare_corpus
 
     src = write_jsonl(tmp_path / "docs.jsonl", [{"id": str(i), "text": r["text"]} for i, r in enumerate(c4_rows())])
     sources = [{"name": "c4", "paths": [str(src)]}]

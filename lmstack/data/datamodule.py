@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .dataset import BlockDataset, ResumableSampler
-from .prepare import PreparedCorpus, load_prepared, prepare_corpus, tokenizer_digest
+from .corpus_cache import prepare_corpus
+from .corpus_format import PreparedCorpus, load_prepared, tokenizer_digest
 from .tokenizer import token_byte_lengths
 
 

@@ -8,29 +8,12 @@ resumed run (starting at micro-step m0) sees exactly the samples the uninterrupt
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
-SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only reinterpret bytes as an array
-
-
-def check_block_format(path: str) -> None:
-    """A folder of token blocks may name only numpy serializers: litdata also has a pickle serializer, and a
-    crafted index.json naming it would run code from the chunks when training reads them."""
-    import json
-
-    index = Path(path) / "index.json"
-    try:
-        formats = json.loads(index.read_text())["config"]["data_format"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{index}: not a folder of token blocks lmstack wrote ({type(e).__name__}: {e})") from None
-    bad = [f for f in formats if not isinstance(f, str) or f.split(":")[0] not in SAFE_FORMATS]
-    if bad:
-        raise ValueError(f"{index}: serializer {bad[0]!r} refused; lmstack reads only numpy token blocks")
+from .corpus_format import check_block_format
 
 
 class BlockDataset(Dataset):

@@ -54,7 +54,7 @@ def blocks_from_prepared(path: str, tokenizer_json: str, seq_len: int, split: st
     """The blocks of a folder `lmstack prepare` (or a training run's corpus) wrote, one split of every source.
     The folder must have been tokenized with the model's tokenizer."""
     from lmstack.data.dataset import BlockDataset
-    from lmstack.data.prepare import load_prepared
+    from lmstack.data.corpus_format import load_prepared
 
     corpus = load_prepared(path, seq_len)
     if corpus.tokenizer_path.read_text() != tokenizer_json:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import Sizer, _minhash, _minhash_stage, _Removed, _tokenize, _write_documents
+from .pipeline import _minhash, _minhash_stage, _tokenize, _write_documents
+from .steps import Removed, Sizer
 from .readers import Document
 from .stats import Accounting, StageStats
 
@@ -93,7 +94,7 @@ def _merge(dirs: list[Path], stats: list[dict], cfg: dict, tmp: Path) -> Account
             for line in f:
                 row = json.loads(line)
                 kept.append(Document(row["id"], row["text"], row["source"], row.get("metadata") or {}))
-    removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
+    removed = Removed(tmp / "removed" if cfg.get("keep_removed") else None)
     mh = _minhash(cfg)
     if mh and kept:
         keys = np.concatenate([np.load(d / "band_keys.npy") for d in dirs if (d / "band_keys.npy").exists()])

@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,10 @@ from .blocklists import IdBlocklist, UrlBlocklist
 from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, clusters, to_remove
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
+from ..corpus_format import tokenize_stage, write_corpus
 from .readers import Document, Reject, expand_inputs, file_fingerprint, read_inputs
 from .stats import Accounting, StageStats
+from .steps import Removed, Sizer, StepResults, apply_steps
 
 log = logging.getLogger(__name__)
 
@@ -75,95 +76,8 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-class Sizer:
-    """Bytes and, when counting tokens, tokens of a document's current text (cached on the document, so
-    a document is tokenized once, and again only after a step rewrote its text)."""
-
-    def __init__(self, tokenizer: str | None = None):
-        self.tok = None
-        if tokenizer:
-            from tokenizers import Tokenizer
-
-            self.tok = Tokenizer.from_file(os.path.expanduser(tokenizer))
-
-    @classmethod
-    def from_cfg(cls, cfg: dict) -> "Sizer":
-        if not cfg.get("count_tokens"):
-            return cls()
-        path = (cfg.get("tokenize") or {}).get("tokenizer")
-        if not path:
-            raise ValueError("prepare.count_tokens=true counts every stage's tokens as documents flow, so it needs "
-                             "a tokenizer before the run: set tokenize.tokenizer=PATH/tokenizer.json")
-        if not Path(os.path.expanduser(path)).is_file():
-            raise FileNotFoundError(f"prepare.tokenize.tokenizer={path}: no such file")
-        return cls(path)
-
-    def _measure(self, doc: Document) -> tuple[int, int | None]:
-        tokens = len(self.tok.encode(doc.text, add_special_tokens=False).ids) if self.tok else None
-        return len(doc.text.encode("utf-8", errors="replace")), tokens
-
-    def __call__(self, doc: Document) -> tuple[int, int | None]:
-        return doc.cached("size" if self.tok is None else "size+tokens", self._measure)
-
-
-class _Removed:
-    """Writes removed documents per rule, when asked to."""
-
-    def __init__(self, out: Path | None):
-        self.out, self.files = out, {}
-
-    def add(self, rule: str, doc: Document) -> None:
-        if self.out is None:
-            return
-        if rule not in self.files:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.files[rule] = gzip.open(self.out / f"{rule.replace('/', '.')}.jsonl.gz", "wt", encoding="utf-8")
-        self.files[rule].write(json.dumps({"id": doc.id, "source": doc.source, "text": doc.text}) + "\n")
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
 def _size(docs: list[Document]) -> int:
     return sum(len(d.text.encode("utf-8", errors="replace")) for d in docs)
-
-
-@dataclass
-class StepResults:
-    """What documents gave after a list of steps: the kept ones, and the accounting (per rule, per stage)."""
-
-    kept: list = field(default_factory=list)
-    rejects: list = field(default_factory=list)
-    removed: list = field(default_factory=list)  # (rule, document); documents only with keep_removed
-    counts: Counter = field(default_factory=Counter)  # rule -> documents removed
-    stages: dict = field(default_factory=dict)
-    docs_in: int = 0
-    pii: Counter = field(default_factory=Counter)
-
-
-def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool, sizer: Sizer | None = None) -> list[Document]:
-    """Run documents through steps; a document leaves at the first rule that removes it, or as a reject
-    (with its file, line and the step's error) when a step fails on it."""
-    sizer = sizer or Sizer()
-    kept = []
-    for doc in docs:
-        for step in steps:
-            st = part.stages.setdefault(step.name, StageStats(step.name))
-            try:
-                st.count_in(sizer(doc))
-                rule = step(doc)
-            except Exception as e:  # noqa: BLE001 - one document's failure must not stop the run
-                part.rejects.append(vars(doc.reject(f"{step.name} failed: {type(e).__name__}: {e}")))
-                break
-            if rule:
-                part.counts[f"{step.name}/{rule}"] += 1
-                part.removed.append((f"{step.name}/{rule}", doc if keep_removed else None))
-                break
-            st.count_out(sizer(doc))  # measured again only if the step rewrote the text (C4, PII, paragraphs)
-        else:
-            kept.append(doc)
-    return kept
 
 
 def _precompute(docs: list[Document], cfg: dict) -> None:
@@ -223,7 +137,7 @@ def _filter_file(args) -> StepResults:
     return part
 
 
-_PART_CLASSES = {("lmstack.data.curate.pipeline", "StepResults"), ("lmstack.data.curate.readers", "Document"),
+_PART_CLASSES = {("lmstack.data.curate.steps", "StepResults"), ("lmstack.data.curate.readers", "Document"),
                  ("lmstack.data.curate.stats", "StageStats"), ("collections", "Counter"),
                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                  ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
@@ -289,7 +203,7 @@ def _minhash(cfg: dict) -> MinHashDedup | None:
     return MinHashDedup(**(mh if isinstance(mh, dict) else {})) if mh else None
 
 
-def _minhash_stage(kept: list[Document], keys: np.ndarray, acct: Accounting, removed: "_Removed",
+def _minhash_stage(kept: list[Document], keys: np.ndarray, acct: Accounting, removed: "Removed",
                    sizer: Sizer) -> list[Document]:
     """Clusters over all the band keys, then the documents that are not the first of their cluster go,
     counted as a stage and a rule."""
@@ -317,8 +231,6 @@ def _tokenize(kept: list[Document], out: Path, cfg: dict, acct: Accounting) -> N
     tok_cfg = cfg.get("tokenize")
     if not tok_cfg or not kept:
         return
-    from lmstack.data.prepare import tokenize_stage, write_corpus
-
     source = cfg.get("source", "data")
     meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, out, tok_cfg["seq_len"],
                         tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2),
@@ -423,7 +335,7 @@ def _prepare(files: list[str], fps: list[dict], cfg: dict, tmp: Path, parts_dir:
     """The pipeline over `files`, its results written into `tmp`; returns the accounting."""
     t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
-    removed = _Removed(tmp / "removed" if cfg.get("keep_removed") else None)
+    removed = Removed(tmp / "removed" if cfg.get("keep_removed") else None)
     dedup, sizer = build_dedup(cfg), Sizer.from_cfg(cfg)
     dedup_part = StepResults()
     stages: dict[str, StageStats] = {}

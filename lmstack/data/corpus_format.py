@@ -1,17 +1,16 @@
-"""Turn configured document sources into tokenized litdata shards, cached on disk.
+"""The on-disk corpus format that training reads: token blocks in litdata chunks, and the tokenizer.
 
-Layout of one prepared corpus (a folder named by a hash of everything that affects it):
+Layout of a tokenized corpus folder (a cached training corpus, or the output of `lmstack prepare`):
 
-    tokenizer.json            byte-level BPE trained on the training documents
+    tokenizer.json            byte-level BPE (or the tokenizer given)
     <source>/train/, <source>/val/   litdata chunks; each item is a block of seq_len + 1 tokens
                               ("tokens") and, per token, the ordinal of its document ("doc")
     <source>/documents.jsonl  ordinal -> id, source, split, bytes (for spike forensics and blocklists)
-    stats.json, report.md     what the curation pipeline's exact dedup removed (as `lmstack prepare` reports)
+    stats.json, report.md     the accounting of what came in and what was removed
     meta.json                 written last: its presence means the corpus is complete
 
 Documents are joined with an EOS token between them; a document goes to validation by a hash of its id.
-Configured sources go through the curation pipeline's exact dedup; the full pipeline (filters, MinHash)
-is `lmstack prepare`, whose output trains with `data_mix=prepared`.
+Reading checks the chunks' serializers first (only numpy ones: litdata also has a pickle serializer).
 """
 
 from __future__ import annotations
@@ -26,14 +25,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .curate.dedup import ExactDedup
-from .curate.readers import Document
-from .curate.stats import Accounting, StageStats
-from .sources import is_validation, read_source, source_files, source_fingerprint
+from .curate.stats import StageStats
+from .sources import is_validation
 from .tokenizer import eos_id, train_bpe
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 4  # 2: exact dedup and stats.json; 3: file sources read by the curation readers; 4: token counts
 
 
 @dataclass
@@ -50,25 +46,6 @@ class PreparedCorpus:
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(str(self.tokenizer_path))
-
-
-def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int, counts: dict):
-    """Tokenize a shard of (ordinal, text), join with EOS, cut into blocks of seq_len + 1 tokens.
-
-    Consecutive blocks overlap by one token (the last input's target is the next block's first input);
-    a shard's tail shorter than a block is dropped. `counts["document_tokens"]` grows by the documents'
-    own tokens (EOS not included).
-    """
-    eos = eos_id(tok)
-    ordinals, texts = zip(*shard)
-    ids, docs = [], []
-    for ordinal, enc in zip(ordinals, tok.encode_batch(list(texts))):
-        ids.append(np.asarray(enc.ids + [eos], dtype=np.int32))
-        docs.append(np.full(len(enc.ids) + 1, ordinal, dtype=np.int32))
-        counts["document_tokens"] += len(enc.ids)
-    ids, docs = np.concatenate(ids), np.concatenate(docs)
-    for start in range(0, len(ids) - seq_len, seq_len):
-        yield {"tokens": ids[start : start + seq_len + 1], "doc": docs[start : start + seq_len + 1]}
 
 
 def tokenizer_digest(path: Path) -> str:
@@ -89,15 +66,23 @@ def load_prepared(path: str, seq_len: int) -> PreparedCorpus:
     return PreparedCorpus(root, meta)
 
 
-def corpus_key(sources: list[dict], tokenizer_cfg: dict, seq_len: int, val_fraction: float) -> str:
-    spec = {
-        "v": PREP_VERSION,
-        "sources": [{**s, "fingerprint": source_fingerprint(s.get("builtin"), s.get("paths"))} for s in sources],
-        "tokenizer": tokenizer_cfg,
-        "seq_len": seq_len,
-        "val_fraction": val_fraction,
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int, counts: dict):
+    """Tokenize a shard of (ordinal, text), join with EOS, cut into blocks of seq_len + 1 tokens.
+
+    Consecutive blocks overlap by one token (the last input's target is the next block's first input);
+    a shard's tail shorter than a block is dropped. `counts["document_tokens"]` grows by the documents'
+    own tokens (EOS not included).
+    """
+    eos = eos_id(tok)
+    ordinals, texts = zip(*shard)
+    ids, docs = [], []
+    for ordinal, enc in zip(ordinals, tok.encode_batch(list(texts))):
+        ids.append(np.asarray(enc.ids + [eos], dtype=np.int32))
+        docs.append(np.full(len(enc.ids) + 1, ordinal, dtype=np.int32))
+        counts["document_tokens"] += len(enc.ids)
+    ids, docs = np.concatenate(ids), np.concatenate(docs)
+    for start in range(0, len(ids) - seq_len, seq_len):
+        yield {"tokens": ids[start : start + seq_len + 1], "doc": docs[start : start + seq_len + 1]}
 
 
 def _shards(docs: list[tuple[int, str]], target_bytes: int) -> list[list[tuple[int, str]]]:
@@ -132,20 +117,6 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
     writer.done()
     writer._merge_no_wait()  # one writer, so no need to wait for other workers' index files
     return n
-
-
-def _exact_dedup(docs: list[dict], acct: Accounting) -> list[dict]:
-    """The curation pipeline's exact dedup on a configured source, counted in the corpus's stats.json."""
-    from .curate.pipeline import StepResults, apply_steps
-
-    results = StepResults()
-    kept = apply_steps([ExactDedup()], (Document(d["id"], d["text"], d["source"]) for d in docs), results, False)
-    acct.docs_in += len(docs)
-    acct.removed.update(results.counts)
-    for stage in results.stages.values():
-        stage.name = f"{docs[0]['source']}:{stage.name}"
-        acct.stages.append(stage)
-    return [{"id": d.id, "text": d.text, "source": d.source} for d in kept]
 
 
 def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,
@@ -196,39 +167,19 @@ def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
                       tokens_out=sum(m["tokens"] for m in meta["sources"].values()))
 
 
-def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
-                   vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
-                   max_docs: int | None = None, shard_bytes: int = 4_000_000,
-                   tokenizer: str | None = None) -> PreparedCorpus:
-    """Prepare (or reuse) the corpus for these sources and settings; returns where it lies. `tokenizer`: a
-    tokenizer.json to use (a checkpoint's, for init_from) instead of training one."""
-    tok_cfg = {"vocab_size": vocab_size, "min_frequency": min_frequency, "train_bytes": tokenizer_train_bytes}
-    if tokenizer:
-        tok_cfg = {"file": tokenizer_digest(Path(os.path.expanduser(tokenizer)))}
-    key = corpus_key(sources + [{"max_docs": max_docs}], tok_cfg, seq_len, val_fraction)
-    root = Path(os.path.expanduser(cache_dir)) / "corpora" / key
-    if (root / "meta.json").exists():  # complete: meta.json is written last
-        return PreparedCorpus(root, json.loads((root / "meta.json").read_text()))
-    from lmstack.ownership import OwnedFolder
+SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only reinterpret bytes as an array
 
-    inputs = [f for s in sources if s.get("paths") for f in source_files(None, s["paths"])]
-    with OwnedFolder(root, "corpus", inputs, wait=True) as owned:  # other ranks wait, then reuse it
-        if (root / "meta.json").exists():
-            return PreparedCorpus(root, json.loads((root / "meta.json").read_text()))
-        log.info("preparing corpus in %s", root)
-        tmp = owned.staging()
-        per_source, acct = {}, Accounting()
-        for src in sources:
-            docs = list(read_source(src["name"], src.get("builtin"), src.get("paths"), src.get("text_field", "text")))
-            if max_docs:
-                docs = docs[:max_docs]
-            if not docs:
-                raise ValueError(f"data source {src['name']!r} yielded no documents")
-            per_source[src["name"]] = _exact_dedup(docs, acct)
-        meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
-                            shard_bytes, key, tokenizer)
-        size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
-        acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
-        acct.write(tmp)
-        owned.publish(tmp, last="meta.json")
-    return PreparedCorpus(root, meta)
+
+def check_block_format(path: str) -> None:
+    """A folder of token blocks may name only numpy serializers: litdata also has a pickle serializer, and a
+    crafted index.json naming it would run code from the chunks when training reads them."""
+    import json
+
+    index = Path(path) / "index.json"
+    try:
+        formats = json.loads(index.read_text())["config"]["data_format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a folder of token blocks lmstack wrote ({type(e).__name__}: {e})") from None
+    bad = [f for f in formats if not isinstance(f, str) or f.split(":")[0] not in SAFE_FORMATS]
+    if bad:
+        raise ValueError(f"{index}: serializer {bad[0]!r} refused; lmstack reads only numpy token blocks")
