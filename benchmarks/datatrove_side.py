@@ -9,12 +9,20 @@ import time
 def main(docs_path: str) -> None:
     from datatrove.data import Document
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     rows = [json.loads(line) for line in open(docs_path)]
-    filters = {"gopher_quality": GopherQualityFilter(), "gopher_repetition": GopherRepetitionFilter(),
-               "c4": C4QualityFilter(), "fineweb": FineWebQualityFilter(exclusion_writer=None)}
+    filters = {
+        "gopher_quality": GopherQualityFilter(),
+        "gopher_repetition": GopherRepetitionFilter(),
+        "c4": C4QualityFilter(),
+        "fineweb": FineWebQualityFilter(exclusion_writer=None),
+    }
     out = {}
     for name, f in filters.items():
         docs = [Document(text=r["text"], id=r["id"]) for r in rows]

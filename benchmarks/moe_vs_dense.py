@@ -29,9 +29,18 @@ def train(model: str, tokens: int, out: Path, extra: list[str]) -> dict:
 
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", "data_mix=prose", f"train.max_tokens={tokens}",
-                                          "train.val_every_steps=20", "train.sample_tokens=0",
-                                          "trainer.enable_progress_bar=false", *extra])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                "data_mix=prose",
+                f"train.max_tokens={tokens}",
+                "train.val_every_steps=20",
+                "train.sample_tokens=0",
+                "trainer.enable_progress_bar=false",
+                *extra,
+            ],
+        )
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = str(out / model)
     result = run(cfg)
@@ -61,18 +70,24 @@ def main() -> None:
     dense, moe = runs["tiny"], runs["moe-tiny"]
     same_time = min(dense["val"][-1][0], moe["val"][-1][0])
     print(f"\n{int(args.tokens):,} tokens each on the prose mix; run folders under {out}")
-    print("| model | active / total non-embedding params | tokens/s (median) | train s | val bpb at equal tokens "
-          f"| val bpb at {same_time:.0f} s |")
+    print(
+        "| model | active / total non-embedding params | tokens/s (median) | train s | val bpb at equal tokens "
+        f"| val bpb at {same_time:.0f} s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in runs.items():
         cfg = yaml.safe_load((out / name / "config.yaml").read_text())["model"]
         mc = ModelConfig(**{k: v for k, v in cfg.items() if k in ModelConfig.__dataclass_fields__ and v is not None})
-        print(f"| {name} | {mc.non_embedding_params(active=True) / 1e6:.2f}M / {mc.non_embedding_params() / 1e6:.2f}M "
-              f"| {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} | {r['result']['val/bpb']:.4f} "
-              f"| {bpb_at(r, same_time):.4f} |")
-    print(f"\nthroughput ratio moe/dense: {moe['tokens_per_s'] / dense['tokens_per_s']:.2f}; "
-          f"bpb difference at equal tokens (moe - dense): {moe['result']['val/bpb'] - dense['result']['val/bpb']:+.4f}; "
-          f"at equal time: {bpb_at(moe, same_time) - bpb_at(dense, same_time):+.4f}")
+        print(
+            f"| {name} | {mc.non_embedding_params(active=True) / 1e6:.2f}M / {mc.non_embedding_params() / 1e6:.2f}M "
+            f"| {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} | {r['result']['val/bpb']:.4f} "
+            f"| {bpb_at(r, same_time):.4f} |"
+        )
+    print(
+        f"\nthroughput ratio moe/dense: {moe['tokens_per_s'] / dense['tokens_per_s']:.2f}; "
+        f"bpb difference at equal tokens (moe - dense): {moe['result']['val/bpb'] - dense['result']['val/bpb']:+.4f}; "
+        f"at equal time: {bpb_at(moe, same_time) - bpb_at(dense, same_time):+.4f}"
+    )
 
 
 if __name__ == "__main__":

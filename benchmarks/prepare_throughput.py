@@ -46,8 +46,12 @@ def load_documents(n: int, seed: int = 0) -> tuple[list[dict], set[int]]:
 
 def lmstack_side(rows: list[dict]) -> dict:
     out = {}
-    for name, f in {"gopher_quality": GopherQuality(), "gopher_repetition": GopherRepetition(), "c4": C4Quality(),
-                    "fineweb": FineWebQuality()}.items():
+    for name, f in {
+        "gopher_quality": GopherQuality(),
+        "gopher_repetition": GopherRepetition(),
+        "c4": C4Quality(),
+        "fineweb": FineWebQuality(),
+    }.items():
         docs = [Document(r["id"], r["text"], "bench") for r in rows]
         t = time.process_time()
         out[name] = {"keep": [f(d) is None for d in docs]}
@@ -59,8 +63,9 @@ def lmstack_side(rows: list[dict]) -> dict:
 
 
 def whole_prepare_utilisation(rows: list[dict], workers: int) -> dict:
-    from lmstack.data.curate.pipeline import run_prepare
     from omegaconf import OmegaConf
+
+    from lmstack.data.curate.pipeline import run_prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(8):  # 8 input files, so the workers have files to share
@@ -76,20 +81,27 @@ def whole_prepare_utilisation(rows: list[dict], workers: int) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--docs", type=int, default=20_000)
-    p.add_argument("--datatrove-python", help="python of a venv with datatrove installed (its side is skipped "
-                                              "without it)")
+    p.add_argument(
+        "--datatrove-python", help="python of a venv with datatrove installed (its side is skipped without it)"
+    )
     args = p.parse_args()
     rows, planted = load_documents(args.docs)
-    print(f"{len(rows):,} documents ({len(planted):,} planted near-duplicates), "
-          f"{sum(len(r['text']) for r in rows) / 1e6:.1f} MB")
+    print(
+        f"{len(rows):,} documents ({len(planted):,} planted near-duplicates), "
+        f"{sum(len(r['text']) for r in rows) / 1e6:.1f} MB"
+    )
     ours = lmstack_side(copy.deepcopy(rows))
     theirs = None
     if args.datatrove_python:
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-        res = subprocess.run([args.datatrove_python, str(Path(__file__).with_name("datatrove_side.py")), f.name],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [args.datatrove_python, str(Path(__file__).with_name("datatrove_side.py")), f.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         theirs = json.loads(res.stdout)
     print(f"\n{'step':<20}{'lmstack docs/s':>16}{'datatrove docs/s':>18}{'ratio':>8}{'same decisions':>16}")
     for name, mine in ours.items():
@@ -104,13 +116,17 @@ def main():
         print(line)
     for name, mine in ours.items():
         if "keep" in mine:
-            print(f"  {name}: lmstack keeps {sum(mine['keep']) / len(rows):.1%}"
-                  + (f", datatrove keeps {sum(theirs[name]['keep']) / len(rows):.1%}" if theirs else ""))
+            print(
+                f"  {name}: lmstack keeps {sum(mine['keep']) / len(rows):.1%}"
+                + (f", datatrove keeps {sum(theirs[name]['keep']) / len(rows):.1%}" if theirs else "")
+            )
     dup = set(MinHashDedup().duplicates([r["text"] for r in rows]).tolist())
     recall = len(dup & planted) / max(len(planted), 1)
     precision = len(dup & planted) / max(len(dup), 1)
-    print(f"\nMinHash (14 bands x 8 rows, word 5-grams): removed {len(dup):,}; planted {len(planted):,}; "
-          f"recall {recall:.4f}, precision {precision:.4f}")
+    print(
+        f"\nMinHash (14 bands x 8 rows, word 5-grams): removed {len(dup):,}; planted {len(planted):,}; "
+        f"recall {recall:.4f}, precision {precision:.4f}"
+    )
     print("whole lmstack prepare (web filters + dedup), 2 workers:", whole_prepare_utilisation(rows, 2))
 
 

@@ -19,8 +19,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lmstack.config import model_config, validate
-from lmstack.data.dataset import BlockDataset
 from lmstack.data.corpus_cache import prepare_corpus
+from lmstack.data.dataset import BlockDataset
 from lmstack.model import Transformer
 from lmstack.train.flops import flops_per_token, measure_matmul_flops
 from lmstack.train.losses import lm_loss
@@ -39,22 +39,37 @@ def _rates(tokens: int, start, end) -> tuple[float, float]:
 
 
 def build(args):
-    from hydra import compose, initialize_config_dir
     import os
+
+    from hydra import compose, initialize_config_dir
 
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", "run_dir=/tmp/lmstack-bench",
-                                          f"data.seq_len={args.seq_len}", f"data.batch_size={args.batch_size}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={args.model}",
+                "run_dir=/tmp/lmstack-bench",
+                f"data.seq_len={args.seq_len}",
+                f"data.batch_size={args.batch_size}",
+            ],
+        )
     spec = validate(OmegaConf.to_container(cfg, resolve=True))
-    corpus = prepare_corpus([{"name": "python_stdlib", "builtin": "python_stdlib"}], spec.paths.cache_dir,
-                            spec.data.seq_len, spec.data.val_fraction, spec.data.vocab_size)
+    corpus = prepare_corpus(
+        [{"name": "python_stdlib", "builtin": "python_stdlib"}],
+        spec.paths.cache_dir,
+        spec.data.seq_len,
+        spec.data.val_fraction,
+        spec.data.vocab_size,
+    )
     vocab = -(-corpus.meta["vocab_size"] // 64) * 64
     ds = BlockDataset([str(corpus.split_dir("python_stdlib", "train"))])
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(ds), generator=g)[: args.batch_size * args.steps].tolist()
-    batches = [torch.utils.data.default_collate([ds[i] for i in idx[k : k + args.batch_size]])
-               for k in range(0, len(idx), args.batch_size)]
+    batches = [
+        torch.utils.data.default_collate([ds[i] for i in idx[k : k + args.batch_size]])
+        for k in range(0, len(idx), args.batch_size)
+    ]
     return spec, model_config(spec, vocab), batches
 
 
@@ -105,10 +120,20 @@ def lightning_round(spec, mcfg, batches, warmup: int, run_dir: str) -> float:
 
     module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss, 1.0, tps)
     timer = _Timer(warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=len(batches),
-                        logger=L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"), log_every_n_steps=10,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=len(batches),
+        logger=L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return _rates(timer.tokens, timer.t0, timer.t1)
@@ -121,10 +146,21 @@ def litgpt_round(spec, mcfg, batches, warmup: int):
         from litgpt.model import GPT
     except ImportError:
         return None
-    cfg = Config(n_layer=mcfg.n_layers, n_embd=mcfg.d_model, n_head=mcfg.n_heads, n_query_groups=mcfg.n_kv_heads,
-                 vocab_size=mcfg.vocab_size, padded_vocab_size=mcfg.vocab_size, block_size=mcfg.max_seq_len,
-                 mlp_class_name="LLaMAMLP", intermediate_size=mcfg.hidden_size, norm_class_name="RMSNorm",
-                 bias=False, rotary_percentage=1.0, parallel_residual=False)
+    cfg = Config(
+        n_layer=mcfg.n_layers,
+        n_embd=mcfg.d_model,
+        n_head=mcfg.n_heads,
+        n_query_groups=mcfg.n_kv_heads,
+        vocab_size=mcfg.vocab_size,
+        padded_vocab_size=mcfg.vocab_size,
+        block_size=mcfg.max_seq_len,
+        mlp_class_name="LLaMAMLP",
+        intermediate_size=mcfg.hidden_size,
+        norm_class_name="RMSNorm",
+        bias=False,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+    )
     torch.manual_seed(0)
     return plain_round(spec, mcfg, batches, warmup, model=GPT(cfg))
 
@@ -142,9 +178,11 @@ def main():
     spec, mcfg, batches = build(args)
     probe = Transformer(mcfg)
     fpt = flops_per_token(probe, args.seq_len)
-    print(f"model={args.model}: {probe.num_params(non_embedding=True) / 1e6:.1f}M non-embedding params, "
-          f"{sum(p.numel() for p in probe.parameters()) / 1e6:.1f}M total; batch {args.batch_size} x {args.seq_len}; "
-          f"{fpt / 1e6:.1f} MFLOP/token; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"model={args.model}: {probe.num_params(non_embedding=True) / 1e6:.1f}M non-embedding params, "
+        f"{sum(p.numel() for p in probe.parameters()) / 1e6:.1f}M total; batch {args.batch_size} x {args.seq_len}; "
+        f"{fpt / 1e6:.1f} MFLOP/token; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     rates = {"plain": [], "lightning": [], "litgpt": []}
     peaks = []
     for r in range(args.rounds):
@@ -158,8 +196,10 @@ def main():
         lg = litgpt_round(spec, mcfg, batches, args.warmup)
         if lg is not None:
             rates["litgpt"].append(lg)
-        print(f"round {r}: matmul {peaks[-1]:.0f} GFLOP/s; tokens/s (wall | cpu): "
-              + ", ".join(f"{k} {v[-1][0]:,.0f} | {v[-1][1]:,.0f}" for k, v in rates.items() if v))
+        print(
+            f"round {r}: matmul {peaks[-1]:.0f} GFLOP/s; tokens/s (wall | cpu): "
+            + ", ".join(f"{k} {v[-1][0]:,.0f} | {v[-1][1]:,.0f}" for k, v in rates.items() if v)
+        )
     peak = statistics.median(peaks)
     print(f"\nfp32 matmul rate (median of {args.rounds}): {peak:.0f} GFLOP/s")
     print("medians; ratio = the median over rounds of (loop / plain) within the same round")

@@ -35,10 +35,19 @@ class CheckpointError(ValueError):
 
 
 # ---- reading -------------------------------------------------------------------------------------------
-_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
-                "torch.distributed.checkpoint.planner")
-_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-              ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+_DCP_MODULES = (
+    "torch.distributed.checkpoint.metadata",
+    "torch.distributed.checkpoint.filesystem",
+    "torch.distributed.checkpoint.planner",
+)
+_DCP_NAMES = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 def _dcp_class(module: str, name: str, obj) -> bool:
@@ -53,16 +62,20 @@ def _digest(path: Path) -> str:
 def check_sharded(folder: Path) -> None:
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        raise CheckpointError(f"{folder} is a sharded checkpoint folder without lmstack's manifest ({MANIFEST}); "
-                              "lmstack reads only sharded checkpoints it wrote (their metadata is a pickle)")
+        raise CheckpointError(
+            f"{folder} is a sharded checkpoint folder without lmstack's manifest ({MANIFEST}); "
+            "lmstack reads only sharded checkpoints it wrote (their metadata is a pickle)"
+        )
     try:
         expected = json.loads(manifest.read_text())["metadata_sha256"]
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{manifest} is not an lmstack checkpoint manifest ({e})") from None
     meta = folder / DCP_METADATA
     if not meta.is_file() or _digest(meta) != expected:
-        raise CheckpointError(f"{folder}: {DCP_METADATA} is missing or differs from what lmstack wrote "
-                              f"(digest in {MANIFEST}); refusing to unpickle it")
+        raise CheckpointError(
+            f"{folder}: {DCP_METADATA} is missing or differs from what lmstack wrote "
+            f"(digest in {MANIFEST}); refusing to unpickle it"
+        )
     try:
         safe_unpickle.loads(meta.read_bytes(), _DCP_NAMES, _dcp_class)
     except Exception as e:  # noqa: BLE001 - any failure means: not the metadata DCP writes
@@ -86,8 +99,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values, which "
-                              f"lmstack never unpickles ({first})") from None
+        raise CheckpointError(
+            f"{path}: refused, it holds objects other than tensors and plain values, which "
+            f"lmstack never unpickles ({first})"
+        ) from None
     except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch file
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
@@ -189,9 +204,16 @@ def write_manifest(folder: Path) -> None:
     """Marks a sharded checkpoint folder as lmstack's (called once its `.metadata` is written)."""
     import time
 
-    (folder / MANIFEST).write_text(json.dumps({
-        "writer": "lmstack", "format": "torch.distributed.checkpoint", "created": time.time(),
-        "metadata_sha256": _digest(folder / DCP_METADATA)}))
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {
+                "writer": "lmstack",
+                "format": "torch.distributed.checkpoint",
+                "created": time.time(),
+                "metadata_sha256": _digest(folder / DCP_METADATA),
+            }
+        )
+    )
 
 
 # ---- finding --------------------------------------------------------------------------------------------
@@ -218,8 +240,11 @@ def find_resume_checkpoint(ckpt_path: str, output_root: str, run_dir: str) -> Pa
     which it took when it is not last.ckpt. Raises FileNotFoundError when there is none."""
     if ckpt_path == "last":
         mine = Path(run_dir).resolve()
-        runs = [p.parent for p in Path(output_root).glob("**/checkpoints")
-                if p.parent.resolve() != mine and (p.parent / "config.yaml").is_file()]
+        runs = [
+            p.parent
+            for p in Path(output_root).glob("**/checkpoints")
+            if p.parent.resolve() != mine and (p.parent / "config.yaml").is_file()
+        ]
         if not runs:
             raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints under {output_root!r}")
         run = max(runs, key=lambda r: (r / "config.yaml").stat().st_mtime)
@@ -231,8 +256,12 @@ def find_resume_checkpoint(ckpt_path: str, output_root: str, run_dir: str) -> Pa
     for c in candidates:
         if readable(c):
             if c != last:
-                log.warning("ckpt_path=%s: resuming %s (%s)", ckpt_path, c,
-                            "last.ckpt does not read completely" if last.exists() else "the run has no last.ckpt")
+                log.warning(
+                    "ckpt_path=%s: resuming %s (%s)",
+                    ckpt_path,
+                    c,
+                    "last.ckpt does not read completely" if last.exists() else "the run has no last.ckpt",
+                )
             return c
         log.warning("ckpt_path=%s: skipping %s, which does not read completely", ckpt_path, c)
     raise FileNotFoundError(f"ckpt_path={ckpt_path}: no readable checkpoint in {folder}")
@@ -255,4 +284,3 @@ def checkpoint_io():
             return read_checkpoint(path, map_location=map_location or "cpu")
 
     return AtomicCheckpointIO()
-

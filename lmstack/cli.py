@@ -2,52 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
-USAGE = """usage:
-  lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
-  lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [evals=olmes batch_size=16 limit=N seq_len=N device=cpu]
-  lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
-  lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
-  lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
-  lmstack report SWEEP_DIR [metric=val/bpb] [--fit predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
-  lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]
-  lmstack chat ckpt=PATH [system=TEXT max_new_tokens=128 temperature=0 top_k=50]   chat with an SFT/DPO/RLVR model
-  lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
-  lmstack import-hf DIR [out=DIR/lmstack.ckpt]     a Hugging Face Llama / OLMo 2 folder as a checkpoint
-"""
-
-
-def _args(argv: list[str], defaults: dict) -> dict:
-    """key=value arguments, each cast to its default's type; values are taken verbatim (newlines kept)."""
-    given = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"expected key=value arguments, got {arg!r}\n{USAGE}")
-        if key not in defaults:
-            raise SystemExit(f"unknown argument {key!r}; allowed: {', '.join(defaults)}")
-        default = defaults[key]
-        try:
-            given[key] = value if default == "???" or isinstance(default, str) else type(default)(value)
-        except ValueError:
-            raise SystemExit(f"{key}={value!r}: expected a {type(default).__name__}") from None
-    missing = [k for k, v in defaults.items() if v == "???" and k not in given]
-    if missing:
-        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
-    _check_values(given)
-    return {**defaults, **given}
-
-
-def _check_values(args: dict) -> None:
-    """The config's rules for every value (finite floats, seeds >= 0), as a command-line error."""
-    from lmstack.config.validate import ConfigError, check_values
-
-    try:
-        check_values(args)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from None
+from .cli_args import USAGE, compose, owned_output, parse_args, refusals
 
 
 def generate_cmd(argv: list[str]) -> None:
@@ -56,8 +13,19 @@ def generate_cmd(argv: list[str]) -> None:
     from lmstack.checkpoint import load_checkpoint
     from lmstack.generate import generate
 
-    a = _args(argv, {"ckpt": "???", "prompt": "???", "max_new_tokens": 64, "temperature": 0.8, "top_k": 50,
-                     "top_p": 1.0, "seed": 0, "device": "cpu"})
+    a = parse_args(
+        argv,
+        {
+            "ckpt": "???",
+            "prompt": "???",
+            "max_new_tokens": 64,
+            "temperature": 0.8,
+            "top_k": 50,
+            "top_p": 1.0,
+            "seed": 0,
+            "device": "cpu",
+        },
+    )
     try:
         model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
     except (FileNotFoundError, ValueError) as e:
@@ -65,8 +33,15 @@ def generate_cmd(argv: list[str]) -> None:
     if tok is None:
         raise SystemExit(f"{a['ckpt']} carries no tokenizer")
     g = torch.Generator(device=a["device"]).manual_seed(int(a["seed"]))
-    ids = generate(model, tok.encode(a["prompt"]).ids, a["max_new_tokens"], a["temperature"], a["top_k"] or None,
-                   a["top_p"], generator=g)
+    ids = generate(
+        model,
+        tok.encode(a["prompt"]).ids,
+        a["max_new_tokens"],
+        a["temperature"],
+        a["top_k"] or None,
+        a["top_p"],
+        generator=g,
+    )
     print(a["prompt"] + tok.decode(ids))
 
 
@@ -90,28 +65,14 @@ def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dic
         elif os.path.isfile(name):
             sets[base.split(".")[0]] = {"jsonl": name}
         else:
-            raise SystemExit(f"eval {name!r} is neither a configured set or task ({', '.join([*known_sets, *known_tasks])})"
-                             " nor a task folder, prepared folder or JSONL file")
+            raise SystemExit(
+                f"eval {name!r} is neither a configured set or task ({', '.join([*known_sets, *known_tasks])})"
+                " nor a task folder, prepared folder or JSONL file"
+            )
     if limit >= 0:  # -1: as configured
         for t in tasks.values():
             t["limit"] = limit or None  # limit=0: every question
     return sets, tasks
-
-
-@contextlib.contextmanager
-def owned_output(path: str, kind: str, inputs: list[str]):
-    """The output folder of a command, claimed (`lmstack.ownership`), or the reason it cannot be, as an
-    exit message."""
-    from lmstack.ownership import OwnedFolder, OwnershipError
-
-    try:
-        owned = OwnedFolder(path, kind, inputs).__enter__()
-    except OwnershipError as e:
-        raise SystemExit(f"out={path}: {e}") from None
-    try:
-        yield owned
-    finally:
-        owned.__exit__(None, None, None)
 
 
 def eval_cmd(argv: list[str]) -> None:
@@ -119,13 +80,24 @@ def eval_cmd(argv: list[str]) -> None:
     import json
     import time
 
-    from lmstack.eval.suite import evaluate, load_suite
     from lmstack.checkpoint import load_checkpoint
+    from lmstack.eval.suite import evaluate, load_suite
 
-    a = _args(argv, {"ckpt": "???", "tasks": "???", "out": "???", "batch_size": 16, "limit": -1, "device": "cpu",
-                     "evals": "olmes", "seq_len": 0})
+    a = parse_args(
+        argv,
+        {
+            "ckpt": "???",
+            "tasks": "???",
+            "out": "???",
+            "batch_size": 16,
+            "limit": -1,
+            "device": "cpu",
+            "evals": "olmes",
+            "seq_len": 0,
+        },
+    )
     names = [t.strip() for t in str(a["tasks"]).strip().strip("[]").split(",") if t.strip()]
-    configured = _compose("train", [f"evals={a['evals']}"], resolve_only="evals")
+    configured = compose("train", [f"evals={a['evals']}"], resolve_only="evals")
     sets, tasks = _resolve_evals(names, configured, a["limit"])
     try:
         model, tok, ckpt = load_checkpoint(a["ckpt"], a["device"])
@@ -135,15 +107,18 @@ def eval_cmd(argv: list[str]) -> None:
         suite = load_suite(sets, tasks, tok, ckpt["tokenizer_json"], seq_len)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    from lmstack.data.tokenizer import token_byte_lengths
     import torch
+
+    from lmstack.data.tokenizer import token_byte_lengths
 
     token_bytes = torch.from_numpy(token_byte_lengths(tok))
     results = {}
     print("| eval | items | acc | len_norm | bpb | items/s |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in [*suite.sets, *suite.tasks]:
-        one = type(suite)({name: suite.sets[name]} if name in suite.sets else {},
-                          {name: suite.tasks[name]} if name in suite.tasks else {})
+        one = type(suite)(
+            {name: suite.sets[name]} if name in suite.sets else {},
+            {name: suite.tasks[name]} if name in suite.tasks else {},
+        )
         t0 = time.perf_counter()
         r = evaluate(model, one, token_bytes, int(a["batch_size"]))[name]
         items = r.get("questions", len(suite.sets.get(name, ())))
@@ -166,8 +141,18 @@ def chat_cmd(argv: list[str]) -> None:
     from lmstack.checkpoint import load_checkpoint
     from lmstack.generate import generate
 
-    a = _args(argv, {"ckpt": "???", "system": "", "max_new_tokens": 128, "temperature": 0.0, "top_k": 50,
-                     "seed": 0, "device": "cpu"})
+    a = parse_args(
+        argv,
+        {
+            "ckpt": "???",
+            "system": "",
+            "max_new_tokens": 128,
+            "temperature": 0.0,
+            "top_k": 50,
+            "seed": 0,
+            "device": "cpu",
+        },
+    )
     try:
         model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
     except (FileNotFoundError, ValueError) as e:
@@ -185,8 +170,15 @@ def chat_cmd(argv: list[str]) -> None:
             break
         messages.append({"role": "user", "content": line.rstrip("\n")})
         ids, _ = render(tok, messages, add_generation_prompt=True)
-        out = generate(model, ids, a["max_new_tokens"], temperature=a["temperature"], top_k=a["top_k"] or None,
-                       eos_id=tok.token_to_id(END), generator=g if a["temperature"] > 0 else None)
+        out = generate(
+            model,
+            ids,
+            a["max_new_tokens"],
+            temperature=a["temperature"],
+            top_k=a["top_k"] or None,
+            eos_id=tok.token_to_id(END),
+            generator=g if a["temperature"] > 0 else None,
+        )
         reply = tok.decode(out)
         messages.append({"role": "assistant", "content": reply})
         print(f"assistant> {reply}", flush=True)
@@ -196,7 +188,7 @@ def export_cmd(argv: list[str]) -> None:
     """A checkpoint as a Hugging Face folder (Llama or OLMo 2, by the model's norm configuration)."""
     from lmstack.interop.hf import export_hf
 
-    a = _args(argv, {"ckpt": "???", "out": "???", "format": "hf"})
+    a = parse_args(argv, {"ckpt": "???", "out": "???", "format": "hf"})
     if a["format"] != "hf":
         raise SystemExit(f"format={a['format']!r} is not supported; allowed: hf")
     from lmstack.ownership import OwnershipError
@@ -205,8 +197,10 @@ def export_cmd(argv: list[str]) -> None:
         config = export_hf(a["ckpt"], a["out"])
     except (FileNotFoundError, ValueError, OwnershipError) as e:
         raise SystemExit(f"cannot export {a['ckpt']}: {e}") from None
-    print(f"wrote {config['architectures'][0]} ({config['num_hidden_layers']} layers, d={config['hidden_size']}, "
-          f"vocab {config['vocab_size']}) to {a['out']}")
+    print(
+        f"wrote {config['architectures'][0]} ({config['num_hidden_layers']} layers, d={config['hidden_size']}, "
+        f"vocab {config['vocab_size']}) to {a['out']}"
+    )
 
 
 def import_hf_cmd(argv: list[str]) -> None:
@@ -218,7 +212,7 @@ def import_hf_cmd(argv: list[str]) -> None:
     if not argv or "=" in argv[0]:
         raise SystemExit(f"missing the Hugging Face folder\n{USAGE}")
     folder = argv[0]
-    a = _args(argv[1:], {"out": os.path.join(folder, "lmstack.ckpt")})
+    a = parse_args(argv[1:], {"out": os.path.join(folder, "lmstack.ckpt")})
     try:
         r = import_hf(folder, a["out"])
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -234,7 +228,7 @@ def report_cmd(argv: list[str]) -> None:
     argv = [a for a in argv if a != "--fit"]
     if not argv or "=" in argv[0]:
         raise SystemExit(f"missing the sweep folder\n{USAGE}")
-    a = _args(argv[1:], {"metric": "val/bpb", "predict_flops": 0.0})
+    a = parse_args(argv[1:], {"metric": "val/bpb", "predict_flops": 0.0})
     try:
         jobs, md = write_report(argv[0], a["metric"])
         print(md.read_text())
@@ -249,8 +243,22 @@ def plan_cmd(argv: list[str]) -> None:
     from lmstack.plan import PlanError, hours, peak_flops, report, solve
     from lmstack.train.flops import measure_matmul_flops
 
-    a = _args(argv, {"flops": 0.0, "gpu_hours": 0.0, "usd": 0.0, "params": 0.0, "tokens": 0.0, "gpu": "h100",
-                     "mfu": 0.4, "usd_per_gpu_hour": 2.0, "gpus": 1, "tokens_per_param": 20.0, "seq_len": 2048})
+    a = parse_args(
+        argv,
+        {
+            "flops": 0.0,
+            "gpu_hours": 0.0,
+            "usd": 0.0,
+            "params": 0.0,
+            "tokens": 0.0,
+            "gpu": "h100",
+            "mfu": 0.4,
+            "usd_per_gpu_hour": 2.0,
+            "gpus": 1,
+            "tokens_per_param": 20.0,
+            "seq_len": 2048,
+        },
+    )
     try:
         if not 0 < a["mfu"] <= 1:
             raise PlanError(f"mfu={a['mfu']} must be in (0, 1]")
@@ -266,29 +274,20 @@ def plan_cmd(argv: list[str]) -> None:
         raise SystemExit(str(e)) from None
 
 
-@contextlib.contextmanager
-def _refusals():
-    """What lmstack refuses (a bad value, a folder it may not write, a missing input) as a one-line exit."""
-    from lmstack.ownership import OwnershipError
-
-    try:
-        yield
-    except (ValueError, FileNotFoundError, OwnershipError) as e:
-        raise SystemExit(f"lmstack: {e}") from None
-
-
 def prepare_cmd(argv: list[str]) -> None:
     """Compose conf/prepare.yaml with Hydra overrides and run the curation pipeline."""
     import os
 
     from lmstack.data.curate.pipeline import run_prepare
 
-    c = _compose("prepare", argv)
+    c = compose("prepare", argv)
     inputs = c["inputs"] if isinstance(c["inputs"], list) else [c["inputs"]]
-    with _refusals():
+    with refusals():
         stats = run_prepare(inputs, c["output_dir"], c["prepare"])
-    print(f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
-          f"{stats['rejected']:,} rejected; report: {os.path.join(c['output_dir'], 'report.md')}")
+    print(
+        f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
+        f"{stats['rejected']:,} rejected; report: {os.path.join(c['output_dir'], 'report.md')}"
+    )
 
 
 def prepare_merge_cmd(argv: list[str]) -> None:
@@ -300,40 +299,18 @@ def prepare_merge_cmd(argv: list[str]) -> None:
 
     from lmstack.data.curate.merge import merge_shards
 
-    c = _compose("prepare", [a for a in argv if not a.startswith("shards=")] + ["inputs=[]"])
+    c = compose("prepare", [a for a in argv if not a.startswith("shards=")] + ["inputs=[]"])
     given = [a.partition("=")[2] for a in argv if a.startswith("shards=")]
     if not given:
         raise SystemExit(f"missing argument shards=...\n{USAGE}")
     patterns = OmegaConf.to_container(OmegaConf.from_dotlist([f"s={given[0]}"]))["s"]
     dirs = sorted(d for p in (patterns if isinstance(patterns, list) else [patterns]) for d in glob.glob(p))
-    with _refusals():
+    with refusals():
         stats = merge_shards(dirs, c["output_dir"], c["prepare"])
-    print(f"{len(dirs)} shards: {stats['docs_in']:,} documents in, {stats['docs_out']:,} out "
-          f"({stats['reduction']}x fewer); report: {os.path.join(c['output_dir'], 'report.md')}")
-
-
-def _compose(name: str, overrides: list[str], resolve_only: str | None = None) -> dict:
-    import os
-
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    if resolve_only:  # one section (the rest may interpolate what only a Hydra run defines)
-        node, out = cfg.get(resolve_only) or {}, {}
-        for key in node:
-            try:
-                out[key] = OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) \
-                    else node[key]
-            except Exception:  # noqa: BLE001 - e.g. ${run_dir}, defined by a Hydra run only
-                continue
-        return out
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
-    return OmegaConf.to_container(cfg, resolve=True)
+    print(
+        f"{len(dirs)} shards: {stats['docs_in']:,} documents in, {stats['docs_out']:,} out "
+        f"({stats['reduction']}x fewer); report: {os.path.join(c['output_dir'], 'report.md')}"
+    )
 
 
 def train_cmd(argv: list[str]) -> None:
@@ -345,9 +322,18 @@ def train_cmd(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-COMMANDS = {"train": train_cmd, "generate": generate_cmd, "eval": eval_cmd, "prepare": prepare_cmd, "prepare-merge": prepare_merge_cmd,
-            "export": export_cmd, "import-hf": import_hf_cmd, "plan": plan_cmd,
-            "report": report_cmd, "chat": chat_cmd}
+COMMANDS = {
+    "train": train_cmd,
+    "generate": generate_cmd,
+    "eval": eval_cmd,
+    "prepare": prepare_cmd,
+    "prepare-merge": prepare_merge_cmd,
+    "export": export_cmd,
+    "import-hf": import_hf_cmd,
+    "plan": plan_cmd,
+    "report": report_cmd,
+    "chat": chat_cmd,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,25 +24,43 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
 
 
 @torch.no_grad()
-def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, eos_id: Optional[int] = None,
-             use_cache: bool = True, generator: Optional[torch.Generator] = None) -> list[int]:
+def generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    eos_id: Optional[int] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> list[int]:
     """Continue `prompt_ids`; temperature 0 is greedy. Returns the new tokens only."""
-    return generate_many(model, prompt_ids, 1, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache,
-                         generator)[0]
+    return generate_many(model, prompt_ids, 1, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator)[
+        0
+    ]
 
 
 @torch.no_grad()
-def generate_many(model: Transformer, prompt_ids: list[int], n: int, max_new_tokens: int, temperature: float = 1.0,
-                  top_k: Optional[int] = None, top_p: Optional[float] = None, eos_id: Optional[int] = None,
-                  use_cache: bool = True, generator: Optional[torch.Generator] = None) -> list[list[int]]:
+def generate_many(
+    model: Transformer,
+    prompt_ids: list[int],
+    n: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    eos_id: Optional[int] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> list[list[int]]:
     """n continuations of one prompt decoded as one batch (GRPO's group, several samples per prompt): each
     row ends at its own EOS (kept) while the others go on. Returns each row's new tokens."""
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token")
     device = next(model.parameters()).device
     limit = model.cfg.max_seq_len
-    prompt = prompt_ids[-(limit - 1):] if len(prompt_ids) >= limit else prompt_ids
+    prompt = prompt_ids[-(limit - 1) :] if len(prompt_ids) >= limit else prompt_ids
     tokens = torch.tensor([prompt] * n, device=device)
     cache = model.new_cache(n, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
     out: list[list[int]] = [[] for _ in range(n)]

@@ -65,8 +65,14 @@ class OwnedFolder:
     """`with OwnedFolder(path, kind, inputs) as owned:` claims `path` for this process (see the module
     docstring); `owned.marker` is the manifest, `owned.update(...)` changes it."""
 
-    def __init__(self, path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (),
-                 wait: bool = False, foreign_ok: Iterable[str] = ()):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: str,
+        inputs: Iterable[str | os.PathLike] = (),
+        wait: bool = False,
+        foreign_ok: Iterable[str] = (),
+    ):
         self.path, self.kind, self.wait = resolve(path), kind, wait
         self.inputs = [str(resolve(i)) for i in inputs]
         self.foreign_ok = set(foreign_ok)  # entries another tool writes first (Hydra's .hydra in a run dir)
@@ -86,12 +92,16 @@ class OwnedFolder:
         if marker is None:
             entries = self._foreign_entries()
             if entries:
-                raise OwnershipError(f"{self.path} is not empty and was not written by lmstack (no {MARKER}; it "
-                                     f"holds {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
-                                     "lmstack never replaces what it did not create: choose a new or empty folder")
+                raise OwnershipError(
+                    f"{self.path} is not empty and was not written by lmstack (no {MARKER}; it "
+                    f"holds {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
+                    "lmstack never replaces what it did not create: choose a new or empty folder"
+                )
         elif marker.get("kind") != self.kind:
-            raise OwnershipError(f"{self.path} was written by lmstack as a {marker.get('kind')!r} folder, not a "
-                                 f"{self.kind!r} one; choose another folder")
+            raise OwnershipError(
+                f"{self.path} was written by lmstack as a {marker.get('kind')!r} folder, not a "
+                f"{self.kind!r} one; choose another folder"
+            )
         return marker
 
     def _acquire(self) -> None:
@@ -101,11 +111,13 @@ class OwnedFolder:
         except BlockingIOError:
             holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise OwnershipError(f"{self.path} is in use by {holder}; wait for it to finish or choose another "
-                                 "folder") from None
+            raise OwnershipError(
+                f"{self.path} is in use by {holder}; wait for it to finish or choose another folder"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      .encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
         self._lock = fd
 
     # ---- the context ----------------------------------------------------------------------------------
@@ -120,8 +132,15 @@ class OwnedFolder:
             self.__exit__(None, None, None)
             raise
         if marker is None:
-            marker = {"writer": "lmstack", "version": VERSION, "kind": self.kind, "created": time.time(),
-                      "host": socket.gethostname(), "pid": os.getpid(), "status": "new"}
+            marker = {
+                "writer": "lmstack",
+                "version": VERSION,
+                "kind": self.kind,
+                "created": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "status": "new",
+            }
         self.marker = {**marker, "inputs": self.inputs[:1000]}
         _write_json(self.path / MARKER, self.marker)
         return self
@@ -154,11 +173,15 @@ class OwnedFolder:
         ours = set(self.marker.get("files") or [])
         clash = [n for n in names if (self.path / n).exists() and n not in ours]
         if clash:
-            raise OwnershipError(f"{self.path / clash[0]} was not written by lmstack; it would be overwritten, so "
-                                 f"nothing was published (the results are in {staging})")
+            raise OwnershipError(
+                f"{self.path / clash[0]} was not written by lmstack; it would be overwritten, so "
+                f"nothing was published (the results are in {staging})"
+            )
         self.update(status="publishing")
         for entry in self.path.iterdir():
-            if entry == staging or not (entry.name in ours or entry.name == ".work" or entry.name.startswith(".staging-")):
+            if entry == staging or not (
+                entry.name in ours or entry.name == ".work" or entry.name.startswith(".staging-")
+            ):
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         for name in names:

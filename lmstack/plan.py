@@ -16,8 +16,14 @@ from lmstack.model.config import ModelConfig
 from lmstack.train.flops import GPU_PEAK_TFLOPS
 
 # (non-embedding parameters, width / depth) of the presets in conf/model, smallest first
-PRESET_ASPECT = [(0.85e6, 128 / 4), (20.5e6, 512 / 6), (61e6, 640 / 12), (154e6, 1024 / 12), (1.07e9, 2048 / 16),
-                 (6.48e9, 4096 / 32)]
+PRESET_ASPECT = [
+    (0.85e6, 128 / 4),
+    (20.5e6, 512 / 6),
+    (61e6, 640 / 12),
+    (154e6, 1024 / 12),
+    (1.07e9, 2048 / 16),
+    (6.48e9, 4096 / 32),
+]
 LADDER_N, LADDER_BATCH_SEQS, LADDER_LR = 108e6, 160.0, 0.0047
 TABLE_GPUS = ("H100", "H200", "A100")
 
@@ -88,8 +94,15 @@ def shape_for(n: float, vocab: int = 50_304) -> ModelConfig:
         step = 8 if head_dim == 128 else (2 if a * layers >= 512 else 1)  # head counts GQA can divide
         for heads in range(step, 513, step):
             d = heads * head_dim
-            cfg = ModelConfig(d_model=d, n_layers=layers, n_heads=heads, vocab_size=vocab, mlp_multiple_of=128,
-                              placement="reordered", qk_norm=True)  # norm=olmo2, as the overrides say
+            cfg = ModelConfig(
+                d_model=d,
+                n_layers=layers,
+                n_heads=heads,
+                vocab_size=vocab,
+                mlp_multiple_of=128,
+                placement="reordered",
+                qk_norm=True,
+            )  # norm=olmo2, as the overrides say
             err = abs(math.log(cfg.non_embedding_params() / n)) + 0.3 * abs(math.log(d / layers / a))
             if best is None or err < best[0]:
                 best = (err, cfg)
@@ -114,11 +127,20 @@ def overrides(budget: Budget, seq_len: int = 2048, decay_fraction: float = 0.1) 
     batch = ladder_batch_tokens(cfg.non_embedding_params(), seq_len)
     warmup = min(int(cfg.non_embedding_params()), int(0.5 * budget.tokens))
     return cfg, [
-        f"model.d_model={cfg.d_model}", f"model.n_layers={cfg.n_layers}", f"model.n_heads={cfg.n_heads}",
-        "model.mlp_hidden=null", f"model.mlp_multiple_of={cfg.mlp_multiple_of}", f"model.max_seq_len={seq_len}",
-        "attention=mha", "norm=olmo2", f"data.seq_len={seq_len}", f"data.batch_size={batch // seq_len}",
-        f"train.max_tokens={int(budget.tokens)}", f"optimizer.lr={ladder_lr(cfg.non_embedding_params()):.3g}",
-        "schedule=olmo_anneal", f"schedule.warmup_tokens={warmup}",
+        f"model.d_model={cfg.d_model}",
+        f"model.n_layers={cfg.n_layers}",
+        f"model.n_heads={cfg.n_heads}",
+        "model.mlp_hidden=null",
+        f"model.mlp_multiple_of={cfg.mlp_multiple_of}",
+        f"model.max_seq_len={seq_len}",
+        "attention=mha",
+        "norm=olmo2",
+        f"data.seq_len={seq_len}",
+        f"data.batch_size={batch // seq_len}",
+        f"train.max_tokens={int(budget.tokens)}",
+        f"optimizer.lr={ladder_lr(cfg.non_embedding_params()):.3g}",
+        "schedule=olmo_anneal",
+        f"schedule.warmup_tokens={warmup}",
         f"schedule.decay_tokens={int(decay_fraction * budget.tokens)}",
     ]
 
@@ -140,13 +162,23 @@ def duration(h: float) -> str:
     return f"{h / 24 / 365:.1f} years"
 
 
-def report(budget: Budget, mfu: float = 0.4, usd_per_gpu_hour: float = 2.0, gpus: int = 1,
-           seq_len: int = 2048, cpu_flops: float | None = None) -> str:
+def report(
+    budget: Budget,
+    mfu: float = 0.4,
+    usd_per_gpu_hour: float = 2.0,
+    gpus: int = 1,
+    seq_len: int = 2048,
+    cpu_flops: float | None = None,
+) -> str:
     """The plan as text: the budget, a hardware table, the suggested shape and its overrides."""
-    lines = [f"compute C = 6 N D = {budget.flops:.3g} FLOPs;  parameters N = {human(budget.params)};  "
-             f"tokens D = {human(budget.tokens)} ({budget.tokens / budget.params:.1f} tokens per parameter)", "",
-             f"| hardware | peak TFLOP/s | device-hours at {mfu:.0%} MFU | wall-clock on {gpus} | cost at "
-             f"${usd_per_gpu_hour:g}/device-hour |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"compute C = 6 N D = {budget.flops:.3g} FLOPs;  parameters N = {human(budget.params)};  "
+        f"tokens D = {human(budget.tokens)} ({budget.tokens / budget.params:.1f} tokens per parameter)",
+        "",
+        f"| hardware | peak TFLOP/s | device-hours at {mfu:.0%} MFU | wall-clock on {gpus} | cost at "
+        f"${usd_per_gpu_hour:g}/device-hour |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     rows = [(name, peak_flops(name)) for name in TABLE_GPUS]
     if cpu_flops:
         rows.append(("this CPU (fp32, measured)", cpu_flops))
@@ -156,14 +188,18 @@ def report(budget: Budget, mfu: float = 0.4, usd_per_gpu_hour: float = 2.0, gpus
         lines.append(f"| {name} | {peak / 1e12:,.1f} | {h:,.0f} | {duration(h / gpus)} | {cost} |")
     cfg, ov = overrides(budget, seq_len)
     batch = ladder_batch_tokens(cfg.non_embedding_params(), seq_len)
-    lines += ["", f"model: d_model={cfg.d_model}, n_layers={cfg.n_layers}, n_heads={cfg.n_heads} (head_dim "
-              f"{cfg.head_dim}), MLP {cfg.hidden_size}: {human(cfg.non_embedding_params())} non-embedding parameters",
-              f"batch: {batch // seq_len} sequences of {seq_len} = {human(batch)} tokens per step, "
-              f"{budget.tokens / batch:,.0f} steps; peak LR {ladder_lr(cfg.non_embedding_params()):.3g} "
-              "(OLMo ladder rules)",
-              f"schedule: warmup {human(min(cfg.non_embedding_params(), 0.5 * budget.tokens))} tokens, cosine, "
-              f"linear to zero over the last {human(0.1 * budget.tokens)} tokens",
-              "", "python train.py " + " ".join(ov),
-              f"(data.batch_size is the global batch on one device: with G devices set data.batch_size="
-              f"{batch // seq_len}/G, or keep it and use trainer.accumulate_grad_batches)"]
+    lines += [
+        "",
+        f"model: d_model={cfg.d_model}, n_layers={cfg.n_layers}, n_heads={cfg.n_heads} (head_dim "
+        f"{cfg.head_dim}), MLP {cfg.hidden_size}: {human(cfg.non_embedding_params())} non-embedding parameters",
+        f"batch: {batch // seq_len} sequences of {seq_len} = {human(batch)} tokens per step, "
+        f"{budget.tokens / batch:,.0f} steps; peak LR {ladder_lr(cfg.non_embedding_params()):.3g} "
+        "(OLMo ladder rules)",
+        f"schedule: warmup {human(min(cfg.non_embedding_params(), 0.5 * budget.tokens))} tokens, cosine, "
+        f"linear to zero over the last {human(0.1 * budget.tokens)} tokens",
+        "",
+        "python train.py " + " ".join(ov),
+        f"(data.batch_size is the global batch on one device: with G devices set data.batch_size="
+        f"{batch // seq_len}/G, or keep it and use trainer.accumulate_grad_batches)",
+    ]
     return "\n".join(lines)

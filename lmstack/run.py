@@ -82,8 +82,10 @@ def check_global_batch(spec: RunSpec, tokens: int) -> None:
     limit = spec.train.max_global_batch_tokens
     if limit is None or tokens <= limit:
         return
-    msg = (f"the global batch is {tokens:,} tokens (seq_len x batch_size x accumulation x world size), above "
-           f"train.max_global_batch_tokens={limit:,}; lower data.batch_size or trainer.accumulate_grad_batches")
+    msg = (
+        f"the global batch is {tokens:,} tokens (seq_len x batch_size x accumulation x world size), above "
+        f"train.max_global_batch_tokens={limit:,}; lower data.batch_size or trainer.accumulate_grad_batches"
+    )
     if spec.train.batch_guard == "fail":
         raise ConfigError(msg)
     log.warning(msg)
@@ -127,17 +129,22 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
     import json
 
     def digest(root: Path) -> str:  # a cached corpus has a key; a prepared folder's files say what it holds
-        return hashlib.sha256(b"".join((root / n).read_bytes() for n in ("meta.json", "stats.json")
-                                       if (root / n).is_file())).hexdigest()[:16]
+        return hashlib.sha256(
+            b"".join((root / n).read_bytes() for n in ("meta.json", "stats.json") if (root / n).is_file())
+        ).hexdigest()[:16]
 
     corpus = [(str(root), digest(root)) for root in sorted({d.parent for _, d, _ in dm.parts})]
     return {
-        "global_batch_tokens": tps, "seq_len": spec.data.seq_len, "seed": spec.seed,
-        "data_mix": asdict(spec.data_mix), "blocklist": spec.data.blocklist,
+        "global_batch_tokens": tps,
+        "seq_len": spec.data.seq_len,
+        "seed": spec.seed,
+        "data_mix": asdict(spec.data_mix),
+        "blocklist": spec.data.blocklist,
         "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
         "tokenizer": dm.corpus.meta.get("tokenizer"),
         "model": {k: v for k, v in mcfg.to_dict().items() if k != "attn_backend"},
-        "optimizer": asdict(spec.optimizer), "schedule": asdict(spec.schedule),
+        "optimizer": asdict(spec.optimizer),
+        "schedule": asdict(spec.schedule),
     }  # not the budget: extending train.max_tokens to train on is what a resume is often for
 
 
@@ -152,13 +159,16 @@ def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:
         return
     detail = "; ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in diff)
     if policy != "allow":
-        raise ConfigError(f"ckpt_path={ckpt}: this run differs from the checkpoint's in {', '.join(diff)} ({detail}); "
-                          "an exact resume needs them unchanged; set train.resume_changes=allow to resume anyway")
+        raise ConfigError(
+            f"ckpt_path={ckpt}: this run differs from the checkpoint's in {', '.join(diff)} ({detail}); "
+            "an exact resume needs them unchanged; set train.resume_changes=allow to resume anyway"
+        )
     log.warning("resuming %s with changes (train.resume_changes=allow): %s", ckpt, detail)
 
 
-def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None,
-          resume: dict | None = None) -> tuple[PretrainModule, LMDataModule]:
+def build(
+    spec: RunSpec, trainer: L.Trainer, config: dict | None = None, resume: dict | None = None
+) -> tuple[PretrainModule, LMDataModule]:
     """The data module (corpus prepared) and the LightningModule for this spec and trainer. `resume`: the
     record of the checkpoint the run resumes (the budget left is counted from its tokens)."""
     tps = tokens_per_step(spec, trainer)
@@ -169,15 +179,25 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None,
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     init = load_init(spec) if spec.init_from else None
     dm = LMDataModule(
-        sources=[asdict(s) for s in spec.data_mix.sources], cache_dir=spec.paths.cache_dir,
-        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, vocab_size=spec.data.vocab_size,
-        val_fraction=spec.data.val_fraction, val_max_blocks=spec.data.val_max_blocks,
-        min_frequency=spec.data.min_frequency, tokenizer_train_bytes=spec.data.tokenizer_train_bytes,
-        max_docs=spec.data.max_docs, num_workers=spec.data.num_workers, seed=spec.seed,
+        sources=[asdict(s) for s in spec.data_mix.sources],
+        cache_dir=spec.paths.cache_dir,
+        seq_len=spec.data.seq_len,
+        batch_size=spec.data.batch_size,
+        vocab_size=spec.data.vocab_size,
+        val_fraction=spec.data.val_fraction,
+        val_max_blocks=spec.data.val_max_blocks,
+        min_frequency=spec.data.min_frequency,
+        tokenizer_train_bytes=spec.data.tokenizer_train_bytes,
+        max_docs=spec.data.max_docs,
+        num_workers=spec.data.num_workers,
+        seed=spec.seed,
         total_micro_steps=max_steps * trainer.accumulate_grad_batches,
-        phases=[{"start_sample": tokens_of(p.start_tokens, max_steps * tps) // spec.data.seq_len,
-                 "weights": p.weights} for p in spec.data_mix.phases],
-        blocklist=spec.data.blocklist, tokenizer=init["tokenizer"] if init else None,
+        phases=[
+            {"start_sample": tokens_of(p.start_tokens, max_steps * tps) // spec.data.seq_len, "weights": p.weights}
+            for p in spec.data_mix.phases
+        ],
+        blocklist=spec.data.blocklist,
+        tokenizer=init["tokenizer"] if init else None,
     )
     dm.prepare_data()
     tok_vocab = dm.tokenizer_vocab_size
@@ -188,9 +208,18 @@ def build(spec: RunSpec, trainer: L.Trainer, config: dict | None = None,
     else:
         mcfg = model_config(spec, spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
     schedule = schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps)
-    module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss,
-                            spec.train.grad_clip, tps, config, spec.train.max_nonfinite_steps,
-                            spec.train.activation_checkpointing, spec.train.compile)
+    module = PretrainModule(
+        mcfg.to_dict(),
+        asdict(spec.optimizer),
+        schedule,
+        spec.loss.z_loss,
+        spec.train.grad_clip,
+        tps,
+        config,
+        spec.train.max_nonfinite_steps,
+        spec.train.activation_checkpointing,
+        spec.train.compile,
+    )
     if init:
         module.model.load_state_dict(init["state"])
     module.set_token_bytes(dm.token_bytes())
@@ -219,8 +248,14 @@ def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: in
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     model = module.model.eval()
-    ids = generate(model, tokenizer.encode(prompt).ids, n, temperature=0.8, top_k=50,
-                   generator=g if module.device.type == "cpu" else None)
+    ids = generate(
+        model,
+        tokenizer.encode(prompt).ids,
+        n,
+        temperature=0.8,
+        top_k=50,
+        generator=g if module.device.type == "cpu" else None,
+    )
     return prompt + tokenizer.decode(ids)
 
 
@@ -262,8 +297,9 @@ def run(cfg: DictConfig) -> dict:
             print(f"initialised from {spec.init_from}: its weights, model configuration and tokenizer")
         n = module.model.num_params(non_embedding=True)
         print(f"model: {n / 1e6:.2f}M non-embedding parameters; corpus: {dm.corpus.root}")
-        print(f"budget: {spec.train.max_tokens:,} tokens = {trainer.max_steps} steps of "
-              f"{module.tokens_per_step:,} tokens")
+        print(
+            f"budget: {spec.train.max_tokens:,} tokens = {trainer.max_steps} steps of {module.tokens_per_step:,} tokens"
+        )
     before = None
     if ckpt is None:
         before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
@@ -280,8 +316,16 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if module.stop_reason:
         if trainer.is_global_zero:
-            write_result(run_dir, {"status": "diverged", "reason": module.stop_reason, "val/bpb_before": before,
-                                   "steps": trainer.global_step, "wall_s": time.time() - started})
+            write_result(
+                run_dir,
+                {
+                    "status": "diverged",
+                    "reason": module.stop_reason,
+                    "val/bpb_before": before,
+                    "steps": trainer.global_step,
+                    "wall_s": time.time() - started,
+                },
+            )
         raise TrainingStopped(module.stop_reason)
     if module.last_val and module.last_val["step"] == trainer.global_step:
         after = module.last_val["val/bpb"]  # the fit validated at its last step already
@@ -291,18 +335,27 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         worse = not math.isfinite(after) or (before is not None and after > before)
         claim_run_dir(run_dir, status="diverged" if worse else "completed")
-        write_result(run_dir, {"status": "diverged" if worse else "completed", **result,
-                               "tokens": module.tokens_at(trainer.global_step),
-                               "non_embedding_params": module.model.num_params(non_embedding=True),
-                               "nonfinite_steps": module.nonfinite.total, "skipped_steps": module.skipped_steps,
-                               "wall_s": time.time() - started, "pid": os.getpid()})
+        write_result(
+            run_dir,
+            {
+                "status": "diverged" if worse else "completed",
+                **result,
+                "tokens": module.tokens_at(trainer.global_step),
+                "non_embedding_params": module.model.num_params(non_embedding=True),
+                "nonfinite_steps": module.nonfinite.total,
+                "skipped_steps": module.skipped_steps,
+                "wall_s": time.time() - started,
+                "pid": os.getpid(),
+            },
+        )
         if before is not None:
             print(f"val/bpb before: {before:.4f}  after: {after:.4f}  ({(before - after) / before:.1%} lower)")
         else:
             print(f"val/bpb after: {after:.4f}")
         if spec.train.sample_tokens:
-            text = sample_text(module, dm.corpus.tokenizer(), spec.train.sample_prompt,
-                               spec.train.sample_tokens, spec.seed)
+            text = sample_text(
+                module, dm.corpus.tokenizer(), spec.train.sample_prompt, spec.train.sample_tokens, spec.seed
+            )
             print("sample:\n" + text)
         print(f"run directory: {run_dir}")
     return result

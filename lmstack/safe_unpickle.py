@@ -10,7 +10,9 @@ from typing import Callable, Iterable
 
 
 class AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file, allowed: Iterable[tuple[str, str]], allow: Callable[[str, str, object], bool] | None = None):
+    def __init__(
+        self, file, allowed: Iterable[tuple[str, str]], allow: Callable[[str, str, object], bool] | None = None
+    ):
         super().__init__(file)
         self.allowed, self.allow = set(allowed), allow
 

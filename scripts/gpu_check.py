@@ -51,11 +51,24 @@ def main() -> None:
         name = f"{model}-{backend}-{'compile' if compile_ else 'eager'}"
         run_dir = Path(args.out) / name
         tokens = args.steps * args.seq_len * args.batch
-        cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *hw, f"attention.backend={backend}",
-               f"data.seq_len={args.seq_len}", f"data.batch_size={args.batch}", f"train.max_tokens={tokens}",
-               f"train.compile={str(compile_).lower()}", "train.val_every_steps=100000", "train.sample_tokens=0",
-               "data.val_max_blocks=8", f"callbacks.throughput.every_n_steps={max(1, min(10, args.steps // 2))}", "callbacks.stability.every_n_steps=1000",
-               "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"model={model}",
+            *hw,
+            f"attention.backend={backend}",
+            f"data.seq_len={args.seq_len}",
+            f"data.batch_size={args.batch}",
+            f"train.max_tokens={tokens}",
+            f"train.compile={str(compile_).lower()}",
+            "train.val_every_steps=100000",
+            "train.sample_tokens=0",
+            "data.val_max_blocks=8",
+            f"callbacks.throughput.every_n_steps={max(1, min(10, args.steps // 2))}",
+            "callbacks.stability.every_n_steps=1000",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ]
         if backend == "flash_attn":
             cmd.append("imports=[plugins.attention.flash_attn]")
         t0 = time.time()
@@ -65,8 +78,14 @@ def main() -> None:
             rows.append((name, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:120]))
             continue
         s = last_scalars(run_dir)
-        rows.append((name, f"{s.get('perf/tokens_per_s', float('nan')):>10,.0f} tok/s  MFU {s.get('perf/mfu', float('nan')):6.1%}  "
-                           f"peak mem {s.get('perf/peak_memory_gb', float('nan')):6.1f} GB  wall {wall:5.0f} s"))
+        rows.append(
+            (
+                name,
+                f"{s.get('perf/tokens_per_s', float('nan')):>10,.0f} tok/s  "
+                f"MFU {s.get('perf/mfu', float('nan')):6.1%}  "
+                f"peak mem {s.get('perf/peak_memory_gb', float('nan')):6.1f} GB  wall {wall:5.0f} s",
+            )
+        )
         print(name, rows[-1][1], flush=True)
     print("\n| run | result |\n| --- | --- |")
     for name, result in rows:

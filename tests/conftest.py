@@ -15,10 +15,18 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A small corpus (150 stdlib files, 512-token vocabulary, 64-token blocks) and a 2-step budget.
 SMALL = [
-    "data.max_docs=150", "data.vocab_size=512", "data.seq_len=64", "data.batch_size=4",
-    "data.val_fraction=0.1", "data.val_max_blocks=16", "data.tokenizer_train_bytes=2000000",
-    "train.max_tokens=512", "train.log_every_steps=1", "train.val_every_steps=1000",
-    "train.sample_tokens=0", "trainer.enable_progress_bar=false",
+    "data.max_docs=150",
+    "data.vocab_size=512",
+    "data.seq_len=64",
+    "data.batch_size=4",
+    "data.val_fraction=0.1",
+    "data.val_max_blocks=16",
+    "data.tokenizer_train_bytes=2000000",
+    "train.max_tokens=512",
+    "train.log_every_steps=1",
+    "train.val_every_steps=1000",
+    "train.sample_tokens=0",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -66,8 +74,10 @@ def interrupt_prepare_at(monkeypatch, n: int) -> list:
 def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
     """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="prepare",
-                      overrides=[f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())])
+        cfg = compose(
+            config_name="prepare",
+            overrides=[f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())],
+        )
     return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 
@@ -88,8 +98,15 @@ def prepared_prose_dir(prepared_dir):
     from lmstack.data.curate.pipeline import run_prepare
 
     out = prepared_dir.parent / "brown"
-    cfg = prepare_cfg("prose", **{"tokenize.seq_len": 64, "tokenize.val_fraction": 0.1, "source": "brown",
-                                  "tokenize.tokenizer": str(prepared_dir / "tokenizer.json")})
+    cfg = prepare_cfg(
+        "prose",
+        **{
+            "tokenize.seq_len": 64,
+            "tokenize.val_fraction": 0.1,
+            "source": "brown",
+            "tokenize.tokenizer": str(prepared_dir / "tokenizer.json"),
+        },
+    )
     run_prepare([str(SHARED_DATA / "prose" / "brown.jsonl.gz")], str(out), cfg)
     return out
 
@@ -110,6 +127,12 @@ def _quiet():
 
 # In-loop evals kept small: c4 (6 documents) in bits per byte, arc_easy and copa (15 questions each).
 SMALL_EVALS = [
-    "evals=olmes", "evals.sets.c4.max_docs=6", "~evals.sets.cc", "evals.tasks.arc_easy.limit=15",
-    "evals.tasks.copa.limit=15", "~evals.tasks.piqa", "~evals.tasks.sciq", "~evals.tasks.copycolors_10way",
+    "evals=olmes",
+    "evals.sets.c4.max_docs=6",
+    "~evals.sets.cc",
+    "evals.tasks.arc_easy.limit=15",
+    "evals.tasks.copa.limit=15",
+    "~evals.tasks.piqa",
+    "~evals.tasks.sciq",
+    "~evals.tasks.copycolors_10way",
 ]

@@ -34,14 +34,22 @@ def main(out: Path, overrides: list[str]) -> None:
         return trainers[-1]
 
     run_mod.build_trainer = build_with_probe
-    cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=os.environ.get("LMSTACK_TEST_CACHE", out / "cache"))
+    cfg = compose_cfg(
+        [*SMALL, *overrides], run_dir=out / "run", cache_dir=os.environ.get("LMSTACK_TEST_CACHE", out / "cache")
+    )
     result = run_mod.run(cfg)
     trainer = trainers[-1]
     gc_cb = next((cb for cb in trainer.callbacks if type(cb).__name__ == "GCSync"), None)
     evals = next((cb.history for cb in trainer.callbacks if type(cb).__name__ == "Evaluator"), None)
-    report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": probe.steps,
-              "gc_collected_at": gc_cb.collected_at if gc_cb else None, "gc_enabled_after": gc.isenabled(), "evals": evals,
-              "result": {k: v for k, v in result.items() if k != "run_dir"}}
+    report = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "steps": probe.steps,
+        "gc_collected_at": gc_cb.collected_at if gc_cb else None,
+        "gc_enabled_after": gc.isenabled(),
+        "evals": evals,
+        "result": {k: v for k, v in result.items() if k != "run_dir"},
+    }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

@@ -41,19 +41,31 @@ def test_verifiers_are_exact():
     by_kind = {}
     for e in c.generate(40, seed=0):
         by_kind.setdefault(e.meta["kind"], e)
-    assert c.verify("all lower here", by_kind["lowercase"]) == 1.0 and c.verify("Not Lower", by_kind["lowercase"]) == 0.0
+    assert (
+        c.verify("all lower here", by_kind["lowercase"]) == 1.0 and c.verify("Not Lower", by_kind["lowercase"]) == 0.0
+    )
     n = by_kind["words"].meta["n"]
-    assert c.verify(" ".join(["w"] * n), by_kind["words"]) == 1.0 and c.verify(" ".join(["w"] * (n + 1)), by_kind["words"]) == 0.0
+    assert (
+        c.verify(" ".join(["w"] * n), by_kind["words"]) == 1.0
+        and c.verify(" ".join(["w"] * (n + 1)), by_kind["words"]) == 0.0
+    )
     phrase = by_kind["ends"].meta["phrase"]
-    assert c.verify(f"so it goes, {phrase}.", by_kind["ends"]) == 1.0 and c.verify(f"{phrase} and more", by_kind["ends"]) == 0.0
+    assert (
+        c.verify(f"so it goes, {phrase}.", by_kind["ends"]) == 1.0
+        and c.verify(f"{phrase} and more", by_kind["ends"]) == 0.0
+    )
     with pytest.raises(ValueError, match="operators from"):
         make_task("arithmetic", operators="/")
 
 
 def test_user_tasks_from_jsonl(tmp_path):
     f = tmp_path / "mine.jsonl"
-    f.write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n" +
-                 json.dumps({"prompt": "best?", "chosen": "yes", "rejected": "no"}) + "\n")
+    f.write_text(
+        json.dumps({"prompt": "2+2?", "answer": "4"})
+        + "\n"
+        + json.dumps({"prompt": "best?", "chosen": "yes", "rejected": "no"})
+        + "\n"
+    )
     task = make_task(str(f))
     assert task.name == "mine" and len(task.examples) == 2 and task.examples[1].meta["rejected"] == "no"
     assert task.verify("4", task.examples[0]) == 1.0
@@ -63,8 +75,11 @@ def test_user_tasks_from_jsonl(tmp_path):
 
 
 def test_the_template_masks_all_but_the_assistant_and_renders_prompts_as_a_prefix(tok):
-    msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 12 + 30?"},
-            {"role": "assistant", "content": "42"}]
+    msgs = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "What is 12 + 30?"},
+        {"role": "assistant", "content": "42"},
+    ]
     ids, mask = render(tok, msgs)
     learned = [i for i, m in zip(ids, mask) if m]
     assert tok.decode(learned, skip_special_tokens=False) == "42" + END
@@ -120,27 +135,52 @@ def test_sft_loss_reductions_and_an_all_masked_batch():
 def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
     import lightning as L
 
-    from lmstack.adapt.module import SFTModule
     from lmstack.adapt.data import RowsDataModule
+    from lmstack.adapt.module import SFTModule
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
-    opt = {"name": "adamw", "lr": 1e-2, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1,
-           "no_decay": ["embed.*"], "decay_norms": False, "decay_biases": False, "fused": None}
-    sched = {"name": "constant", "peak_lr": 1e-2, "total_tokens": 1000, "warmup_tokens": 0, "min_lr": 0.0,
-             "decay_tokens": 0}
+    opt = {
+        "name": "adamw",
+        "lr": 1e-2,
+        "betas": [0.9, 0.95],
+        "eps": 1e-8,
+        "weight_decay": 0.1,
+        "no_decay": ["embed.*"],
+        "decay_norms": False,
+        "decay_biases": False,
+        "fused": None,
+    }
+    sched = {
+        "name": "constant",
+        "peak_lr": 1e-2,
+        "total_tokens": 1000,
+        "warmup_tokens": 0,
+        "min_lr": 0.0,
+        "decay_tokens": 0,
+    }
     module = SFTModule(cfg, opt, sched, grad_clip=1.0, tokens_per_step=64)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    rows = {"input_ids": torch.randint(0, 64, (4, 16)), "labels": torch.full((4, 16), IGNORE),
-            "doc": torch.ones(4, 16, dtype=torch.long)}
+    rows = {
+        "input_ids": torch.randint(0, 64, (4, 16)),
+        "labels": torch.full((4, 16), IGNORE),
+        "doc": torch.ones(4, 16, dtype=torch.long),
+    }
     losses = []
 
     class Probe(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[Probe()], limit_val_batches=0,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Probe()],
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=RowsDataModule(rows, rows, 2, 0))
     assert losses == [0.0, 0.0] and module.skipped_steps == 2
     after = module.state_dict()
@@ -157,8 +197,16 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     pre = small_cfg()
     run(pre)
     ckpt = Path(pre.run_dir) / "checkpoints" / "last.ckpt"
-    cfg = small_cfg("stage=sft", f"init_from={ckpt}", "stage.train_examples=300", "stage.test_examples=12",
-                    "stage.epochs=2", "data.seq_len=64", "data.batch_size=8", "train.val_every_steps=5")
+    cfg = small_cfg(
+        "stage=sft",
+        f"init_from={ckpt}",
+        "stage.train_examples=300",
+        "stage.test_examples=12",
+        "stage.epochs=2",
+        "data.seq_len=64",
+        "data.batch_size=8",
+        "train.val_every_steps=5",
+    )
     cfg.run_dir = str(tmp_path / "sft")
     result = run(cfg)
     recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
@@ -176,10 +224,19 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     assert len(val) >= 2 and val[-1] < val[0]  # it learns the answers' format at least
 
     # DPO from the SFT checkpoint, recorded in the same recipe.json
-    dpo = small_cfg("stage=dpo", f"init_from={recipe['sft']['checkpoint']}", "stage.train_examples=48",
-                    "stage.test_examples=12", "stage.epochs=1", "stage.rejected_samples=1", "data.batch_size=8",
-                    "optimizer.lr=5e-4", "stage.rpo_alpha=0.2",
-                    f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}", "train.val_every_steps=100")
+    dpo = small_cfg(
+        "stage=dpo",
+        f"init_from={recipe['sft']['checkpoint']}",
+        "stage.train_examples=48",
+        "stage.test_examples=12",
+        "stage.epochs=1",
+        "stage.rejected_samples=1",
+        "data.batch_size=8",
+        "optimizer.lr=5e-4",
+        "stage.rpo_alpha=0.2",
+        f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}",
+        "train.val_every_steps=100",
+    )
     dpo.run_dir = str(tmp_path / "dpo")
     run(dpo)
     recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
@@ -187,9 +244,16 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     assert recipe["dpo"]["held_out"] == 12 and recipe["dpo"]["steps"] == 6  # 48 pairs / 8 per step
 
     # RLVR (GRPO) from the DPO checkpoint: 8 prompts x 4 samples, 2 steps
-    rl = small_cfg("stage=rlvr", f"init_from={recipe['dpo']['checkpoint']}", "stage.train_examples=8",
-                   "stage.test_examples=4", "stage.group_size=4", "data.batch_size=4", "stage.beta=0.05",
-                   f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}")
+    rl = small_cfg(
+        "stage=rlvr",
+        f"init_from={recipe['dpo']['checkpoint']}",
+        "stage.train_examples=8",
+        "stage.test_examples=4",
+        "stage.group_size=4",
+        "data.batch_size=4",
+        "stage.beta=0.05",
+        f"stage.recipe_file={tmp_path / 'sft' / 'recipe.json'}",
+    )
     rl.run_dir = str(tmp_path / "rlvr")
     run(rl)
     recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())
@@ -200,9 +264,14 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    chat = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", f"ckpt={recipe['rlvr']['checkpoint']}",
-                           "max_new_tokens=6"], input="What is 12 + 30?\nWhat is 5 + 2?\n\n", capture_output=True,
-                          text=True, cwd=root, timeout=300)
+    chat = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "chat", f"ckpt={recipe['rlvr']['checkpoint']}", "max_new_tokens=6"],
+        input="What is 12 + 30?\nWhat is 5 + 2?\n\n",
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("assistant> ") == 2
 
@@ -223,8 +292,14 @@ def test_grpo_with_beta_zero_builds_no_reference():
     from lmstack.adapt.rlvr import GRPOModule
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
-    sched = {"name": "constant", "peak_lr": 1e-3, "total_tokens": 10, "warmup_tokens": 0, "min_lr": 0.0,
-             "decay_tokens": 0}
+    sched = {
+        "name": "constant",
+        "peak_lr": 1e-3,
+        "total_tokens": 10,
+        "warmup_tokens": 0,
+        "min_lr": 0.0,
+        "decay_tokens": 0,
+    }
     m = GRPOModule(cfg, {"lr": 1e-3}, sched, beta=0.0)
     m.freeze_reference()
     assert m._ref == []

@@ -38,18 +38,24 @@ def test_a_clean_real_document_passes_every_filter():
     assert C4Quality()(d) is None and len(d.text) > 0.5 * len(BASE)
 
 
-@pytest.mark.parametrize("text,rule", [
-    ("The cat sat with the dog and that was the end of it.", "short_doc"),
-    (BASE + (" and the" * 100_000), "long_doc"),
-    (" ".join(["to be of it is as an or by on at"] * 20), "short_words"),
-    (" ".join(["the extraordinarily incomprehensible characterisations with telecommunications"] * 12), "long_words"),
-    (BASE + " #" * 400, "hash_ratio"),
-    (BASE + " ..." * 400, "ellipsis_ratio"),
-    ("\n".join(["• " + SENTENCE] * 19 + [SENTENCE]), "bullet_lines"),
-    ("\n".join([SENTENCE] * 6 + [SENTENCE[:-1] + "..."] * 4), "ellipsis_lines"),
-    (BASE + " 1234 5678 90" * 600, "non_alpha_words"),
-    (" ".join(["Cats chase mice while dogs bark loudly at night in gardens"] * 10), "stop_words"),
-])
+@pytest.mark.parametrize(
+    "text,rule",
+    [
+        ("The cat sat with the dog and that was the end of it.", "short_doc"),
+        (BASE + (" and the" * 100_000), "long_doc"),
+        (" ".join(["to be of it is as an or by on at"] * 20), "short_words"),
+        (
+            " ".join(["the extraordinarily incomprehensible characterisations with telecommunications"] * 12),
+            "long_words",
+        ),
+        (BASE + " #" * 400, "hash_ratio"),
+        (BASE + " ..." * 400, "ellipsis_ratio"),
+        ("\n".join(["• " + SENTENCE] * 19 + [SENTENCE]), "bullet_lines"),
+        ("\n".join([SENTENCE] * 6 + [SENTENCE[:-1] + "..."] * 4), "ellipsis_lines"),
+        (BASE + " 1234 5678 90" * 600, "non_alpha_words"),
+        (" ".join(["Cats chase mice while dogs bark loudly at night in gardens"] * 10), "stop_words"),
+    ],
+)
 def test_gopher_quality_rules(text, rule):
     assert GopherQuality()(doc(text)) == rule
 
@@ -62,15 +68,22 @@ def every_fourth_word(insert: str) -> str:
     return " ".join(w + (" " + insert if i % 4 == 3 else "") for i, w in enumerate(words))
 
 
-@pytest.mark.parametrize("text,rule,kw", [
-    ("\n\n".join(PARAS[:6] * 3), "dup_para_frac", {}),
-    ("\n\n".join([PARAS[0] * 12] + PARAS[1:10] + [PARAS[0] * 12]), "dup_para_char_frac", {}),
-    ("\n".join(LINES[:6] * 3), "dup_line_frac", {}),
-    ("\n".join([LINES[0] * 12] + LINES[1:10] + [LINES[0] * 12]), "dup_line_char_frac", {"dup_para_char_frac": None}),
-    (every_fourth_word("big deal"), "top_2_gram", {}),
-    (every_fourth_word("xx yy zz"), "top_3_gram", {"top_n_grams": ((3, 0.18),)}),
-    (every_fourth_word("aa bb cc dd"), "top_4_gram", {"top_n_grams": ((4, 0.16),)}),
-])
+@pytest.mark.parametrize(
+    "text,rule,kw",
+    [
+        ("\n\n".join(PARAS[:6] * 3), "dup_para_frac", {}),
+        ("\n\n".join([PARAS[0] * 12] + PARAS[1:10] + [PARAS[0] * 12]), "dup_para_char_frac", {}),
+        ("\n".join(LINES[:6] * 3), "dup_line_frac", {}),
+        (
+            "\n".join([LINES[0] * 12] + LINES[1:10] + [LINES[0] * 12]),
+            "dup_line_char_frac",
+            {"dup_para_char_frac": None},
+        ),
+        (every_fourth_word("big deal"), "top_2_gram", {}),
+        (every_fourth_word("xx yy zz"), "top_3_gram", {"top_n_grams": ((3, 0.18),)}),
+        (every_fourth_word("aa bb cc dd"), "top_4_gram", {"top_n_grams": ((4, 0.16),)}),
+    ],
+)
 def test_gopher_repetition_line_paragraph_and_top_ngram_rules(text, rule, kw):
     assert GopherRepetition(**kw)(doc(text)) == rule
 
@@ -92,18 +105,23 @@ def test_c4_rules():
     assert C4Quality()(doc(sentences + "\nLorem ipsum dolor sit amet, consectetur.")) == "lorem_ipsum"
     assert C4Quality()(doc(sentences + "\nThe function body is { return x; } here.")) == "curly_bracket"
     assert C4Quality()(doc("\n".join([SENTENCE] * 4))) == "too_few_sentences"
-    d = doc(sentences + "\nPlease enable JavaScript to view this site.\nRead our privacy policy before you go."
-            "\nno terminal punctuation here\nToo short.\nCitation here [12] is dropped.")
+    d = doc(
+        sentences + "\nPlease enable JavaScript to view this site.\nRead our privacy policy before you go."
+        "\nno terminal punctuation here\nToo short.\nCitation here [12] is dropped."
+    )
     assert C4Quality()(d) is None
     assert d.text.splitlines() == [SENTENCE] * 6 + ["Citation here  is dropped."]
 
 
-@pytest.mark.parametrize("text,rule", [
-    ("\n".join([SENTENCE[:-1]] * 9 + [SENTENCE]), "line_punct_ratio"),
-    ("\n".join(["Short one.", "Another short.", "Yes indeed.", SENTENCE]), "short_line_ratio"),
-    ("\n".join(LINES[:8] + [LINES[0]]), "char_dup_ratio"),
-    ("\n".join(f"Item{i}." for i in range(40)) + "\n" + SENTENCE * 2, "list_ratio"),
-])
+@pytest.mark.parametrize(
+    "text,rule",
+    [
+        ("\n".join([SENTENCE[:-1]] * 9 + [SENTENCE]), "line_punct_ratio"),
+        ("\n".join(["Short one.", "Another short.", "Yes indeed.", SENTENCE]), "short_line_ratio"),
+        ("\n".join(LINES[:8] + [LINES[0]]), "char_dup_ratio"),
+        ("\n".join(f"Item{i}." for i in range(40)) + "\n" + SENTENCE * 2, "list_ratio"),
+    ],
+)
 def test_fineweb_rules(text, rule):
     kw = {"short_line_thr": 1.1} if rule == "list_ratio" else {}
     assert FineWebQuality(**kw)(doc(text)) == rule
@@ -136,8 +154,9 @@ def test_pii_masking():
     m = PiiMasker()
     d = doc("Write to jane.doe+news@mail.example.co.uk or call (555) 123-4567 / 555.987.6543; server 192.168.0.12.")
     assert m(d) is None
-    assert d.text == ("Write to |||EMAIL_ADDRESS||| or call |||PHONE_NUMBER||| / |||PHONE_NUMBER|||; "
-                      "server |||IP_ADDRESS|||.")
+    assert d.text == (
+        "Write to |||EMAIL_ADDRESS||| or call |||PHONE_NUMBER||| / |||PHONE_NUMBER|||; server |||IP_ADDRESS|||."
+    )
     assert m.counts == {"email": 1, "phone": 2, "ip": 1}
     keep = doc("In 1961 the vote was 123 to 45 and version 3.1.4 shipped.")
     m(keep)

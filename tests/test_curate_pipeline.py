@@ -17,8 +17,11 @@ from lmstack.data.curate.pipeline import run_prepare
 from .conftest import SHARED_DATA, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_REAL = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz"),
-            str(SHARED_DATA / "prose" / "*.jsonl.gz")]
+ALL_REAL = [
+    str(SHARED_DATA / "web" / "*.json*.gz"),
+    str(SHARED_DATA / "web" / "*.warc.gz"),
+    str(SHARED_DATA / "prose" / "*.jsonl.gz"),
+]
 
 
 def identity(stats: dict) -> bool:
@@ -67,9 +70,18 @@ def test_minhash_finds_planted_near_duplicates():
 def test_bad_inputs_are_rejected_and_the_run_goes_on(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = json.loads(gzip.open(SHARED_DATA / "web" / "c4-sample.01.json.gz", "rt").readline())
-    bad.write_bytes(b"\n".join([json.dumps(good).encode(), b"{oops", b'{"text": "\xff\xfe"}',
-                                json.dumps({"body": 1}).encode(), json.dumps({"text": ""}).encode(),
-                                json.dumps({"text": "word " * 11_000_000}).encode()]))
+    bad.write_bytes(
+        b"\n".join(
+            [
+                json.dumps(good).encode(),
+                b"{oops",
+                b'{"text": "\xff\xfe"}',
+                json.dumps({"body": 1}).encode(),
+                json.dumps({"text": ""}).encode(),
+                json.dumps({"text": "word " * 11_000_000}).encode(),
+            ]
+        )
+    )
     stats = run_prepare([str(bad)], str(tmp_path / "out"), prepare_cfg(tokenize="null"))
     rejects = [json.loads(line) for line in open(tmp_path / "out" / "rejects.jsonl")]
     assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6]
@@ -105,14 +117,26 @@ def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, m
         read = lambda p: gzip.open(p, "rt").read()  # noqa: E731
         assert read(tmp_path / "a" / name) == read(tmp_path / "b" / name)
     assert (tmp_path / "a" / "rejects.jsonl").read_text() == (tmp_path / "b" / "rejects.jsonl").read_text()
-    assert {k: v for k, v in first.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")} == \
-        {k: v for k, v in second.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")}
+    assert {k: v for k, v in first.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")} == {
+        k: v for k, v in second.items() if k not in ("seconds", "docs_per_second", "cpu_utilisation")
+    }
 
 
 def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, small_cfg):
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{SHARED_DATA}/web/*.json*.gz]",
-                          f"output_dir={tmp_path / 'cli'}", "prepare.tokenize=null"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmstack.cli",
+            "prepare",
+            f"inputs=[{SHARED_DATA}/web/*.json*.gz]",
+            f"output_dir={tmp_path / 'cli'}",
+            "prepare.tokenize=null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "documents in" in out.stdout and (tmp_path / "cli" / "stats.json").exists()
 
@@ -140,8 +164,12 @@ def test_two_workers_give_the_same_output_as_one(tmp_path):
 
 def test_shards_split_the_input_files(tmp_path):
     files = [str(SHARED_DATA / "web" / "*.json*.gz")]  # 5 files
-    parts = [run_prepare(files, str(tmp_path / f"s{i}"), prepare_cfg(**{"tokenize": "null", "num_shards": 2,
-                                                                          "shard_index": i})) for i in range(2)]
+    parts = [
+        run_prepare(
+            files, str(tmp_path / f"s{i}"), prepare_cfg(**{"tokenize": "null", "num_shards": 2, "shard_index": i})
+        )
+        for i in range(2)
+    ]
     assert [p["files"] for p in parts] == [3, 2]
     assert sum(p["docs_in"] for p in parts) == 50
 
@@ -166,9 +194,21 @@ def test_sharded_job_then_merge_equals_one_job(tmp_path):
     for i, d in enumerate(shards):
         part = run_prepare([str(src / "*.jsonl.gz")], d, {**cfg, "num_shards": 3, "shard_index": i})
         assert (Path(d) / "band_keys.npy").exists() and "minhash_dedup" not in {s["name"] for s in part["stages"]}
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "prepare-merge", f"shards=[{tmp_path}/shard*]",
-                          f"output_dir={tmp_path / 'merged'}", "prepare.tokenize=null", "prepare.filters.language=null"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmstack.cli",
+            "prepare-merge",
+            f"shards=[{tmp_path}/shard*]",
+            f"output_dir={tmp_path / 'merged'}",
+            "prepare.tokenize=null",
+            "prepare.filters.language=null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     merged = json.loads((tmp_path / "merged" / "stats.json").read_text())
     assert identity(merged) and merged["docs_in"] == single["docs_in"] == 600

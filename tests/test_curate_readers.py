@@ -53,15 +53,19 @@ def test_zstd_parquet_and_text_folders(tmp_path):
 def test_bad_inputs_are_rejected_with_file_line_and_reason(tmp_path):
     good = json.dumps({"text": "fine document"})
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b"\n".join([
-        good.encode(),
-        b"{not json",
-        b'{"text": "caf\xe9 latin-1"}',
-        json.dumps({"body": "no text field"}).encode(),
-        json.dumps({"text": "   "}).encode(),
-        json.dumps({"text": "x" * 2_000}).encode(),
-        good.encode(),
-    ]))
+    bad.write_bytes(
+        b"\n".join(
+            [
+                good.encode(),
+                b"{not json",
+                b'{"text": "caf\xe9 latin-1"}',
+                json.dumps({"body": "no text field"}).encode(),
+                json.dumps({"text": "   "}).encode(),
+                json.dumps({"text": "x" * 2_000}).encode(),
+                good.encode(),
+            ]
+        )
+    )
     trunc = tmp_path / "trunc.jsonl.gz"
     full = gzip.compress("\n".join(json.dumps({"text": f"doc {i} " * 50}) for i in range(200)).encode())
     trunc.write_bytes(full[: len(full) // 2])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lmstack.data import corpus_format
-from lmstack.data.dataset import BlockDataset, ResumableSampler, mixture_stream
 from lmstack.data.corpus_cache import prepare_corpus
+from lmstack.data.dataset import BlockDataset, ResumableSampler, mixture_stream
 from lmstack.data.sources import is_validation, read_source, stdlib_files
 from lmstack.data.tokenizer import EOS, token_byte_lengths, train_bpe
 
@@ -21,8 +21,15 @@ STDLIB = [{"name": "python_stdlib", "builtin": "python_stdlib"}]
 
 @pytest.fixture(scope="module")
 def corpus(cache_dir):
-    return prepare_corpus(STDLIB, str(cache_dir), seq_len=64, val_fraction=0.1, vocab_size=512,
-                          tokenizer_train_bytes=2_000_000, max_docs=150)
+    return prepare_corpus(
+        STDLIB,
+        str(cache_dir),
+        seq_len=64,
+        val_fraction=0.1,
+        vocab_size=512,
+        tokenizer_train_bytes=2_000_000,
+        max_docs=150,
+    )
 
 
 def test_stdlib_source_reads_the_interpreters_files():
@@ -85,8 +92,15 @@ def test_second_prepare_reuses_the_cache(corpus, cache_dir, monkeypatch):
         raise AssertionError("the tokenizer was trained again")
 
     monkeypatch.setattr(corpus_format, "train_bpe", boom)
-    again = prepare_corpus(STDLIB, str(cache_dir), seq_len=64, val_fraction=0.1, vocab_size=512,
-                           tokenizer_train_bytes=2_000_000, max_docs=150)
+    again = prepare_corpus(
+        STDLIB,
+        str(cache_dir),
+        seq_len=64,
+        val_fraction=0.1,
+        vocab_size=512,
+        tokenizer_train_bytes=2_000_000,
+        max_docs=150,
+    )
     assert again.root == corpus.root and (again.root / "meta.json").stat().st_mtime == meta_mtime
 
 
@@ -125,8 +139,13 @@ def test_too_little_text_for_one_block_is_a_clear_error(tmp_path):
     small = tmp_path / "small.jsonl"
     small.write_text(json.dumps({"id": "a", "text": "tiny " * 30}) + "\n")
     with pytest.raises(ValueError, match="fewer than seq_len"):
-        prepare_corpus([{"name": "small", "paths": [str(small)]}], str(tmp_path / "c"), seq_len=512,
-                       val_fraction=0.0, vocab_size=300)
+        prepare_corpus(
+            [{"name": "small", "paths": [str(small)]}],
+            str(tmp_path / "c"),
+            seq_len=512,
+            val_fraction=0.0,
+            vocab_size=300,
+        )
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.5], [0.1, 0.6, 0.3], [0.9, 0.1]])
@@ -181,8 +200,10 @@ def test_prepared_folders_sharing_a_tokenizer_mix_by_weight(prepared_dir, prepar
         dm.setup()
         return dm
 
-    dm = module([("web", prepared_dir, 0.8), ("brown", prepared_prose_dir, 0.2)],
-                [{"start_sample": 8_000, "weights": {"brown": 1.0}}])
+    dm = module(
+        [("web", prepared_dir, 0.8), ("brown", prepared_prose_dir, 0.2)],
+        [{"start_sample": 8_000, "weights": {"brown": 1.0}}],
+    )
     assert [f.parent.name for f in dm.document_files] == ["web", "brown"]
     assert all(f.exists() for f in dm.document_files)
     stream = mixture_stream(dm.train_set.lengths, dm.source_weights(), 10_000, 0, [0, 8_000])
@@ -206,20 +227,38 @@ def test_a_brought_tokenizer_joins_documents_with_its_own_end_of_text_token(tmp_
     llama2_like = Tokenizer(models.BPE())
     llama2_like.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     llama2_like.decoder = decoders.ByteLevel()
-    llama2_like.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    llama2_like.train_from_iterator(
+        docs,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     path = tmp_path / "tokenizer.json"
     llama2_like.save(str(path))
     assert eos_id(llama2_like) == llama2_like.token_to_id("</s>") == 2
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(docs[:20])))
-    corpus = prepare_corpus([{"name": "py", "paths": [str(src)]}], str(tmp_path / "c"), seq_len=32,
-                            val_fraction=0.3, vocab_size=400, tokenizer=str(path))
+    corpus = prepare_corpus(
+        [{"name": "py", "paths": [str(src)]}],
+        str(tmp_path / "c"),
+        seq_len=32,
+        val_fraction=0.3,
+        vocab_size=400,
+        tokenizer=str(path),
+    )
     blocks = BlockDataset([str(corpus.split_dir("py", "train"))])
     ids = [t for i in range(len(blocks)) for t in blocks[i]["input_ids"].tolist()]
     assert ids.count(2) >= 4  # "</s>" between the documents
     no_eos = Tokenizer(models.BPE())
     no_eos.save(str(tmp_path / "bare.json"))
     with pytest.raises(ValueError, match="no end-of-text token"):
-        prepare_corpus([{"name": "py", "paths": [str(src)]}], str(tmp_path / "d"), seq_len=32,
-                       val_fraction=0.0, vocab_size=400, tokenizer=str(tmp_path / "bare.json"))
+        prepare_corpus(
+            [{"name": "py", "paths": [str(src)]}],
+            str(tmp_path / "d"),
+            seq_len=32,
+            val_fraction=0.0,
+            vocab_size=400,
+            tokenizer=str(tmp_path / "bare.json"),
+        )

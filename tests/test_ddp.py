@@ -23,8 +23,9 @@ HERE = Path(__file__).resolve().parent
 def test_ddp_two_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp_grads.pt"
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    subprocess.run([sys.executable, str(HERE / "ddp_grads_worker.py"), str(out)], check=True, env=env,
-                   cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [sys.executable, str(HERE / "ddp_grads_worker.py"), str(out)], check=True, env=env, cwd=tmp_path, timeout=300
+    )
     ddp = torch.load(out)
 
     torch.manual_seed(0)

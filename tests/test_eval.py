@@ -81,15 +81,31 @@ def test_eval_cli_writes_eval_json(tmp_path, small_cfg):
     cfg = small_cfg()
     run(cfg)
     ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}",
-                          f"tasks=[{TASKS[0]},{TASKS[1]}]", f"out={tmp_path / 'ev'}", "limit=20"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmstack.cli",
+            "eval",
+            f"ckpt={ckpt}",
+            f"tasks=[{TASKS[0]},{TASKS[1]}]",
+            f"out={tmp_path / 'ev'}",
+            "limit=20",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert set(result) == {TASKS[0].name, TASKS[1].name}
     for r in result.values():
         assert r["questions"] == 20 and 0 <= r["acc"] <= 1 and 0 <= r["len_norm"] <= 1
     assert "| eval | items | acc | len_norm | bpb |" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}", "tasks=[/nonexistent]",
-                          f"out={tmp_path / 'x'}"], capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={ckpt}", "tasks=[/nonexistent]", f"out={tmp_path / 'x'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode != 0 and "eval '/nonexistent' is neither a configured set or task" in bad.stderr

@@ -24,8 +24,10 @@ def test_every_option_runs_a_two_step_fit(group, option, small_cfg, request):
     if (group, option) == ("data_mix", "prepared"):
         extra = [f"data_mix.dir={request.getfixturevalue('prepared_dir')}"]
     if (group, option) == ("data_mix", "prepared_mix"):
-        extra = [f"data_mix.dirs.web={request.getfixturevalue('prepared_dir')}",
-                 f"data_mix.dirs.high={request.getfixturevalue('prepared_prose_dir')}"]
+        extra = [
+            f"data_mix.dirs.web={request.getfixturevalue('prepared_dir')}",
+            f"data_mix.dirs.high={request.getfixturevalue('prepared_prose_dir')}",
+        ]
     cfg = small_cfg(f"{group}={option}", *extra)
     if group != "trainer":
         cfg.trainer.enable_progress_bar = False

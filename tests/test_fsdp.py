@@ -19,8 +19,13 @@ TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 rank
 def train(out: Path, cache: Path, *overrides: str) -> list[dict]:
     """Runs 2 processes; returns each rank's report."""
     out.mkdir(parents=True)
-    subprocess.run([sys.executable, str(ROOT / "tests" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
-                   check=True, cwd=ROOT, timeout=600, env=clean_env(LMSTACK_TEST_CACHE=str(cache)))
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+        env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
+    )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -32,8 +37,14 @@ def losses(report: dict) -> dict[int, float]:
 def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
     cache = tmp_path / "cache"
     ddp = train(tmp_path / "ddp", cache, "strategy=ddp")
-    fsdp = train(tmp_path / "fsdp", cache, "strategy=fsdp", "callbacks.checkpoint.every_n_train_steps=5",
-                 *SMALL_EVALS, "evals.every_steps=5")
+    fsdp = train(
+        tmp_path / "fsdp",
+        cache,
+        "strategy=fsdp",
+        "callbacks.checkpoint.every_n_train_steps=5",
+        *SMALL_EVALS,
+        "evals.every_steps=5",
+    )
     for rank in range(2):
         assert fsdp[rank]["world_size"] == 2 and len(fsdp[rank]["steps"]) == 10
         a, b = losses(ddp[rank]), losses(fsdp[rank])

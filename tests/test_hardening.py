@@ -32,8 +32,14 @@ def rejects(out: Path) -> list[dict]:
 
 
 def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "lmstack.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def c4_rows(n=10) -> list[dict]:
@@ -120,8 +126,11 @@ def crafted_checkpoint(path: Path, witness: Path) -> Path:
 def test_a_crafted_checkpoint_runs_no_code(tmp_path, small_cfg):
     witness = tmp_path / "pwned"
     ckpt = crafted_checkpoint(tmp_path / "evil.ckpt", witness)
-    for cmd in (["generate", f"ckpt={ckpt}", "prompt=x"], ["export", f"ckpt={ckpt}", f"out={tmp_path / 'hf'}"],
-                ["eval", f"ckpt={ckpt}", "tasks=[arc_easy]", f"out={tmp_path / 'ev'}"]):
+    for cmd in (
+        ["generate", f"ckpt={ckpt}", "prompt=x"],
+        ["export", f"ckpt={ckpt}", f"out={tmp_path / 'hf'}"],
+        ["eval", f"ckpt={ckpt}", "tasks=[arc_easy]", f"out={tmp_path / 'ev'}"],
+    ):
         out = cli(*cmd)
         assert out.returncode != 0 and "refused" in out.stderr, (cmd, out.stderr[-500:])
         assert "Traceback" not in out.stderr
@@ -173,21 +182,30 @@ def test_token_blocks_that_name_the_pickle_serializer_are_refused(tmp_path, prep
 
 
 def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
-    from safetensors.torch import save_file
-
     import torch
+    from safetensors.torch import save_file
 
     hf = tmp_path / "hf"
     hf.mkdir()
     save_file({"x": torch.zeros(1)}, str(tmp_path / "outside.safetensors"))
-    base = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 100}
+    base = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+    }
     (hf / "config.json").write_text(json.dumps(base))
     (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
     out = cli("import-hf", str(hf), f"out={tmp_path / 'x.ckpt'}")
     assert out.returncode != 0 and "leads outside the folder" in out.stderr
-    for bad, key in [({"hidden_size": "64"}, "hidden_size"), ({"num_hidden_layers": 0}, "num_hidden_layers"),
-                     ({"vocab_size": None}, "vocab_size"), ({"num_attention_heads": 5}, "num_attention_heads")]:
+    for bad, key in [
+        ({"hidden_size": "64"}, "hidden_size"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"vocab_size": None}, "vocab_size"),
+        ({"num_attention_heads": 5}, "num_attention_heads"),
+    ]:
         (hf / "config.json").write_text(json.dumps({**base, **bad}))
         out = cli("import-hf", str(hf), f"out={tmp_path / 'x.ckpt'}")
         assert out.returncode != 0 and key in out.stderr and "Traceback" not in out.stderr, out.stderr[-400:]
@@ -200,8 +218,12 @@ def test_an_unpaired_surrogate_is_one_reject(tmp_path):
     rows[1]["text"] = rows[1]["text"][:200] + "\ud800" + rows[1]["text"][200:]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ensure_ascii: valid JSON, "\\ud800" escaped
-    small = {"tokenize.vocab_size": 300, "tokenize.seq_len": 16, "tokenize.val_fraction": 0.3,
-             **{f"filters.{f}": "null" for f in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}}
+    small = {
+        "tokenize.vocab_size": 300,
+        "tokenize.seq_len": 16,
+        "tokenize.val_fraction": 0.3,
+        **{f"filters.{f}": "null" for f in ("gopher_quality", "gopher_repetition", "c4", "fineweb")},
+    }
     stats = run_prepare([str(src)], str(tmp_path / "web"), prepare_cfg(**small))  # language ID, then tokenizer
     assert stats["rejected"] == 1 and identity(stats)
     (r,) = rejects(tmp_path / "web")
@@ -276,8 +298,9 @@ def test_a_finished_output_with_other_inputs_is_prepared_again(tmp_path):
     rows = c4_rows(10)
     src = write_jsonl(tmp_path / "a.jsonl", rows[:5])
     first = run_prepare([str(src)], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE))
-    second = run_prepare([str(src), str(write_jsonl(tmp_path / "b.jsonl", rows[5:]))], str(tmp_path / "out"),
-                         prepare_cfg(**NO_TOKENIZE))
+    second = run_prepare(
+        [str(src), str(write_jsonl(tmp_path / "b.jsonl", rows[5:]))], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE)
+    )
     assert (first["docs_in"], second["docs_in"]) == (5, 10)
     (tmp_path / "out" / "my_notes.txt").write_text("mine")  # a user's file in lmstack's folder stays
     third = run_prepare([str(src)], str(tmp_path / "out"), prepare_cfg(**NO_TOKENIZE, **{"filters.c4": "null"}))
@@ -307,19 +330,29 @@ def test_a_changed_blocklist_file_is_a_changed_input(tmp_path):
 def test_prepare_merge_refuses_duplicate_missing_and_foreign_shards(tmp_path):
     rows = c4_rows(10)
     for k in range(2):
-        write_jsonl(tmp_path / f"in{k}.jsonl", rows[k * 5:(k + 1) * 5])
+        write_jsonl(tmp_path / f"in{k}.jsonl", rows[k * 5 : (k + 1) * 5])
     cfg = prepare_cfg(**NO_TOKENIZE)
     for i in range(2):
         run_prepare([str(tmp_path / "in*.jsonl")], str(tmp_path / f"s{i}"), {**cfg, "num_shards": 2, "shard_index": i})
-    run_prepare([str(tmp_path / "in*.jsonl")], str(tmp_path / "other1"),
-                {**cfg, "num_shards": 2, "shard_index": 1, "max_doc_bytes": 5000})
-    for shards, message in [(f"[{tmp_path}/s0,{tmp_path}/s0]", "named twice"), (f"[{tmp_path}/s0]", "missing"),
-                            (f"[{tmp_path}/s0,{tmp_path}/other1]", "another job")]:
+    run_prepare(
+        [str(tmp_path / "in*.jsonl")],
+        str(tmp_path / "other1"),
+        {**cfg, "num_shards": 2, "shard_index": 1, "max_doc_bytes": 5000},
+    )
+    for shards, message in [
+        (f"[{tmp_path}/s0,{tmp_path}/s0]", "named twice"),
+        (f"[{tmp_path}/s0]", "missing"),
+        (f"[{tmp_path}/s0,{tmp_path}/other1]", "another job"),
+    ]:
         out = cli("prepare-merge", f"shards={shards}", f"output_dir={tmp_path / 'merged'}", "prepare.tokenize=null")
         assert out.returncode != 0 and message in out.stderr, (shards, out.stderr[-400:])
         assert not (tmp_path / "merged").exists()
-    out = cli("prepare-merge", f"shards=[{tmp_path}/s0,{tmp_path}/s1]", f"output_dir={tmp_path / 'merged'}",
-              "prepare.tokenize=null")
+    out = cli(
+        "prepare-merge",
+        f"shards=[{tmp_path}/s0,{tmp_path}/s1]",
+        f"output_dir={tmp_path / 'merged'}",
+        "prepare.tokenize=null",
+    )
     assert out.returncode == 0, out.stderr[-400:]
     assert json.loads((tmp_path / "merged" / "stats.json").read_text())["docs_in"] == 10
 
@@ -328,8 +361,14 @@ def test_prepare_merge_refuses_duplicate_missing_and_foreign_shards(tmp_path):
 def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
     brown = str(SHARED_DATA / "prose" / "brown.jsonl.gz")
     args = ["prepare", f"inputs=[{brown}]", f"output_dir={tmp_path / 'out'}", "prepare=prose", "prepare.tokenize=null"]
-    first = subprocess.Popen([sys.executable, "-m", "lmstack.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lmstack.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.time() + 60
     while not (tmp_path / "out" / ".work").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -353,8 +392,9 @@ def test_globs_survive_symlink_loops_and_list_each_file_once(tmp_path):
     os.symlink(root, root / "a" / "b" / "loop")
     os.symlink(root / "a", root / "again")
     files = expand_inputs([str(root / "**" / "*.jsonl")])
-    assert sorted(os.path.realpath(f) for f in files) == sorted(str((root / p).resolve()) for p in
-                                                                ("x.jsonl", "a/y.jsonl", "a/b/z.jsonl"))
+    assert sorted(os.path.realpath(f) for f in files) == sorted(
+        str((root / p).resolve()) for p in ("x.jsonl", "a/y.jsonl", "a/b/z.jsonl")
+    )
     assert len(expand_inputs([str(root / "x.jsonl"), str(root / "*.jsonl")])) == 1
     nested = expand_inputs([str(root / "**" / "b" / "**" / "*.jsonl")])  # under b: z, and x and y through the loop
     assert sorted(os.path.realpath(f) for f in nested) == sorted(os.path.realpath(f) for f in files)

@@ -22,8 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+    )
 
 
 def trained_checkpoint(small_cfg, tmp_path, *overrides) -> Path:
@@ -46,10 +51,14 @@ def trained_checkpoint(small_cfg, tmp_path, *overrides) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides,arch", [
-    (("attention=gqa",), "LlamaForCausalLM"),
-    (("norm=olmo2", "attention=mqa", "model.tie_embeddings=true"), "Olmo2ForCausalLM"),
-], ids=["llama-gqa", "olmo2-mqa-tied"])
+@pytest.mark.parametrize(
+    "overrides,arch",
+    [
+        (("attention=gqa",), "LlamaForCausalLM"),
+        (("norm=olmo2", "attention=mqa", "model.tie_embeddings=true"), "Olmo2ForCausalLM"),
+    ],
+    ids=["llama-gqa", "olmo2-mqa-tied"],
+)
 def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(small_cfg, tmp_path, overrides, arch):
     from lmstack.checkpoint import load_checkpoint
 
@@ -76,19 +85,35 @@ def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(smal
     back = cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'back.ckpt'}")
     assert back.returncode == 0, back.stderr
     again, tok2, _ = load_checkpoint(str(tmp_path / "back.ckpt"))
-    arch_fields = ("d_model", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "hidden_size",
-                   "rope_theta", "norm", "norm_eps", "placement", "qk_norm", "tie_embeddings")
+    arch_fields = (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "vocab_size",
+        "max_seq_len",
+        "hidden_size",
+        "rope_theta",
+        "norm",
+        "norm_eps",
+        "placement",
+        "qk_norm",
+        "tie_embeddings",
+    )
     assert {f: getattr(again.cfg, f) for f in arch_fields} == {f: getattr(model.cfg, f) for f in arch_fields}
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert tok2.to_str() == tok.to_str()
 
 
-@pytest.mark.parametrize("cfg,option", [
-    (dict(norm="layernorm"), "norm.kind=layernorm"),
-    (dict(qk_norm=True), "norm.qk_norm=true with norm.placement=pre"),
-    (dict(placement="reordered"), "norm.placement=reordered with norm.qk_norm=false"),
-])
+@pytest.mark.parametrize(
+    "cfg,option",
+    [
+        (dict(norm="layernorm"), "norm.kind=layernorm"),
+        (dict(qk_norm=True), "norm.qk_norm=true with norm.placement=pre"),
+        (dict(placement="reordered"), "norm.placement=reordered with norm.qk_norm=false"),
+    ],
+)
 def test_configs_without_an_equivalent_are_refused_naming_the_option(cfg, option):
     with pytest.raises(NoHFEquivalent, match=option.replace(".", r"\.")):
         hf_architecture(ModelConfig(**cfg))
@@ -105,12 +130,20 @@ def test_export_cli_refuses_layernorm_and_writes_nothing(small_cfg, tmp_path):
 
 
 def test_import_refuses_what_lmstack_cannot_compute(tmp_path):
-    base = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 100}
+    base = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+    }
     assert model_config_from_hf(base)[1] == "llama"
-    for extra, msg in [({"attention_bias": True}, "attention_bias=True"),
-                       ({"rope_scaling": {"type": "linear", "factor": 2}}, "rope_scaling="),
-                       ({"architectures": ["GPT2LMHeadModel"]}, "lmstack imports LlamaForCausalLM")]:
+    for extra, msg in [
+        ({"attention_bias": True}, "attention_bias=True"),
+        ({"rope_scaling": {"type": "linear", "factor": 2}}, "rope_scaling="),
+        ({"architectures": ["GPT2LMHeadModel"]}, "lmstack imports LlamaForCausalLM"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             model_config_from_hf({**base, **extra})
     (tmp_path / "config.json").write_text(json.dumps(base))
@@ -127,8 +160,12 @@ def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(smal
 
     cfg = small_cfg()
     first = run(cfg)
-    assert cli("export", f"ckpt={Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'}", "format=hf",
-               f"out={tmp_path / 'hf'}").returncode == 0
+    assert (
+        cli(
+            "export", f"ckpt={Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'}", "format=hf", f"out={tmp_path / 'hf'}"
+        ).returncode
+        == 0
+    )
     assert cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'imported.ckpt'}").returncode == 0
     cfg2 = small_cfg(f"init_from={tmp_path / 'imported.ckpt'}", "model.d_model=64")  # the checkpoint's model wins
     cfg2.run_dir = str(tmp_path / "continued")

@@ -94,10 +94,24 @@ def test_inloop_evals_equal_lmstack_eval_on_the_final_checkpoint(small_cfg, tmp_
         assert [e.step for e in events.Scalars(tag)] == [2, 4], tag
     assert events.Scalars("eval/c4/bpb")[-1].value == pytest.approx(rounds[1]["c4"]["bpb"], rel=1e-6)
 
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "eval", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-                          "tasks=[c4, arc_easy, copa]", f"out={tmp_path / 'ev'}", "limit=15", "seq_len=64",
-                          f"evals={'olmes'}"], capture_output=True, text=True, cwd=ROOT,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmstack.cli",
+            "eval",
+            f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+            "tasks=[c4, arc_easy, copa]",
+            f"out={tmp_path / 'ev'}",
+            "limit=15",
+            "seq_len=64",
+            f"evals={'olmes'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     alone = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert alone["arc_easy"]["acc"] == rounds[1]["arc_easy"]["acc"]

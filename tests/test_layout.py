@@ -48,7 +48,7 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(g.get(m, ())):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n in g and n not in state and (found := visit(n)):
                 return found
         state[m] = 2
@@ -74,6 +74,9 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_every_module_is_under_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in [*(ROOT / "lmstack").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]
-            if (n := len(p.read_text().splitlines())) >= 400}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in [*(ROOT / "lmstack").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+        if (n := len(p.read_text().splitlines())) >= 400
+    }
     assert not long

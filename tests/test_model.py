@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from lmstack.generate import generate
 from lmstack.model import ATTENTION_BACKENDS, ModelConfig, Transformer, register_attention_backend
 from lmstack.model.attention import eager_attention, sdpa_attention
 from lmstack.model.norms import LayerNorm, RMSNorm
 from lmstack.model.rope import apply_rope, rope_cache
-from lmstack.generate import generate
 
 from .conftest import compose_cfg
 
@@ -119,8 +119,9 @@ def test_generate_many_decodes_a_batch_like_single_rows():
     free = generate_many(model, prompt, 16, 10, temperature=3.0, generator=torch.Generator().manual_seed(1))
     eos = free[0][3]  # a token row 0 draws 4th: with it as EOS, row 0 stops by then and the others go on
     rows = generate_many(model, prompt, 16, 10, temperature=3.0, eos_id=eos, generator=torch.Generator().manual_seed(1))
-    again = generate_many(model, prompt, 16, 10, temperature=3.0, eos_id=eos, use_cache=False,
-                          generator=torch.Generator().manual_seed(1))
+    again = generate_many(
+        model, prompt, 16, 10, temperature=3.0, eos_id=eos, use_cache=False, generator=torch.Generator().manual_seed(1)
+    )
     assert rows == again
     assert len({tuple(r) for r in rows}) > 1
     for r, f in zip(rows, free):
@@ -207,8 +208,9 @@ def test_plugins_can_register_an_attention_backend():
 
 @pytest.mark.parametrize("size,target", [("20m", 20e6), ("60m", 60e6), ("150m", 150e6), ("1b", 1e9), ("7b", 7e9)])
 def test_preset_sizes_on_meta_device(size, target):
-    from lmstack.config import model_config, validate
     from omegaconf import OmegaConf
+
+    from lmstack.config import model_config, validate
 
     cfg = compose_cfg([f"model={size}"])
     spec = validate(OmegaConf.to_container(cfg, resolve=True))

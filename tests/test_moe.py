@@ -102,15 +102,18 @@ def test_aux_losses_on_a_known_routing():
 
 
 def test_the_load_balancing_loss_alone_moves_the_router():
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, moe_experts=4, moe_top_k=2,
-                      moe_hidden=32, moe_layers=[1])
+    cfg = ModelConfig(
+        vocab_size=64, d_model=32, n_layers=2, n_heads=2, moe_experts=4, moe_top_k=2, moe_hidden=32, moe_layers=[1]
+    )
     model = Transformer(cfg)
     assert type(model.blocks[0].mlp).__name__ == "SwiGLU" and isinstance(model.blocks[1].mlp, MoE)
     model(torch.randint(0, 64, (2, 16)))
     lb, z = model.moe_aux_loss()
     lb.backward()
     assert model.blocks[1].mlp.router.weight.grad.abs().sum() > 0
-    assert cfg.non_embedding_params() == model.num_params() and cfg.non_embedding_params(active=True) < model.num_params()
+    assert (
+        cfg.non_embedding_params() == model.num_params() and cfg.non_embedding_params(active=True) < model.num_params()
+    )
 
 
 @pytest.mark.slow
@@ -119,8 +122,12 @@ def test_a_moe_fit_logs_routing_and_resumes_exactly(small_cfg, tmp_path):
 
     from lmstack.run import run
 
-    over = ["model=moe-tiny", "callbacks.moe.every_n_steps=2", "train.max_tokens=1024",
-            "callbacks.checkpoint.every_n_train_steps=2"]
+    over = [
+        "model=moe-tiny",
+        "callbacks.moe.every_n_steps=2",
+        "train.max_tokens=1024",
+        "callbacks.checkpoint.every_n_train_steps=2",
+    ]
     cfg = small_cfg(*over)
     full = run(cfg)
     run_dir = Path(cfg.run_dir)
@@ -138,8 +145,16 @@ def test_a_moe_fit_logs_routing_and_resumes_exactly(small_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
-    cmd = [sys.executable, str(ROOT / "tests" / "run_worker.py"), str(tmp_path), "strategy=fsdp", "trainer.devices=2",
-           "model=moe-tiny", "train.max_tokens=2048", "callbacks.checkpoint.every_n_train_steps=2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "run_worker.py"),
+        str(tmp_path),
+        "strategy=fsdp",
+        "trainer.devices=2",
+        "model=moe-tiny",
+        "train.max_tokens=2048",
+        "callbacks.checkpoint.every_n_train_steps=2",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=600, env=clean_env())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:

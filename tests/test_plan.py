@@ -59,11 +59,19 @@ def test_overrides_compose_into_a_config_that_validates_with_about_n_parameters(
 
 
 def test_plan_cli_prints_the_table_and_overrides():
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "plan", "params=7e9", "tokens=150e9", "gpu=h100",
-                          "usd_per_gpu_hour=2"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "plan", "params=7e9", "tokens=150e9", "gpu=h100", "usd_per_gpu_hour=2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "| H100 | 989.0 | 4,424 |" in out.stdout and "$8,847" in out.stdout
     assert "this CPU (fp32, measured)" in out.stdout and "python train.py model.d_model=" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "plan", "params=1e9", "tokens=1e10", "flops=1e20"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "plan", "params=1e9", "tokens=1e10", "flops=1e20"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode != 0 and "give at most two" in bad.stderr

@@ -14,8 +14,13 @@ from lmstack.model import ATTENTION_BACKENDS
 from .conftest import compose_cfg
 
 
-@pytest.mark.parametrize("module,name,package", [("plugins.attention.flash_attn", "flash_attn", "flash_attn"),
-                                                 ("plugins.attention.xformers", "xformers", "xformers")])
+@pytest.mark.parametrize(
+    "module,name,package",
+    [
+        ("plugins.attention.flash_attn", "flash_attn", "flash_attn"),
+        ("plugins.attention.xformers", "xformers", "xformers"),
+    ],
+)
 def test_gpu_backend_plugins_register_and_explain_a_missing_install(module, name, package):
     cfg = compose_cfg([f"imports=[{module}]", f"attention.backend={name}"])
     spec = validate(OmegaConf.to_container(cfg, resolve=True))

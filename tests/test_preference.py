@@ -85,8 +85,14 @@ def test_a_cached_reference_equals_the_live_one():
     tok = add_chat_tokens(train_bpe(["What is 12 + 30? 42 -7 13"] * 40, 300))
     cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64).to_dict()
     opt = {"lr": 1e-3}
-    sched = {"name": "constant", "peak_lr": 1e-3, "total_tokens": 10, "warmup_tokens": 0, "min_lr": 0.0,
-             "decay_tokens": 0}
+    sched = {
+        "name": "constant",
+        "peak_lr": 1e-3,
+        "total_tokens": 10,
+        "warmup_tokens": 0,
+        "min_lr": 0.0,
+        "decay_tokens": 0,
+    }
     task = make_task("arithmetic")
     pairs = [Pair(e, e.answer, str(int(e.answer) + 1), "corrupted") for e in task.generate(6, seed=0)]
     items = [encode_pair(tok, p, None, 64) for p in pairs]

@@ -22,12 +22,22 @@ from .conftest import CONF, compose_cfg
 ROOT = Path(CONF).parent
 
 
-@pytest.mark.parametrize("override,key", [
-    ("optimizer.lr=nan", "optimizer.lr"), ("optimizer.lr=inf", "optimizer.lr"), ("train.grad_clip=inf", "train.grad_clip"),
-    ("loss.z_loss=nan", "loss.z_loss"), ("model.init_std=inf", "model.init_std"), ("schedule.min_lr=nan", "schedule.min_lr"),
-    ("optimizer.betas=[0.9,1.0]", "optimizer.betas"), ("optimizer.betas=[-0.1,0.95]", "optimizer.betas"),
-    ("optimizer.betas=[0.9]", "optimizer.betas"), ("seed=-1", "seed"), ("callbacks.spike.threshold=nan", "callbacks.spike.threshold"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optimizer.lr=nan", "optimizer.lr"),
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("train.grad_clip=inf", "train.grad_clip"),
+        ("loss.z_loss=nan", "loss.z_loss"),
+        ("model.init_std=inf", "model.init_std"),
+        ("schedule.min_lr=nan", "schedule.min_lr"),
+        ("optimizer.betas=[0.9,1.0]", "optimizer.betas"),
+        ("optimizer.betas=[-0.1,0.95]", "optimizer.betas"),
+        ("optimizer.betas=[0.9]", "optimizer.betas"),
+        ("seed=-1", "seed"),
+        ("callbacks.spike.threshold=nan", "callbacks.spike.threshold"),
+    ],
+)
 def test_nan_inf_bad_betas_and_negative_seeds_are_refused(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
         validate(OmegaConf.to_container(compose_cfg([override]), resolve=True))
@@ -35,12 +45,28 @@ def test_nan_inf_bad_betas_and_negative_seeds_are_refused(override, key):
 
 def test_a_nan_learning_rate_fails_before_any_data_work(tmp_path):
     t0 = time.time()
-    out = subprocess.run([sys.executable, "train.py", "optimizer.lr=nan", f"paths.output_root={tmp_path}",
-                          f"paths.cache_dir={tmp_path}/cache"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "optimizer.lr=nan",
+            f"paths.output_root={tmp_path}",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode != 0 and "optimizer.lr=nan is not a finite number" in out.stderr
     assert time.time() - t0 < 10 and not (tmp_path / "cache").exists()
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "generate", "ckpt=x", "prompt=a", "seed=-3"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "generate", "ckpt=x", "prompt=a", "seed=-3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode != 0 and "seed=-3" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -52,8 +78,11 @@ def four_steps(tmp_path_factory):
     from .conftest import SMALL
 
     tmp = tmp_path_factory.mktemp("resume")
-    cfg = compose_cfg([*SMALL, "train.max_tokens=1024", "train.ckpt_every_steps=2", "logger=csv"],
-                      run_dir=tmp / "outputs" / "runs" / "a", cache_dir=tmp / "cache")
+    cfg = compose_cfg(
+        [*SMALL, "train.max_tokens=1024", "train.ckpt_every_steps=2", "logger=csv"],
+        run_dir=tmp / "outputs" / "runs" / "a",
+        cache_dir=tmp / "cache",
+    )
     run(cfg)
     return tmp, cfg
 
@@ -62,8 +91,11 @@ def resume_cfg(four_steps, name, *overrides):
     from .conftest import SMALL
 
     tmp, base = four_steps
-    cfg = compose_cfg([*SMALL, "train.max_tokens=1024", "train.ckpt_every_steps=2", "logger=csv", *overrides],
-                      run_dir=tmp / "outputs" / "runs" / name, cache_dir=tmp / "cache")
+    cfg = compose_cfg(
+        [*SMALL, "train.max_tokens=1024", "train.ckpt_every_steps=2", "logger=csv", *overrides],
+        run_dir=tmp / "outputs" / "runs" / name,
+        cache_dir=tmp / "cache",
+    )
     cfg.ckpt_path = str(Path(base.run_dir) / "checkpoints" / "step000002.ckpt")
     return cfg
 

@@ -29,19 +29,26 @@ def planted_corpus(tmp_path: Path) -> tuple[Path, Path, str]:
     train_id = next(f"planted-{i}" for i in range(100) if not is_validation(f"planted-{i}", 0.1))
     val_id = next(f"planted-{i}" for i in range(100) if is_validation(f"planted-{i}", 0.1))
     (tmp_path / "prose.jsonl").write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in prose))
-    (tmp_path / "planted.jsonl").write_text(json.dumps({"id": train_id, "text": noise()}) + "\n"
-                                            + json.dumps({"id": val_id, "text": noise()}) + "\n")
+    (tmp_path / "planted.jsonl").write_text(
+        json.dumps({"id": train_id, "text": noise()}) + "\n" + json.dumps({"id": val_id, "text": noise()}) + "\n"
+    )
     return tmp_path / "prose.jsonl", tmp_path / "planted.jsonl", train_id
 
 
 def spike_overrides(tmp_path: Path, mode: str) -> list[str]:
     """Prose only, except that step SPIKE_STEP's batch is drawn from the planted source alone."""
     prose, planted, _ = planted_corpus(tmp_path)
-    return ["data_mix=prose_curriculum", f"data_mix.sources=[{{name:prose,paths:[{prose}]}},{{name:planted,paths:[{planted}],weight:0}}]",
-            f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * TPS},weights:{{planted:1}}}},"
-            f"{{start_tokens:{(SPIKE_STEP + 1) * TPS},weights:{{prose:1}}}}]",
-            f"train.max_tokens={STEPS * TPS}", "callbacks.spike.window=20", "callbacks.spike.min_history=10",
-            f"callbacks.spike.mode={mode}", "callbacks.checkpoint.every_n_train_steps=10"]
+    return [
+        "data_mix=prose_curriculum",
+        f"data_mix.sources=[{{name:prose,paths:[{prose}]}},{{name:planted,paths:[{planted}],weight:0}}]",
+        f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * TPS},weights:{{planted:1}}}},"
+        f"{{start_tokens:{(SPIKE_STEP + 1) * TPS},weights:{{prose:1}}}}]",
+        f"train.max_tokens={STEPS * TPS}",
+        "callbacks.spike.window=20",
+        "callbacks.spike.min_history=10",
+        f"callbacks.spike.mode={mode}",
+        "callbacks.checkpoint.every_n_train_steps=10",
+    ]
 
 
 class WeightsPerStep(L.Callback):
@@ -96,7 +103,9 @@ def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(
         cfg = small_cfg(*spike_overrides(tmp_path / mode, mode))
         cfg.run_dir = str(tmp_path / mode / "run")
         results[mode] = (run(cfg), spikes_of(cfg.run_dir))
-    (skip, skip_spikes), (rewind, rewind_spikes), (logged, log_spikes) = (results[m] for m in ("skip_step", "rewind", "log"))
+    (skip, skip_spikes), (rewind, rewind_spikes), (logged, log_spikes) = (
+        results[m] for m in ("skip_step", "rewind", "log")
+    )
     assert rewind_spikes[0]["step"] == SPIKE_STEP and rewind_spikes[0]["action"].startswith("rewind to ")
     assert rewind_spikes[0]["action"].endswith("step000030.ckpt")
     assert rewind["steps"] == skip["steps"] == STEPS
@@ -117,8 +126,11 @@ def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(tmp_path, sm
     blocklist = Path(cfg.run_dir) / "spike_blocklist.txt"
     _, _, planted_id = planted_corpus(tmp_path)
     assert IdBlocklist([str(blocklist)])(Document(planted_id, "x", "s")) == "listed"
-    again = small_cfg(*spike_overrides(tmp_path, "log"), "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS),
-                      f"data.blocklist=[{blocklist}]")
+    again = small_cfg(
+        *spike_overrides(tmp_path, "log"),
+        "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS),
+        f"data.blocklist=[{blocklist}]",
+    )
     again.run_dir = str(tmp_path / "again")
     run(again)
     assert not spikes_of(again.run_dir)  # the planted document's tokens carry no loss now
@@ -166,8 +178,12 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 def test_stability_and_throughput_scalars_reach_tensorboard(small_cfg):
     import math
 
-    cfg = small_cfg("train.max_tokens=2560", "callbacks.stability.every_n_steps=3",
-                    "callbacks.throughput.every_n_steps=3", "callbacks.gc.every_n_steps=2")
+    cfg = small_cfg(
+        "train.max_tokens=2560",
+        "callbacks.stability.every_n_steps=3",
+        "callbacks.throughput.every_n_steps=3",
+        "callbacks.gc.every_n_steps=2",
+    )
     run(cfg)
     s = scalars(cfg.run_dir)
     n_layers = cfg.model.n_layers
@@ -191,8 +207,16 @@ def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "tests" / "run_worker.py"), str(tmp_path), "strategy=ddp", "trainer.devices=2",
-           "train.max_tokens=3072", "callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2"]
+    cmd = [
+        sys.executable,
+        str(root / "tests" / "run_worker.py"),
+        str(tmp_path),
+        "strategy=ddp",
+        "trainer.devices=2",
+        "train.max_tokens=3072",
+        "callbacks.gc.every_n_steps=2",
+        "callbacks.gc.generation=2",
+    ]
     subprocess.run(cmd, check=True, cwd=root, timeout=600, env=clean_env())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]

@@ -39,8 +39,16 @@ def test_each_sweep_composes_validates_and_names_its_jobs(name):
 
 
 def sweep(out: Path, *overrides: str) -> Path:
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SMALL, *overrides, f"paths.output_root={out}",
-           f"paths.cache_dir={out / 'cache'}", f"paths.shared_data={SHARED_DATA}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *SMALL,
+        *overrides,
+        f"paths.output_root={out}",
+        f"paths.cache_dir={out / 'cache'}",
+        f"paths.shared_data={SHARED_DATA}",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900, env=clean_env(), capture_output=True)
     (found,) = [p for p in out.glob("sweeps/*/*") if p.is_dir()]
     return found
@@ -53,8 +61,9 @@ def test_a_sweep_runs_each_job_in_its_own_process_and_flags_the_diverged_one(tmp
     results = [json.loads((sweep_dir / j / "result.json").read_text()) for j in ("0", "1")]
     assert results[0]["status"] == "completed" and results[1]["status"] == "diverged"
     assert len({results[0]["pid"], results[1].get("pid", results[0]["pid"] + 1)}) == 2
-    out = subprocess.run([sys.executable, "-m", "lmstack.cli", "report", str(sweep_dir)], capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "report", str(sweep_dir)], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     md = (sweep_dir / "report.md").read_text()
     assert "| rank | job | optimizer.lr | val/bpb | tokens | wall_s | status | diverged |" in md
@@ -92,7 +101,7 @@ def test_optuna_searches_lr_and_warmup(tmp_path):
 
 def test_the_fit_recovers_a_synthetic_power_law():
     c = np.logspace(12, 17, 9)  # the reducible part runs from 2.5 down to 0.08
-    loss = 1.69 + 1e4 * c ** -0.3
+    loss = 1.69 + 1e4 * c**-0.3
     law = fit_power_law(c, loss)
     assert law.E == pytest.approx(1.69, rel=1e-3) and law.alpha == pytest.approx(0.3, rel=1e-3)
     assert law.A == pytest.approx(1e4, rel=1e-2)
@@ -108,8 +117,13 @@ def test_fit_report_over_jobs_of_several_sizes(tmp_path):
     jobs = []
     for i, n in enumerate([1e6, 2e6, 4e6, 8e6, 16e6]):
         d = 20 * n
-        job = report_mod.Job(str(i), tmp_path, {"model.d_model": str(i)}, "completed",
-                             result={"non_embedding_params": n, "tokens": d, "val/bpb": 0.0})
+        job = report_mod.Job(
+            str(i),
+            tmp_path,
+            {"model.d_model": str(i)},
+            "completed",
+            result={"non_embedding_params": n, "tokens": d, "val/bpb": 0.0},
+        )
         job.result["val/bpb"] = float(1.2 + 50.0 * (6 * n * d) ** -0.15)
         jobs.append(job)
     text = report_mod.fit_report(jobs, predict_flops=6 * 64e6 * 20 * 64e6)
@@ -127,9 +141,17 @@ def test_a_job_dies_with_its_sweep_process():
     import time
 
     sweep = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lmstack.sweep.job import start_job; "
-         "p = start_job([sys.executable, '-c', 'import time; time.sleep(120)'], {}); print(p.pid, flush=True); "
-         "time.sleep(120)"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lmstack.sweep.job import start_job; "
+            "p = start_job([sys.executable, '-c', 'import time; time.sleep(120)'], {}); print(p.pid, flush=True); "
+            "time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     job = int(sweep.stdout.readline())
 
     def alive(pid):

@@ -45,8 +45,14 @@ def test_fit_writes_logs_checkpoint_and_config(small_cfg):
 
 
 def test_exact_resume_reproduces_the_losses(small_cfg, tmp_path):
-    common = ["logger=csv", "train.max_tokens=1536", "train.ckpt_every_steps=3", "optimizer.lr=1e-2",
-              "trainer.accumulate_grad_batches=2", "data.batch_size=2"]
+    common = [
+        "logger=csv",
+        "train.max_tokens=1536",
+        "train.ckpt_every_steps=3",
+        "optimizer.lr=1e-2",
+        "trainer.accumulate_grad_batches=2",
+        "data.batch_size=2",
+    ]
     full = small_cfg(*common)
     full.run_dir = str(tmp_path / "full")
     run(full)
@@ -78,15 +84,32 @@ def test_generate_cli_from_checkpoint(small_cfg):
     run(cfg)
     ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     out = subprocess.run(
-        [sys.executable, "-m", "lmstack.cli", "generate", f"ckpt={ckpt}", "prompt=def main(", "max_new_tokens=12",
-         "temperature=0"], capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "lmstack.cli",
+            "generate",
+            f"ckpt={ckpt}",
+            "prompt=def main(",
+            "max_new_tokens=12",
+            "temperature=0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout
     assert out.startswith("def main(") and len(out) > len("def main(")
-    bad = subprocess.run([sys.executable, "-m", "lmstack.cli", "generate", "prompt=x"], capture_output=True,
-                         text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "generate", "prompt=x"], capture_output=True, text=True, cwd=ROOT
+    )
     assert bad.returncode != 0 and "missing argument ckpt" in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "lmstack.cli", "generate", "ckpt=/nonexistent.ckpt", "prompt=x"],
-                             capture_output=True, text=True, cwd=ROOT)
+    missing = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "generate", "ckpt=/nonexistent.ckpt", "prompt=x"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert missing.returncode != 0 and "no checkpoint at '/nonexistent.ckpt'" in missing.stderr
 
 

@@ -21,8 +21,10 @@ CHAT_TOKENS = [*MARKERS.values(), END]
 
 
 # `render` as a Jinja chat template (Hugging Face's `apply_chat_template` gives the same ids; written on export)
-JINJA_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + END + "{% endfor %}"
-                  "{% if add_generation_prompt %}" + MARKERS["assistant"] + "{% endif %}")
+JINJA_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + END + "{% endfor %}"
+    "{% if add_generation_prompt %}" + MARKERS["assistant"] + "{% endif %}"
+)
 
 
 def add_chat_tokens(tok: Tokenizer) -> Tokenizer:
@@ -40,8 +42,10 @@ def has_chat_tokens(tok: Tokenizer) -> bool:
 def render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """(token ids, mask): mask is 1 on the assistant's content and its end marker, 0 elsewhere."""
     if not has_chat_tokens(tok):
-        raise ValueError("the tokenizer has no chat tokens; add them with add_chat_tokens (init_from a base "
-                         "model does this for adaptation stages)")
+        raise ValueError(
+            "the tokenizer has no chat tokens; add them with add_chat_tokens (init_from a base "
+            "model does this for adaptation stages)"
+        )
     end = tok.token_to_id(END)
     ids: list[int] = []
     mask: list[int] = []
@@ -81,6 +85,8 @@ def resize_vocab(model, vocab_size: int) -> None:
             model.lm_head.weight = model.embed.weight
         else:
             head = model.lm_head.weight
-            model.lm_head.weight = torch.nn.Parameter(torch.cat([head, head.mean(0, keepdim=True).expand(new - old, -1)]))
+            model.lm_head.weight = torch.nn.Parameter(
+                torch.cat([head, head.mean(0, keepdim=True).expand(new - old, -1)])
+            )
         model.lm_head.out_features = new
     model.cfg.vocab_size = new

@@ -10,9 +10,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 def ranked_loader(trainer, ds, batch_size: int, seed: int, shuffle: bool, collate=None) -> DataLoader:
     """This rank's share of ds; shuffled per epoch (and the tail dropped) for training, in order for validation."""
-    sampler = DistributedSampler(ds, num_replicas=trainer.world_size if trainer else 1,
-                                 rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=seed,
-                                 drop_last=shuffle)
+    sampler = DistributedSampler(
+        ds,
+        num_replicas=trainer.world_size if trainer else 1,
+        rank=trainer.global_rank if trainer else 0,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=shuffle,
+    )
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=shuffle, collate_fn=collate)
 
 

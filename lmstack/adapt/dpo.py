@@ -15,13 +15,37 @@ from .preference import preference_loss, response_logps
 
 
 class DPOModule(PretrainModule):
-    def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
-                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
-                 max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False,
-                 loss: str = "dpo_norm", beta: float = 0.1, label_smoothing: float = 0.0, gamma: float = 0.5,
-                 reference: str = "cached", rpo_alpha: float = 0.0):
-        super().__init__(model_cfg, optimizer, schedule, z_loss, grad_clip, tokens_per_step, config,
-                         max_nonfinite_steps, activation_checkpointing, compile)
+    def __init__(
+        self,
+        model_cfg: dict,
+        optimizer: dict,
+        schedule: dict,
+        z_loss: float = 0.0,
+        grad_clip: float | None = None,
+        tokens_per_step: int = 1,
+        config: dict | None = None,
+        max_nonfinite_steps: int = 5,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        loss: str = "dpo_norm",
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        gamma: float = 0.5,
+        reference: str = "cached",
+        rpo_alpha: float = 0.0,
+    ):
+        super().__init__(
+            model_cfg,
+            optimizer,
+            schedule,
+            z_loss,
+            grad_clip,
+            tokens_per_step,
+            config,
+            max_nonfinite_steps,
+            activation_checkpointing,
+            compile,
+        )
         if reference not in ("cached", "live"):
             raise ValueError(f"dpo reference={reference!r}; allowed: cached, live")
         self.loss_name, self.beta, self.label_smoothing, self.gamma = loss, beta, label_smoothing, gamma
@@ -59,8 +83,9 @@ class DPOModule(PretrainModule):
     def step(self, batch, prefix: str):
         pc, pr, nc, nr = self.logps(self.model, batch)
         rc, rr = self.reference_logps(batch)
-        loss, metrics = preference_loss(pc, pr, rc, rr, nc, nr, self.loss_name, self.beta, self.label_smoothing,
-                                        self.gamma, self.rpo_alpha)
+        loss, metrics = preference_loss(
+            pc, pr, rc, rr, nc, nr, self.loss_name, self.beta, self.label_smoothing, self.gamma, self.rpo_alpha
+        )
         self.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=prefix == "val")
         for k, v in metrics.items():
             self.log(f"{prefix}/{k}", v, sync_dist=prefix == "val")
@@ -78,11 +103,15 @@ class DPOModule(PretrainModule):
     def validation_step(self, batch, batch_idx):
         loss, m = self.step(batch, "val")
         n = batch["chosen_ids"].shape[0]
-        self._val_sums += torch.tensor([float(loss) * n, float(m["rewards/accuracy"]) * n, n],
-                                       dtype=torch.float64, device=self.device)
+        self._val_sums += torch.tensor(
+            [float(loss) * n, float(m["rewards/accuracy"]) * n, n], dtype=torch.float64, device=self.device
+        )
 
     def on_validation_epoch_end(self):
         loss, acc, n = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
-        self.last_val = {"step": self.trainer.global_step, "val/loss": loss / max(n, 1),
-                         "val/preference_accuracy": acc / max(n, 1)}
+        self.last_val = {
+            "step": self.trainer.global_step,
+            "val/loss": loss / max(n, 1),
+            "val/preference_accuracy": acc / max(n, 1),
+        }
         self.log("val/preference_accuracy", acc / max(n, 1), sync_dist=False)

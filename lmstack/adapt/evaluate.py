@@ -11,23 +11,46 @@ from .tasks import Example, Task
 
 
 @torch.no_grad()
-def answer(model, tok, prompt: str, max_new_tokens: int, system: str | None = None, temperature: float = 0.0,
-           generator: torch.Generator | None = None) -> str:
+def answer(
+    model,
+    tok,
+    prompt: str,
+    max_new_tokens: int,
+    system: str | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> str:
     """The model's response through the chat template (greedy unless a temperature is given)."""
     return sample_answers(model, tok, prompt, 1, max_new_tokens, system, temperature, generator)[0]
 
 
 @torch.no_grad()
-def sample_answers(model, tok, prompt: str, n: int, max_new_tokens: int, system: str | None = None,
-                   temperature: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
+def sample_answers(
+    model,
+    tok,
+    prompt: str,
+    n: int,
+    max_new_tokens: int,
+    system: str | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[str]:
     """n sampled responses to one prompt, decoded as one batch."""
-    rows = generate_many(model, prompt_ids(tok, prompt, system), n, max_new_tokens, temperature=temperature,
-                         eos_id=tok.token_to_id(END), generator=generator)
+    rows = generate_many(
+        model,
+        prompt_ids(tok, prompt, system),
+        n,
+        max_new_tokens,
+        temperature=temperature,
+        eos_id=tok.token_to_id(END),
+        generator=generator,
+    )
     return [tok.decode(ids) for ids in rows]  # special tokens (the end marker) are dropped
 
 
-def exact_match(model, tok, examples: list[Example], tasks: dict[str, Task], max_new_tokens: int = 16,
-                system: str | None = None) -> dict:
+def exact_match(
+    model, tok, examples: list[Example], tasks: dict[str, Task], max_new_tokens: int = 16, system: str | None = None
+) -> dict:
     """{"exact_match": mean verifier score, "n": examples, "samples": the first few (prompt, response)}."""
     was_training = model.training
     model.eval()

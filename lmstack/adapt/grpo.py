@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, scale: bool = False, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(
+    rewards: torch.Tensor, scale: bool = False, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """rewards [P, G] -> (advantages [P, G], keep [P]: groups whose rewards are not all equal)."""
     mean = rewards.mean(-1, keepdim=True)
     adv = rewards - mean
@@ -28,8 +30,9 @@ def k3(logp_new: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def grpo_loss(logp_new, logp_old, adv, mask, clip_low: float = 0.2, clip_high: float = 0.2, beta: float = 0.0,
-              logp_ref=None) -> tuple[torch.Tensor, dict]:
+def grpo_loss(
+    logp_new, logp_old, adv, mask, clip_low: float = 0.2, clip_high: float = 0.2, beta: float = 0.0, logp_ref=None
+) -> tuple[torch.Tensor, dict]:
     """logp_* [N, T] per-token log-probs of the sampled responses, adv [N], mask [N, T] (response tokens).
     Returns (loss, metrics: kl, clip fraction)."""
     if beta > 0 and logp_ref is None:

@@ -12,12 +12,32 @@ from .sft import doc_attention_mask, sft_loss
 
 
 class SFTModule(PretrainModule):
-    def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
-                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
-                 max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False,
-                 reduction: str = "mean"):
-        super().__init__(model_cfg, optimizer, schedule, z_loss, grad_clip, tokens_per_step, config,
-                         max_nonfinite_steps, activation_checkpointing, compile)
+    def __init__(
+        self,
+        model_cfg: dict,
+        optimizer: dict,
+        schedule: dict,
+        z_loss: float = 0.0,
+        grad_clip: float | None = None,
+        tokens_per_step: int = 1,
+        config: dict | None = None,
+        max_nonfinite_steps: int = 5,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        reduction: str = "mean",
+    ):
+        super().__init__(
+            model_cfg,
+            optimizer,
+            schedule,
+            z_loss,
+            grad_clip,
+            tokens_per_step,
+            config,
+            max_nonfinite_steps,
+            activation_checkpointing,
+            compile,
+        )
         self.reduction = reduction  # saved with the other arguments by save_hyperparameters
 
     def training_step(self, batch, batch_idx):
@@ -50,4 +70,3 @@ class SFTModule(PretrainModule):
         nats, n = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
         self.log("val/loss", nats / max(n, 1), prog_bar=True, sync_dist=False)
         self.last_val = {"step": self.trainer.global_step, "val/loss": nats / max(n, 1)}
-

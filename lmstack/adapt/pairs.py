@@ -45,8 +45,16 @@ def corrupt(ex: Example, task: Task, rng: random.Random, tries: int = 50) -> str
     return "I do not know."
 
 
-def build_pairs(examples: list[Example], tasks: dict[str, Task], model=None, tok=None, samples: int = 4,
-                max_new_tokens: int = 16, system: str | None = None, seed: int = 0) -> list[Pair]:
+def build_pairs(
+    examples: list[Example],
+    tasks: dict[str, Task],
+    model=None,
+    tok=None,
+    samples: int = 4,
+    max_new_tokens: int = 16,
+    system: str | None = None,
+    seed: int = 0,
+) -> list[Pair]:
     """One pair per example; with a model, up to `samples` sampled answers are tried for the rejected one."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -58,11 +66,18 @@ def build_pairs(examples: list[Example], tasks: dict[str, Task], model=None, tok
             continue
         rejected = None
         if model is not None:
-            wrong = [r.strip() for r in sample_answers(model, tok, ex.prompt, samples, max_new_tokens, system,
-                                                       temperature=1.0, generator=gen)]
+            wrong = [
+                r.strip()
+                for r in sample_answers(
+                    model, tok, ex.prompt, samples, max_new_tokens, system, temperature=1.0, generator=gen
+                )
+            ]
             rejected = next((r for r in wrong if r and task.verify(r, ex) == 0.0), None)
-        pairs.append(Pair(ex, ex.answer, rejected, "model") if rejected else
-                     Pair(ex, ex.answer, corrupt(ex, task, rng), "corrupted"))
+        pairs.append(
+            Pair(ex, ex.answer, rejected, "model")
+            if rejected
+            else Pair(ex, ex.answer, corrupt(ex, task, rng), "corrupted")
+        )
     return pairs
 
 

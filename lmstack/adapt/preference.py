@@ -30,8 +30,19 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor, ignore: int = -10
     return picked.sum(-1), keep.sum(-1)
 
 
-def preference_loss(pc, pr, rc, rr, nc, nr, loss: str = "sigmoid", beta: float = 0.1,
-                    label_smoothing: float = 0.0, gamma: float = 0.5, rpo_alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
+def preference_loss(
+    pc,
+    pr,
+    rc,
+    rr,
+    nc,
+    nr,
+    loss: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    gamma: float = 0.5,
+    rpo_alpha: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
     """(mean loss over pairs, plus rpo_alpha x the chosen tokens' mean NLL; metrics: rewards, margin,
     accuracy, the chosen NLL)."""
     if loss not in LOSSES:
@@ -48,5 +59,10 @@ def preference_loss(pc, pr, rc, rr, nc, nr, loss: str = "sigmoid", beta: float =
     nll = -pc.sum() / nc.sum()
     total = losses.mean() + rpo_alpha * nll if rpo_alpha else losses.mean()
     rc_, rr_ = (beta * chosen).detach(), (beta * rejected).detach()
-    return total, {"rewards/chosen": rc_.mean(), "rewards/rejected": rr_.mean(), "rewards/margin": (rc_ - rr_).mean(),
-                   "rewards/accuracy": (rc_ > rr_).float().mean(), "chosen_nll": nll.detach()}
+    return total, {
+        "rewards/chosen": rc_.mean(),
+        "rewards/rejected": rr_.mean(),
+        "rewards/margin": (rc_ - rr_).mean(),
+        "rewards/accuracy": (rc_ > rr_).float().mean(),
+        "chosen_nll": nll.detach(),
+    }

@@ -27,14 +27,39 @@ def token_logps(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class GRPOModule(PretrainModule):
-    def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
-                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
-                 max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False,
-                 group_size: int = 8, beta: float = 0.0, clip_low: float = 0.2, clip_high: float = 0.28,
-                 scale_advantages: bool = False, temperature: float = 1.0, max_new_tokens: int = 12,
-                 system: str | None = None):
-        super().__init__(model_cfg, optimizer, schedule, z_loss, grad_clip, tokens_per_step, config,
-                         max_nonfinite_steps, activation_checkpointing, compile)
+    def __init__(
+        self,
+        model_cfg: dict,
+        optimizer: dict,
+        schedule: dict,
+        z_loss: float = 0.0,
+        grad_clip: float | None = None,
+        tokens_per_step: int = 1,
+        config: dict | None = None,
+        max_nonfinite_steps: int = 5,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        group_size: int = 8,
+        beta: float = 0.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.28,
+        scale_advantages: bool = False,
+        temperature: float = 1.0,
+        max_new_tokens: int = 12,
+        system: str | None = None,
+    ):
+        super().__init__(
+            model_cfg,
+            optimizer,
+            schedule,
+            z_loss,
+            grad_clip,
+            tokens_per_step,
+            config,
+            max_nonfinite_steps,
+            activation_checkpointing,
+            compile,
+        )
         self.group_size, self.beta, self.clip = group_size, beta, (clip_low, clip_high)
         self.scale_advantages, self.temperature, self.max_new = scale_advantages, temperature, max_new_tokens
         self.system = system
@@ -58,8 +83,9 @@ class GRPOModule(PretrainModule):
         seqs, rewards, lengths = [], [], []
         for ex in examples:
             prompt = prompt_ids(self.tok, ex.prompt, self.system)
-            outs = generate_many(self.model, prompt, self.group_size, self.max_new, temperature=self.temperature,
-                                 eos_id=end)
+            outs = generate_many(
+                self.model, prompt, self.group_size, self.max_new, temperature=self.temperature, eos_id=end
+            )
             rewards.append([self.tasks[ex.task].verify(self.tok.decode(out), ex) for out in outs])
             seqs += [(prompt, out) for out in outs]
             lengths += [len(out) for out in outs]
@@ -70,7 +96,7 @@ class GRPOModule(PretrainModule):
         for i, (p, o) in enumerate(seqs):
             full = torch.tensor(p + o)
             ids[i, : len(full) - 1] = full[:-1]
-            labels[i, len(p) - 1 : len(full) - 1] = full[len(p):]
+            labels[i, len(p) - 1 : len(full) - 1] = full[len(p) :]
         return ids.to(self.device), labels.to(self.device), torch.tensor(rewards, device=self.device), lengths
 
     def training_step(self, batch, batch_idx):

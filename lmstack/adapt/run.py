@@ -27,8 +27,17 @@ from .sft import pack
 from .tasks import Example, Task, make_task
 
 log = logging.getLogger("lmstack")
-STAGE_KEYS = {"name", "tasks", "train_examples", "test_examples", "system", "reduction", "epochs", "max_new_tokens",
-              "test_fraction"}
+STAGE_KEYS = {
+    "name",
+    "tasks",
+    "train_examples",
+    "test_examples",
+    "system",
+    "reduction",
+    "epochs",
+    "max_new_tokens",
+    "test_fraction",
+}
 DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples", "rpo_alpha"}
 RLVR_KEYS = {"group_size", "clip_low", "clip_high", "scale_advantages", "temperature", "eval_samples"}
 
@@ -36,8 +45,10 @@ RLVR_KEYS = {"group_size", "clip_low", "clip_high", "scale_advantages", "tempera
 def stage_tasks(stage: dict) -> dict[str, Task]:
     tasks = stage.get("tasks") or {}
     if not tasks:
-        raise ConfigError("stage.tasks is empty; name at least one task (arithmetic, reverse, sort, count, "
-                          "constraints, or a .jsonl file)")
+        raise ConfigError(
+            "stage.tasks is empty; name at least one task (arithmetic, reverse, sort, count, "
+            "constraints, or a .jsonl file)"
+        )
     try:
         return {name: make_task(name, **(args or {})) for name, args in tasks.items()}
     except (TypeError, ValueError, FileNotFoundError) as e:
@@ -58,7 +69,9 @@ def split_examples(stage: dict, tasks: dict[str, Task], seed: int) -> tuple[list
 
 def conversation(ex: Example, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}]
+        {"role": "user", "content": ex.prompt},
+        {"role": "assistant", "content": ex.answer},
+    ]
 
 
 def record(run_dir: Path, stage: str, numbers: dict, recipe_file: str | None = None) -> Path:
@@ -74,13 +87,16 @@ def check_stage(spec: RunSpec) -> dict:
     stage = spec.stage
     unknown = set(stage) - STAGE_KEYS - DPO_KEYS - RLVR_KEYS - {"recipe_file"}
     if unknown:
-        raise ConfigError(f"stage.{sorted(unknown)[0]} is not a stage option; allowed: "
-                          f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS | RLVR_KEYS))}")
+        raise ConfigError(
+            f"stage.{sorted(unknown)[0]} is not a stage option; allowed: "
+            f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS | RLVR_KEYS))}"
+        )
     if stage["name"] not in ("sft", "dpo", "rlvr"):
         raise ConfigError(f"stage={stage['name']!r} is not available; available: sft, dpo, rlvr")
     if not spec.init_from:
-        raise ConfigError(f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or "
-                          "lmstack import-hf)")
+        raise ConfigError(
+            f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or lmstack import-hf)"
+        )
     if stage.get("rpo_alpha", 0.0) < 0:
         raise ConfigError(f"stage.rpo_alpha={stage['rpo_alpha']} must be >= 0 (the weight of the chosen answers' NLL)")
     if stage.get("reduction", "mean") not in ("mean", "sum"):
@@ -89,8 +105,8 @@ def check_stage(spec: RunSpec) -> dict:
 
 
 def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
-    from lmstack.data.tokenizer import token_byte_lengths
     from lmstack.checkpoint import load_checkpoint
+    from lmstack.data.tokenizer import token_byte_lengths
 
     stage = check_stage(spec)
     name = stage["name"]
@@ -126,26 +142,49 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     max_steps = max(1, math.ceil(stage.get("epochs", 1) * n_train / per_step))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
-    args = (cfg, *common, schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps), 0.0, spec.train.grad_clip, tps, config,
-            spec.train.max_nonfinite_steps, spec.train.activation_checkpointing, spec.train.compile)
+    args = (
+        cfg,
+        *common,
+        schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps),
+        0.0,
+        spec.train.grad_clip,
+        tps,
+        config,
+        spec.train.max_nonfinite_steps,
+        spec.train.activation_checkpointing,
+        spec.train.compile,
+    )
     if name == "sft":
         module = SFTModule(*args, reduction=stage.get("reduction", "mean"))
         dm = RowsDataModule(train_data, val_data, spec.data.batch_size, spec.seed)
     elif name == "rlvr":
         from .rlvr import GRPOModule
 
-        module = GRPOModule(*args, group_size=stage.get("group_size", 8), beta=stage.get("beta", 0.0),
-                            clip_low=stage.get("clip_low", 0.2), clip_high=stage.get("clip_high", 0.28),
-                            scale_advantages=stage.get("scale_advantages", False),
-                            temperature=stage.get("temperature", 1.0), max_new_tokens=max_new, system=system)
+        module = GRPOModule(
+            *args,
+            group_size=stage.get("group_size", 8),
+            beta=stage.get("beta", 0.0),
+            clip_low=stage.get("clip_low", 0.2),
+            clip_high=stage.get("clip_high", 0.28),
+            scale_advantages=stage.get("scale_advantages", False),
+            temperature=stage.get("temperature", 1.0),
+            max_new_tokens=max_new,
+            system=system,
+        )
         module.tok, module.tasks = tok, tasks
         dm = PromptsDataModule(train_data, spec.data.batch_size, spec.seed, seq_len)
     else:
         from .dpo import DPOModule
 
-        module = DPOModule(*args, loss=stage.get("loss", "dpo_norm"), beta=stage.get("beta", 0.1),
-                           label_smoothing=stage.get("label_smoothing", 0.0), gamma=stage.get("gamma", 0.5),
-                           reference=stage.get("reference", "cached"), rpo_alpha=stage.get("rpo_alpha", 0.0))
+        module = DPOModule(
+            *args,
+            loss=stage.get("loss", "dpo_norm"),
+            beta=stage.get("beta", 0.1),
+            label_smoothing=stage.get("label_smoothing", 0.0),
+            gamma=stage.get("gamma", 0.5),
+            reference=stage.get("reference", "cached"),
+            rpo_alpha=stage.get("rpo_alpha", 0.0),
+        )
         dm = PairsDataModule(train_data, val_data, spec.data.batch_size, spec.seed, seq_len)
     module.model.load_state_dict(model.state_dict())
     if name == "dpo" and module.reference == "live" or name == "rlvr":
@@ -156,18 +195,28 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     if name == "rlvr" and trainer.is_global_zero:
         reward_before = sampled_reward(model, tok, test, tasks, stage, system)
     if trainer.is_global_zero:
-        print(f"stage {name}: {what}, {len(test)} held out; {max_steps} steps; held-out exact match before: "
-              f"{before['exact_match']:.3f}" + (f", mean sampled reward {reward_before:.3f}" if name == "rlvr" else ""))
+        print(
+            f"stage {name}: {what}, {len(test)} held out; {max_steps} steps; held-out exact match before: "
+            f"{before['exact_match']:.3f}" + (f", mean sampled reward {reward_before:.3f}" if name == "rlvr" else "")
+        )
     trainer.fit(module, datamodule=dm)
     if name == "dpo":
         trainer.validate(module, datamodule=dm, verbose=False)  # the final preference accuracy
     result = {"steps": trainer.global_step, "run_dir": str(run_dir)}
     if trainer.is_global_zero:
-        final = module.model if trainer.world_size == 1 else load_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))[0]
+        final = (
+            module.model if trainer.world_size == 1 else load_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))[0]
+        )
         after = exact_match(final, tok, test, tasks, max_new, system)
-        numbers = {"exact_match": after["exact_match"], "exact_match_before": before["exact_match"],
-                   "held_out": after["n"], "train_examples": len(train), "steps": trainer.global_step,
-                   "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), **extra}
+        numbers = {
+            "exact_match": after["exact_match"],
+            "exact_match_before": before["exact_match"],
+            "held_out": after["n"],
+            "train_examples": len(train),
+            "steps": trainer.global_step,
+            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+            **extra,
+        }
         if name == "dpo":
             numbers["preference_accuracy"] = module.last_val["val/preference_accuracy"]
         if name == "rlvr":
@@ -177,10 +226,12 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         result.update(numbers, objective=1.0 - after["exact_match"])
         for s in after["samples"][:3]:
             print(f"  {s['prompt']!r} -> {s['response']!r} (answer {s['answer']!r})")
-        print(f"held-out exact match: {before['exact_match']:.3f} -> {after['exact_match']:.3f}"
-              + (f"; preference accuracy {numbers['preference_accuracy']:.3f}" if name == "dpo" else "")
-              + (f"; mean sampled reward {reward_before:.3f} -> {numbers['mean_reward']:.3f}" if name == "rlvr" else "")
-              + f"; {path}")
+        print(
+            f"held-out exact match: {before['exact_match']:.3f} -> {after['exact_match']:.3f}"
+            + (f"; preference accuracy {numbers['preference_accuracy']:.3f}" if name == "dpo" else "")
+            + (f"; mean sampled reward {reward_before:.3f} -> {numbers['mean_reward']:.3f}" if name == "rlvr" else "")
+            + f"; {path}"
+        )
     return result
 
 
@@ -192,9 +243,13 @@ def sampled_reward(model, tok, examples, tasks, stage, system) -> float:
     gen = torch.Generator().manual_seed(0)
     model.eval()
     k = stage.get("eval_samples", 4)
-    scores = [tasks[e.task].verify(r, e) for e in examples
-              for r in sample_answers(model, tok, e.prompt, k, stage.get("max_new_tokens", 16), system,
-                                      stage.get("temperature", 1.0), gen)]
+    scores = [
+        tasks[e.task].verify(r, e)
+        for e in examples
+        for r in sample_answers(
+            model, tok, e.prompt, k, stage.get("max_new_tokens", 16), system, stage.get("temperature", 1.0), gen
+        )
+    ]
     return sum(scores) / max(len(scores), 1)
 
 
@@ -209,8 +264,9 @@ def dpo_data(stage, model, tok, train, test, tasks, system, seq_len, seed) -> tu
     samples = stage.get("rejected_samples", 4)
     out, sampled = [], 0
     for split, examples in (("train", train), ("test", test)):
-        pairs = build_pairs(examples, tasks, model if samples else None, tok, samples,
-                            stage.get("max_new_tokens", 16), system, seed)
+        pairs = build_pairs(
+            examples, tasks, model if samples else None, tok, samples, stage.get("max_new_tokens", 16), system, seed
+        )
         sampled += sum(p.source == "model" for p in pairs)
         items = [encode_pair(tok, p, system, seq_len) for p in pairs]
         if stage.get("reference", "cached") == "cached" and stage.get("loss", "dpo_norm") != "simpo":

@@ -43,7 +43,11 @@ def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int 
     out_mask = torch.zeros((len(rows), width), dtype=torch.long)
     out_doc = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (i, m, d) in enumerate(rows):
-        out_ids[r, : len(i)], out_mask[r, : len(m)], out_doc[r, : len(d)] = torch.tensor(i), torch.tensor(m), torch.tensor(d)
+        out_ids[r, : len(i)], out_mask[r, : len(m)], out_doc[r, : len(d)] = (
+            torch.tensor(i),
+            torch.tensor(m),
+            torch.tensor(d),
+        )
     labels = out_ids[:, 1:].clone()
     same_doc = (out_doc[:, 1:] == out_doc[:, :-1]) & (out_doc[:, 1:] > 0)
     labels[~(same_doc & (out_mask[:, 1:] == 1))] = IGNORE
@@ -64,8 +68,7 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
     """(loss, trainable tokens) over labels != IGNORE; see the module docstring for the reductions."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"sft reduction={reduction!r}; allowed: mean, sum")
-    per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                                reduction="none")
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
     n = int((labels != IGNORE).sum())
     total = per_token.sum()  # ignored positions contribute exact zeros
     if reduction == "mean":

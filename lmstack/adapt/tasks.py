@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-WORDS = ("apple river stone cloud garden window music forest paper candle silver harbor lantern meadow "
-         "pencil rocket summer winter valley bridge castle dragon engine feather island jungle kettle ladder "
-         "marble needle orange planet quartz saddle tunnel violin wagon yellow zebra anchor basket copper "
-         "desert falcon glacier hammer igloo jacket kitten lemon mirror nickel oyster pepper rabbit tomato").split()
+WORDS = (
+    "apple river stone cloud garden window music forest paper candle silver harbor lantern meadow "
+    "pencil rocket summer winter valley bridge castle dragon engine feather island jungle kettle ladder "
+    "marble needle orange planet quartz saddle tunnel violin wagon yellow zebra anchor basket copper "
+    "desert falcon glacier hammer igloo jacket kitten lemon mirror nickel oyster pepper rabbit tomato"
+).split()
 TOPICS = ("the sea", "a cat", "the moon", "rain", "a train", "the city", "bread", "a garden", "snow", "music")
 PHRASES = ("the end", "thank you", "that is all", "good night")
 
@@ -64,8 +66,9 @@ class Task(ABC):
         """1.0 when the response is right, else 0.0."""
         return float(first_line(response) == ex.answer)
 
-    def generate(self, n: int, split: str = "train", seed: int = 0, test_fraction: float = 0.2,
-                 max_tries: int = 1000) -> list[Example]:
+    def generate(
+        self, n: int, split: str = "train", seed: int = 0, test_fraction: float = 0.2, max_tries: int = 1000
+    ) -> list[Example]:
         """n distinct examples of one split."""
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r}; allowed: train, test")
@@ -137,14 +140,23 @@ class Constraints(Task):
         topic, kind = rng.choice(TOPICS), rng.choice(("lowercase", "words", "ends"))
         words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
         if kind == "lowercase":
-            return Example(self.name, f"Write about {topic} using only lowercase letters.",
-                           " ".join(words), {"kind": kind})
+            return Example(
+                self.name, f"Write about {topic} using only lowercase letters.", " ".join(words), {"kind": kind}
+            )
         if kind == "words":
-            return Example(self.name, f"Write exactly {len(words)} words about {topic}.", " ".join(words),
-                           {"kind": kind, "n": len(words)})
+            return Example(
+                self.name,
+                f"Write exactly {len(words)} words about {topic}.",
+                " ".join(words),
+                {"kind": kind, "n": len(words)},
+            )
         phrase = rng.choice(PHRASES)
-        return Example(self.name, f"Write about {topic} and end with the phrase '{phrase}'.",
-                       " ".join(words[:3] + [phrase]), {"kind": kind, "phrase": phrase})
+        return Example(
+            self.name,
+            f"Write about {topic} and end with the phrase '{phrase}'.",
+            " ".join(words[:3] + [phrase]),
+            {"kind": kind, "phrase": phrase},
+        )
 
     def verify(self, response, ex):
         text = first_line(response)
@@ -174,8 +186,9 @@ class JsonlTask(Task):
             answer = row.get("answer", row.get("chosen"))
             if not isinstance(row.get("prompt"), str) or not isinstance(answer, str):
                 raise ValueError(f"{self.path} line {n}: needs `prompt` and `answer` (or `chosen`/`rejected`)")
-            self.examples.append(Example(self.name, row["prompt"], answer,
-                                         {"rejected": row["rejected"]} if "rejected" in row else {}))
+            self.examples.append(
+                Example(self.name, row["prompt"], answer, {"rejected": row["rejected"]} if "rejected" in row else {})
+            )
         if not self.examples:
             raise ValueError(f"{self.path} holds no examples")
 
@@ -184,7 +197,10 @@ class JsonlTask(Task):
 
 
 TASKS: dict[str, Callable[..., Task]] = {
-    "arithmetic": Arithmetic, "reverse": Reverse, "sort": SortLetters, "count": CountLetter,
+    "arithmetic": Arithmetic,
+    "reverse": Reverse,
+    "sort": SortLetters,
+    "count": CountLetter,
     "constraints": Constraints,
 }
 

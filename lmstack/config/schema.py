@@ -10,7 +10,7 @@ from lmstack.model.attention import ATTENTION_BACKENDS
 from lmstack.model.config import ModelConfig
 from lmstack.train.schedules import SCHEDULES, tokens_of
 
-from .validate import ConfigError, check_kwargs, check_values, check_target, field_, to_dataclass
+from .validate import ConfigError, check_kwargs, check_target, check_values, field_, to_dataclass
 
 
 @dataclass
@@ -169,12 +169,30 @@ class RunSpec:
     stage: Optional[dict] = None  # an adaptation stage (conf/stage/): sft; None: pretraining
 
 
-MOE_KEYS = ("moe_experts", "moe_top_k", "moe_hidden", "moe_shared_expert", "moe_norm_topk", "moe_layers",
-            "moe_impl", "moe_lb_coef", "moe_z_coef")
+MOE_KEYS = (
+    "moe_experts",
+    "moe_top_k",
+    "moe_hidden",
+    "moe_shared_expert",
+    "moe_norm_topk",
+    "moe_layers",
+    "moe_impl",
+    "moe_lb_coef",
+    "moe_z_coef",
+)
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
 # Trainer arguments lmstack derives itself; setting them in `trainer` would silently disagree.
-DERIVED_TRAINER_KEYS = {"max_steps", "max_epochs", "callbacks", "logger", "strategy", "default_root_dir",
-                        "val_check_interval", "gradient_clip_val", "log_every_n_steps"}
+DERIVED_TRAINER_KEYS = {
+    "max_steps",
+    "max_epochs",
+    "callbacks",
+    "logger",
+    "strategy",
+    "default_root_dir",
+    "val_check_interval",
+    "gradient_clip_val",
+    "log_every_n_steps",
+}
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -193,8 +211,10 @@ def n_kv_heads(att: AttentionSection, n_heads: int) -> int:
     else:
         expected = att.n_kv_heads or max(1, n_heads // att.heads_per_kv)
     if att.n_kv_heads is not None and att.n_kv_heads != expected:
-        raise ConfigError(f"attention.n_kv_heads={att.n_kv_heads} contradicts attention.type={att.type} "
-                          f"(which means n_kv_heads={expected}); use attention=gqa to choose the count")
+        raise ConfigError(
+            f"attention.n_kv_heads={att.n_kv_heads} contradicts attention.type={att.type} "
+            f"(which means n_kv_heads={expected}); use attention=gqa to choose the count"
+        )
     return expected
 
 
@@ -207,16 +227,32 @@ def model_config(spec: RunSpec, vocab_size: Optional[int] = None) -> ModelConfig
     if m.n_heads % kv:
         raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by attention.n_kv_heads={kv}")
     if att.backend not in ATTENTION_BACKENDS:
-        raise ConfigError(f"attention.backend={att.backend!r} is not registered; allowed: "
-                          f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)")
+        raise ConfigError(
+            f"attention.backend={att.backend!r} is not registered; allowed: "
+            f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)"
+        )
     try:
         return ModelConfig(
-            d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=kv,
-            vocab_size=vocab_size or m.vocab_size or 256, max_seq_len=m.max_seq_len, mlp_hidden=m.mlp_hidden,
-            mlp_multiple_of=m.mlp_multiple_of, rope_theta=m.rope_theta, norm=norm.kind, norm_eps=norm.eps,
-            norm_bias=norm.bias, placement=norm.placement, qk_norm=norm.qk_norm, tie_embeddings=m.tie_embeddings,
-            attn_backend=att.backend, init_std=m.init_std, embed_init_std=m.embed_init_std,
-            init_cutoff=m.init_cutoff, depth_scaled_init=m.depth_scaled_init,
+            d_model=m.d_model,
+            n_layers=m.n_layers,
+            n_heads=m.n_heads,
+            n_kv_heads=kv,
+            vocab_size=vocab_size or m.vocab_size or 256,
+            max_seq_len=m.max_seq_len,
+            mlp_hidden=m.mlp_hidden,
+            mlp_multiple_of=m.mlp_multiple_of,
+            rope_theta=m.rope_theta,
+            norm=norm.kind,
+            norm_eps=norm.eps,
+            norm_bias=norm.bias,
+            placement=norm.placement,
+            qk_norm=norm.qk_norm,
+            tie_embeddings=m.tie_embeddings,
+            attn_backend=att.backend,
+            init_std=m.init_std,
+            embed_init_std=m.embed_init_std,
+            init_cutoff=m.init_cutoff,
+            depth_scaled_init=m.depth_scaled_init,
             **{k: getattr(m, k) for k in MOE_KEYS},
         )
     except ValueError as e:
@@ -235,12 +271,15 @@ def validate(cfg: dict) -> RunSpec:
         raise ConfigError("data_mix.sources is empty; name at least one source")
     for i, src in enumerate(spec.data_mix.sources):
         if sum(map(bool, (src.builtin, src.paths, src.prepared))) != 1:
-            raise ConfigError(f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin`, `paths` "
-                              "or `prepared`")
+            raise ConfigError(
+                f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin`, `paths` or `prepared`"
+            )
     if len({bool(s.prepared) for s in spec.data_mix.sources}) > 1:
-        raise ConfigError("data_mix: mix `prepared` folders only with other `prepared` folders (raw sources are "
-                          "tokenized together with a tokenizer of their own); prepare the raw ones with "
-                          "`lmstack prepare ... prepare.tokenize.tokenizer=<the folders' tokenizer.json>`")
+        raise ConfigError(
+            "data_mix: mix `prepared` folders only with other `prepared` folders (raw sources are "
+            "tokenized together with a tokenizer of their own); prepare the raw ones with "
+            "`lmstack prepare ... prepare.tokenize.tokenizer=<the folders' tokenizer.json>`"
+        )
     if sum(s.weight for s in spec.data_mix.sources) <= 0:
         raise ConfigError("data_mix.sources: the weights sum to 0")
     names = [s.name for s in spec.data_mix.sources]
@@ -250,8 +289,9 @@ def validate(cfg: dict) -> RunSpec:
     for i, phase in enumerate(spec.data_mix.phases):
         unknown = sorted(set(phase.weights) - set(names))
         if unknown:
-            raise ConfigError(f"data_mix.phases[{i}].weights names {unknown[0]!r}, not a source; sources: "
-                              f"{', '.join(names)}")
+            raise ConfigError(
+                f"data_mix.phases[{i}].weights names {unknown[0]!r}, not a source; sources: {', '.join(names)}"
+            )
         if sum(phase.weights.values()) <= 0:
             raise ConfigError(f"data_mix.phases[{i}].weights: the weights sum to 0")
         start = tokens_of(phase.start_tokens, spec.train.max_tokens)
@@ -259,8 +299,10 @@ def validate(cfg: dict) -> RunSpec:
             raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
         previous = start
     if spec.ckpt_path and spec.init_from:
-        raise ConfigError("set one of ckpt_path (resume a run: weights, optimizer, data position) and init_from "
-                          "(start a new run from a checkpoint's weights)")
+        raise ConfigError(
+            "set one of ckpt_path (resume a run: weights, optimizer, data position) and init_from "
+            "(start a new run from a checkpoint's weights)"
+        )
     if spec.train.batch_guard not in ("warn", "fail"):
         raise ConfigError(f"train.batch_guard={spec.train.batch_guard!r} is not allowed; allowed: warn, fail")
     if spec.data.seq_len > spec.model.max_seq_len:
@@ -292,6 +334,8 @@ def _check_trainer(trainer: dict) -> None:
 
     derived = sorted(set(trainer) & DERIVED_TRAINER_KEYS)
     if derived:
-        raise ConfigError(f"trainer.{derived[0]} is set by lmstack (from train.* / strategy / logger / callbacks); "
-                          "remove it from the trainer config")
+        raise ConfigError(
+            f"trainer.{derived[0]} is set by lmstack (from train.* / strategy / logger / callbacks); "
+            "remove it from the trainer config"
+        )
     check_kwargs(Trainer.__init__, trainer, "trainer")

@@ -99,8 +99,11 @@ def check_values(node: Any, key: str = "") -> None:
         if isinstance(node, bool) or not isinstance(node, int) or node < 0:
             raise ConfigError(f"{key}={node!r}: a seed must be an integer >= 0")
     if name == "betas" and node is not None:
-        ok = isinstance(node, (list, tuple)) and len(node) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in node)
+        ok = (
+            isinstance(node, (list, tuple))
+            and len(node) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in node)
+        )
         if not ok:
             raise ConfigError(f"{key}={node!r}: betas must be two numbers in [0, 1)")
 

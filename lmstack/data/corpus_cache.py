@@ -48,10 +48,18 @@ def _exact_dedup(docs: list[dict], acct: Accounting) -> list[dict]:
     return [{"id": d.id, "text": d.text, "source": d.source} for d in kept]
 
 
-def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fraction: float,
-                   vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
-                   max_docs: int | None = None, shard_bytes: int = 4_000_000,
-                   tokenizer: str | None = None) -> PreparedCorpus:
+def prepare_corpus(
+    sources: list[dict],
+    cache_dir: str,
+    seq_len: int,
+    val_fraction: float,
+    vocab_size: int,
+    min_frequency: int = 2,
+    tokenizer_train_bytes: int = 20_000_000,
+    max_docs: int | None = None,
+    shard_bytes: int = 4_000_000,
+    tokenizer: str | None = None,
+) -> PreparedCorpus:
     """Prepare (or reuse) the corpus for these sources and settings; returns where it lies. `tokenizer`: a
     tokenizer.json to use (a checkpoint's, for init_from) instead of training one."""
     tok_cfg = {"vocab_size": vocab_size, "min_frequency": min_frequency, "train_bytes": tokenizer_train_bytes}
@@ -77,8 +85,18 @@ def prepare_corpus(sources: list[dict], cache_dir: str, seq_len: int, val_fracti
             if not docs:
                 raise ValueError(f"data source {src['name']!r} yielded no documents")
             per_source[src["name"]] = _exact_dedup(docs, acct)
-        meta = write_corpus(per_source, tmp, seq_len, val_fraction, vocab_size, min_frequency, tokenizer_train_bytes,
-                            shard_bytes, key, tokenizer)
+        meta = write_corpus(
+            per_source,
+            tmp,
+            seq_len,
+            val_fraction,
+            vocab_size,
+            min_frequency,
+            tokenizer_train_bytes,
+            shard_bytes,
+            key,
+            tokenizer,
+        )
         size = sum(len(d["text"].encode()) for docs in per_source.values() for d in docs)
         acct.stages.append(tokenize_stage(meta, acct.docs_out, size))
         acct.write(tmp)

@@ -57,12 +57,15 @@ def load_prepared(path: str, seq_len: int) -> PreparedCorpus:
     """A corpus that `lmstack prepare` wrote; its block length must be the training sequence length."""
     root = Path(os.path.expanduser(path))
     if not (root / "meta.json").exists():
-        raise FileNotFoundError(f"{root} holds no prepared corpus (no meta.json); run `lmstack prepare` with "
-                                "prepare.tokenize set")
+        raise FileNotFoundError(
+            f"{root} holds no prepared corpus (no meta.json); run `lmstack prepare` with prepare.tokenize set"
+        )
     meta = json.loads((root / "meta.json").read_text())
     if meta["seq_len"] != seq_len:
-        raise ValueError(f"{root} was tokenized into blocks of {meta['seq_len']} tokens but data.seq_len={seq_len}; "
-                         f"set data.seq_len={meta['seq_len']}")
+        raise ValueError(
+            f"{root} was tokenized into blocks of {meta['seq_len']} tokens but data.seq_len={seq_len}; "
+            f"set data.seq_len={meta['seq_len']}"
+        )
     return PreparedCorpus(root, meta)
 
 
@@ -112,16 +115,27 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
                 n += 1
             bar.update(len(shard))
     if n == 0:
-        raise ValueError(f"{out_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
-                         "add data, lower data.seq_len or change data.val_fraction")
+        raise ValueError(
+            f"{out_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
+            "add data, lower data.seq_len or change data.val_fraction"
+        )
     writer.done()
     writer._merge_no_wait()  # one writer, so no need to wait for other workers' index files
     return n
 
 
-def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val_fraction: float,
-                 vocab_size: int, min_frequency: int = 2, tokenizer_train_bytes: int = 20_000_000,
-                 shard_bytes: int = 4_000_000, key: str = "", tokenizer: str | None = None) -> dict:
+def write_corpus(
+    per_source: dict[str, list[dict]],
+    out: Path,
+    seq_len: int,
+    val_fraction: float,
+    vocab_size: int,
+    min_frequency: int = 2,
+    tokenizer_train_bytes: int = 20_000_000,
+    shard_bytes: int = 4_000_000,
+    key: str = "",
+    tokenizer: str | None = None,
+) -> dict:
     """Train the tokenizer on the training documents (or take the `tokenizer` file given, so that several
     prepared folders share one and can be mixed) and write every source's litdata splits into `out`
     (which must exist); documents are dicts with `id` and `text`. Returns the corpus metadata."""
@@ -139,8 +153,13 @@ def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val
         tok = train_bpe(sample, vocab_size, min_frequency)
     tok.save(str(out / "tokenizer.json"))
 
-    meta = {"key": key, "seq_len": seq_len, "vocab_size": tok.get_vocab_size(),
-            "tokenizer": tokenizer_digest(out / "tokenizer.json"), "sources": {}}
+    meta = {
+        "key": key,
+        "seq_len": seq_len,
+        "vocab_size": tok.get_vocab_size(),
+        "tokenizer": tokenizer_digest(out / "tokenizer.json"),
+        "sources": {},
+    }
     for name, docs in per_source.items():
         (out / name).mkdir()
         splits = {"train": [], "val": []}
@@ -148,13 +167,29 @@ def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val
             for ordinal, d in enumerate(docs):
                 split = "val" if is_validation(d["id"], val_fraction) else "train"
                 splits[split].append((ordinal, d["text"]))
-                f.write(json.dumps({"ordinal": ordinal, "id": d["id"], "source": name, "split": split,
-                                    "bytes": len(d["text"].encode())}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "ordinal": ordinal,
+                            "id": d["id"],
+                            "source": name,
+                            "split": split,
+                            "bytes": len(d["text"].encode()),
+                        }
+                    )
+                    + "\n"
+                )
         tally = {"document_tokens": 0}
-        counts = {s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes, tally)
-                  for s in ("train", "val")}
-        meta["sources"][name] = {"documents": len(docs), "blocks": counts, "val_documents": len(splits["val"]),
-                                 "tokens": (counts["train"] + counts["val"]) * seq_len, **tally}
+        counts = {
+            s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes, tally) for s in ("train", "val")
+        }
+        meta["sources"][name] = {
+            "documents": len(docs),
+            "blocks": counts,
+            "val_documents": len(splits["val"]),
+            "tokens": (counts["train"] + counts["val"]) * seq_len,
+            **tally,
+        }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -162,9 +197,15 @@ def write_corpus(per_source: dict[str, list[dict]], out: Path, seq_len: int, val
 def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
     """The tokenize stage's accounting: the documents' own tokens in, the tokens in training blocks out
     (EOS between documents added, each split's tail shorter than a block dropped)."""
-    return StageStats("tokenize", docs, docs, size, size,
-                      tokens_in=sum(m["document_tokens"] for m in meta["sources"].values()),
-                      tokens_out=sum(m["tokens"] for m in meta["sources"].values()))
+    return StageStats(
+        "tokenize",
+        docs,
+        docs,
+        size,
+        size,
+        tokens_in=sum(m["document_tokens"] for m in meta["sources"].values()),
+        tokens_out=sum(m["tokens"] for m in meta["sources"].values()),
+    )
 
 
 SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only reinterpret bytes as an array

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .dataset import BlockDataset, ResumableSampler
 from .corpus_cache import prepare_corpus
 from .corpus_format import PreparedCorpus, load_prepared, tokenizer_digest
+from .dataset import BlockDataset, ResumableSampler
 from .tokenizer import token_byte_lengths
 
 
@@ -25,11 +25,25 @@ class LMDataModule(L.LightningDataModule):
     """Sources are either raw (files or builtin, prepared together into one cached corpus with one
     tokenizer) or folders written by `lmstack prepare`, which can be mixed when they share a tokenizer."""
 
-    def __init__(self, sources: list[dict], cache_dir: str, seq_len: int, batch_size: int, vocab_size: int,
-                 val_fraction: float = 0.02, val_max_blocks: int | None = None, min_frequency: int = 2,
-                 tokenizer_train_bytes: int = 20_000_000, max_docs: int | None = None, num_workers: int = 0,
-                 seed: int = 0, total_micro_steps: int | None = None, phases: list[dict] | None = None,
-                 blocklist: list[str] | None = None, tokenizer: str | None = None):
+    def __init__(
+        self,
+        sources: list[dict],
+        cache_dir: str,
+        seq_len: int,
+        batch_size: int,
+        vocab_size: int,
+        val_fraction: float = 0.02,
+        val_max_blocks: int | None = None,
+        min_frequency: int = 2,
+        tokenizer_train_bytes: int = 20_000_000,
+        max_docs: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        total_micro_steps: int | None = None,
+        phases: list[dict] | None = None,
+        blocklist: list[str] | None = None,
+        tokenizer: str | None = None,
+    ):
         super().__init__()
         self.sources, self.cache_dir, self.seq_len = sources, cache_dir, seq_len
         self.batch_size, self.vocab_size, self.val_fraction = batch_size, vocab_size, val_fraction
@@ -48,8 +62,15 @@ class LMDataModule(L.LightningDataModule):
             self._load_prepared()
             return
         self.corpus = prepare_corpus(
-            self.sources, self.cache_dir, self.seq_len, self.val_fraction, self.vocab_size,
-            self.min_frequency, self.tokenizer_train_bytes, self.max_docs, tokenizer=self.tokenizer,
+            self.sources,
+            self.cache_dir,
+            self.seq_len,
+            self.val_fraction,
+            self.vocab_size,
+            self.min_frequency,
+            self.tokenizer_train_bytes,
+            self.max_docs,
+            tokenizer=self.tokenizer,
         )
         self.parts = [(i, self.corpus.root / s["name"], 1.0) for i, s in enumerate(self.sources)]
 
@@ -62,15 +83,19 @@ class LMDataModule(L.LightningDataModule):
             corpus = load_prepared(src["prepared"], self.seq_len)
             digest = tokenizer_digest(corpus.tokenizer_path)
             if first is None and self.tokenizer and digest != tokenizer_digest(Path(self.tokenizer)):
-                raise ValueError(f"data_mix: {src['prepared']} was tokenized with another tokenizer than the "
-                                 f"checkpoint's (init_from); prepare it again with "
-                                 f"prepare.tokenize.tokenizer={self.tokenizer}")
+                raise ValueError(
+                    f"data_mix: {src['prepared']} was tokenized with another tokenizer than the "
+                    f"checkpoint's (init_from); prepare it again with "
+                    f"prepare.tokenize.tokenizer={self.tokenizer}"
+                )
             if first is None:
                 self.corpus, first = corpus, digest
             elif digest != first:
-                raise ValueError(f"data_mix: {src['prepared']} was tokenized with another tokenizer than "
-                                 f"{self.corpus.root}; prepare it again with "
-                                 f"prepare.tokenize.tokenizer={self.corpus.tokenizer_path}")
+                raise ValueError(
+                    f"data_mix: {src['prepared']} was tokenized with another tokenizer than "
+                    f"{self.corpus.root}; prepare it again with "
+                    f"prepare.tokenize.tokenizer={self.corpus.tokenizer_path}"
+                )
             blocks = {n: m["blocks"]["train"] for n, m in corpus.meta["sources"].items()}
             total = sum(blocks.values()) or 1
             self.parts += [(i, corpus.root / n, b / total) for n, b in blocks.items()]
@@ -114,8 +139,9 @@ class LMDataModule(L.LightningDataModule):
         return torch.from_numpy(token_byte_lengths(self.corpus.tokenizer()))
 
     def _loader(self, dataset, **kw) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=False, **kw)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False, **kw
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -123,8 +149,14 @@ class LMDataModule(L.LightningDataModule):
         start = trainer.global_step * accum if trainer else 0
         total = self.total_micro_steps or max(start + 1, len(self.train_set) // self.batch_size)
         sampler = ResumableSampler(
-            self.train_set.lengths, self.source_weights(), self.batch_size, total,
-            start, trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1, self.seed,
+            self.train_set.lengths,
+            self.source_weights(),
+            self.batch_size,
+            total,
+            start,
+            trainer.global_rank if trainer else 0,
+            trainer.world_size if trainer else 1,
+            self.seed,
             [0] + [p["start_sample"] for p in self.phases],
         )
         return self._loader(self.train_set, sampler=sampler, drop_last=True)

@@ -8,7 +8,6 @@ resumed run (starting at micro-step m0) sees exactly the samples the uninterrupt
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -88,12 +87,21 @@ def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts:
 class ResumableSampler(Sampler[int]):
     """This rank's share of the global stream from micro-step `start_micro_step` to `total_micro_steps`."""
 
-    def __init__(self, lengths, weights, batch_size: int, total_micro_steps: int, start_micro_step: int = 0,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, phase_starts: list[int] | None = None):
+    def __init__(
+        self,
+        lengths,
+        weights,
+        batch_size: int,
+        total_micro_steps: int,
+        start_micro_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        phase_starts: list[int] | None = None,
+    ):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.start, self.total = start_micro_step, total_micro_steps
-        self.stream = mixture_stream(lengths, weights, total_micro_steps * world_size * batch_size, seed,
-                                     phase_starts)
+        self.stream = mixture_stream(lengths, weights, total_micro_steps * world_size * batch_size, seed, phase_starts)
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0) * self.batch_size

@@ -31,8 +31,9 @@ def _read_stdlib(name: str) -> Iterator[dict]:
             yield {"id": str(path.relative_to(root)), "text": text, "source": name}
 
 
-def read_source(name: str, builtin: str | None = None, paths: list[str] | None = None,
-                text_field: str = "text") -> Iterator[dict]:
+def read_source(
+    name: str, builtin: str | None = None, paths: list[str] | None = None, text_field: str = "text"
+) -> Iterator[dict]:
     """Documents of one configured source, in a deterministic order."""
     if builtin:
         if builtin not in BUILTIN_SOURCES:
@@ -44,8 +45,10 @@ def read_source(name: str, builtin: str | None = None, paths: list[str] | None =
     for item in read_inputs(expand_inputs(paths or []), name, text_field):
         if isinstance(item, Reject):
             where = f"{item.file}:{item.line}" if item.line else item.file
-            raise ValueError(f"{where}: {item.reason} (curate such input with `lmstack prepare`, which sets "
-                             "bad documents aside in rejects.jsonl)")
+            raise ValueError(
+                f"{where}: {item.reason} (curate such input with `lmstack prepare`, which sets "
+                "bad documents aside in rejects.jsonl)"
+            )
         yield {"id": item.id, "text": item.text, "source": name}
 
 

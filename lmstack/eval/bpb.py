@@ -53,21 +53,24 @@ def blocks_from_texts(tok, texts: list[str], seq_len: int) -> list[torch.Tensor]
 def blocks_from_prepared(path: str, tokenizer_json: str, seq_len: int, split: str = "val") -> list[torch.Tensor]:
     """The blocks of a folder `lmstack prepare` (or a training run's corpus) wrote, one split of every source.
     The folder must have been tokenized with the model's tokenizer."""
-    from lmstack.data.dataset import BlockDataset
     from lmstack.data.corpus_format import load_prepared
+    from lmstack.data.dataset import BlockDataset
 
     corpus = load_prepared(path, seq_len)
     if corpus.tokenizer_path.read_text() != tokenizer_json:
-        raise ValueError(f"eval set {path} was tokenized with another tokenizer than the model's; prepare it "
-                         "again with prepare.tokenize.tokenizer=<the model's tokenizer.json>")
+        raise ValueError(
+            f"eval set {path} was tokenized with another tokenizer than the model's; prepare it "
+            "again with prepare.tokenize.tokenizer=<the model's tokenizer.json>"
+        )
     dirs = [str(Path(corpus.root) / name / split) for name in corpus.meta["sources"]]
     data = BlockDataset(dirs)
     return [torch.cat([item["input_ids"], item["labels"][-1:]]) for item in (data[i] for i in range(len(data)))]
 
 
 @torch.no_grad()
-def bpb_sums(model, blocks: list[torch.Tensor], token_bytes: torch.Tensor, batch_size: int,
-             min_batches: int = 0) -> torch.Tensor:
+def bpb_sums(
+    model, blocks: list[torch.Tensor], token_bytes: torch.Tensor, batch_size: int, min_batches: int = 0
+) -> torch.Tensor:
     """float64 [3]: nats of the predicted text tokens, their count, and the bytes they stand for.
     Runs at least `min_batches` forward passes (ranks of a sharded model must run as many as each other)."""
     device = next(model.parameters()).device
@@ -84,8 +87,9 @@ def bpb_sums(model, blocks: list[torch.Tensor], token_bytes: torch.Tensor, batch
         if b * batch_size >= len(blocks):
             labels.fill_(-100)  # a padding pass: computes, counts nothing
         ids, labels = ids.to(device), labels.to(device)
-        losses = F.cross_entropy(model(ids).float().flatten(0, 1), labels.flatten(), reduction="none",
-                                 ignore_index=-100).double()
+        losses = F.cross_entropy(
+            model(ids).float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100
+        ).double()
         nbytes = torch.where(labels.flatten() >= 0, token_bytes[labels.flatten().clamp(min=0)], 0)
         counted = nbytes > 0
         sums += torch.stack([(losses * counted).sum(), counted.sum().double(), nbytes.sum().double()])

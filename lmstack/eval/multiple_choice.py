@@ -42,16 +42,19 @@ def load_requests(path: str | Path) -> list[Question]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            q = by_doc.setdefault(r["doc_id"], {"context": r["request"]["context"], "gold": r["doc"]["gold"],
-                                                "choices": {}})
+            q = by_doc.setdefault(
+                r["doc_id"], {"context": r["request"]["context"], "gold": r["doc"]["gold"], "choices": {}}
+            )
             q["choices"][r["idx"]] = r["request"]["continuation"]
-    return [Question(d, q["context"], q["gold"], [q["choices"][i] for i in sorted(q["choices"])])
-            for d, q in sorted(by_doc.items())]
+    return [
+        Question(d, q["context"], q["gold"], [q["choices"][i] for i in sorted(q["choices"])])
+        for d, q in sorted(by_doc.items())
+    ]
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
     stripped = context.rstrip(" ")
-    continuation = context[len(stripped):] + continuation
+    continuation = context[len(stripped) :] + continuation
     return tok.encode(stripped).ids if stripped else [], tok.encode(continuation).ids
 
 
@@ -60,8 +63,9 @@ def encode_question(tok, q: Question) -> list[tuple[list[int], list[int]]]:
 
 
 @torch.no_grad()
-def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32,
-                          min_batches: int = 0) -> list[float]:
+def continuation_logprobs(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32, min_batches: int = 0
+) -> list[float]:
     """Sum of log p(continuation token | everything before it) for each (context ids, continuation ids).
     Runs at least `min_batches` forward passes (ranks of a sharded model must run as many as each other)."""
     max_len = model.cfg.max_seq_len + 1
@@ -84,8 +88,13 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     return out
 
 
-def task_hits(model, questions: list[Question], encoded: list[list[tuple[list[int], list[int]]]],
-              batch_size: int = 32, min_batches: int = 0) -> torch.Tensor:
+def task_hits(
+    model,
+    questions: list[Question],
+    encoded: list[list[tuple[list[int], list[int]]]],
+    batch_size: int = 32,
+    min_batches: int = 0,
+) -> torch.Tensor:
     """float64 [3]: questions right by `acc`, right by `len_norm`, and questions scored."""
     pairs = [p for e in encoded for p in e]
     sums = continuation_logprobs(model, pairs, batch_size, min_batches)

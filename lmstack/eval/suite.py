@@ -34,8 +34,10 @@ def check_specs(sets: dict, tasks: dict, where: str = "evals") -> None:
     """Raise ValueError naming the first malformed entry (before any data is read)."""
     for name, s in (sets or {}).items():
         if not isinstance(s, dict) or sum(bool(s.get(k)) for k in ("jsonl", "prepared")) != 1:
-            raise ValueError(f"{where}.sets.{name} needs exactly one of `jsonl` (file or list of files) or "
-                             "`prepared` (a folder lmstack prepare wrote)")
+            raise ValueError(
+                f"{where}.sets.{name} needs exactly one of `jsonl` (file or list of files) or "
+                "`prepared` (a folder lmstack prepare wrote)"
+            )
         extra = set(s) - {"jsonl", "text_field", "max_docs", "prepared", "split"}
         if extra:
             raise ValueError(f"{where}.sets.{name}: unknown key {sorted(extra)[0]!r}")
@@ -69,8 +71,15 @@ def load_suite(sets: dict, tasks: dict, tok, tokenizer_json: str, seq_len: int) 
 
 
 @torch.no_grad()
-def evaluate(model, suite: EvalSuite, token_bytes: torch.Tensor, batch_size: int = 16, rank: int = 0,
-             world: int = 1, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+def evaluate(
+    model,
+    suite: EvalSuite,
+    token_bytes: torch.Tensor,
+    batch_size: int = 16,
+    rank: int = 0,
+    world: int = 1,
+    reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict:
     """{name: {metric: value}}. Rank r scores items r, r + world, ...; every rank runs the same number of
     forward passes; `reduce` sums a tensor over ranks."""
     was_training = model.training
@@ -81,12 +90,16 @@ def evaluate(model, suite: EvalSuite, token_bytes: torch.Tensor, batch_size: int
             most = max(len(blocks[r::world]) for r in range(world))
             sums = bpb_sums(model, blocks[rank::world], token_bytes, batch_size, math.ceil(most / batch_size))
             nats, tokens, nbytes = (reduce(sums) if reduce else sums).tolist()
-            out[name] = {"bpb": nats / math.log(2) / max(nbytes, 1), "loss": nats / max(tokens, 1),
-                         "tokens": int(tokens)}
+            out[name] = {
+                "bpb": nats / math.log(2) / max(nbytes, 1),
+                "loss": nats / max(tokens, 1),
+                "tokens": int(tokens),
+            }
         for name, (questions, encoded) in suite.tasks.items():
             most = max(sum(len(e) for e in encoded[r::world]) for r in range(world))
-            hits = task_hits(model, questions[rank::world], encoded[rank::world], batch_size,
-                             math.ceil(most / batch_size))
+            hits = task_hits(
+                model, questions[rank::world], encoded[rank::world], batch_size, math.ceil(most / batch_size)
+            )
             device = next(model.parameters()).device
             acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}

@@ -21,19 +21,33 @@ ARCH = {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
 # lmstack parameter name (per block, "{i}") -> Hugging Face name, for each architecture
 _BLOCK = {
-    "attn.q_proj.weight": "self_attn.q_proj.weight", "attn.k_proj.weight": "self_attn.k_proj.weight",
-    "attn.v_proj.weight": "self_attn.v_proj.weight", "attn.o_proj.weight": "self_attn.o_proj.weight",
-    "mlp.gate.weight": "mlp.gate_proj.weight", "mlp.up.weight": "mlp.up_proj.weight",
+    "attn.q_proj.weight": "self_attn.q_proj.weight",
+    "attn.k_proj.weight": "self_attn.k_proj.weight",
+    "attn.v_proj.weight": "self_attn.v_proj.weight",
+    "attn.o_proj.weight": "self_attn.o_proj.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
 NAMES = {
-    "llama": {**_BLOCK, "attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight"},
-    "olmo2": {**_BLOCK, "attn_norm.weight": "post_attention_layernorm.weight",
-              "mlp_norm.weight": "post_feedforward_layernorm.weight",
-              "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"},
+    "llama": {
+        **_BLOCK,
+        "attn_norm.weight": "input_layernorm.weight",
+        "mlp_norm.weight": "post_attention_layernorm.weight",
+    },
+    "olmo2": {
+        **_BLOCK,
+        "attn_norm.weight": "post_attention_layernorm.weight",
+        "mlp_norm.weight": "post_feedforward_layernorm.weight",
+        "attn.q_norm.weight": "self_attn.q_norm.weight",
+        "attn.k_norm.weight": "self_attn.k_norm.weight",
+    },
 }
-_TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-        "lm_head.weight": "lm_head.weight"}
+_TOP = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
 
 
 class NoHFEquivalent(ValueError):
@@ -43,17 +57,23 @@ class NoHFEquivalent(ValueError):
 def hf_architecture(cfg: ModelConfig) -> str:
     """`llama` or `olmo2` for this configuration, or NoHFEquivalent naming the option that blocks it."""
     if cfg.norm != "rmsnorm":
-        raise NoHFEquivalent(f"norm.kind={cfg.norm} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
-                             "(train with norm=rmsnorm or norm=olmo2)")
+        raise NoHFEquivalent(
+            f"norm.kind={cfg.norm} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
+            "(train with norm=rmsnorm or norm=olmo2)"
+        )
     if cfg.placement == "pre" and not cfg.qk_norm:
         return "llama"
     if cfg.placement == "reordered" and cfg.qk_norm:
         return "olmo2"
     if cfg.placement == "pre":
-        raise NoHFEquivalent("norm.qk_norm=true with norm.placement=pre has no Hugging Face equivalent: Llama has no "
-                             "QK-norm and OLMo 2 places its norms after each sublayer (use norm=olmo2 or qk_norm=false)")
-    raise NoHFEquivalent("norm.placement=reordered with norm.qk_norm=false has no Hugging Face equivalent: OLMo 2 "
-                         "always normalises queries and keys (set norm.qk_norm=true, or norm.placement=pre for Llama)")
+        raise NoHFEquivalent(
+            "norm.qk_norm=true with norm.placement=pre has no Hugging Face equivalent: Llama has no "
+            "QK-norm and OLMo 2 places its norms after each sublayer (use norm=olmo2 or qk_norm=false)"
+        )
+    raise NoHFEquivalent(
+        "norm.placement=reordered with norm.qk_norm=false has no Hugging Face equivalent: OLMo 2 "
+        "always normalises queries and keys (set norm.qk_norm=true, or norm.placement=pre for Llama)"
+    )
 
 
 def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
@@ -77,7 +97,7 @@ def from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> d
         if name in top:
             out[top[name]] = t
         elif name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
+            i, rest = name[len("model.layers.") :].split(".", 1)
             if rest not in back:
                 raise ValueError(f"unexpected {ARCH[arch]} parameter {name}")
             out[f"blocks.{i}.{back[rest]}"] = t
@@ -90,14 +110,28 @@ def from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> d
 
 def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> dict:
     c = {
-        "architectures": [ARCH[arch]], "model_type": arch, "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.hidden_size, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "hidden_act": "silu",
-        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": cfg.tie_embeddings,
-        "initializer_range": cfg.init_std, "bos_token_id": None, "eos_token_id": eos, "pad_token_id": pad,
-        "torch_dtype": "float32", "use_cache": True,
+        "architectures": [ARCH[arch]],
+        "model_type": arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "hidden_act": "silu",
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": None,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "torch_dtype": "float32",
+        "use_cache": True,
     }
     if arch == "llama":
         c.update(head_dim=cfg.head_dim, mlp_bias=False, pretraining_tp=1)
@@ -142,11 +176,20 @@ def _write_hf(out: Path, state: dict, model, tok, arch: str, eos, pad, stop, cha
     _write_json(out, "config.json", config)
     _write_json(out, "generation_config.json", {"eos_token_id": stop, "pad_token_id": pad, "bos_token_id": None})
     tok.save(os.path.join(out, "tokenizer.json"))
-    _write_json(out, "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tok.id_to_token(eos) if eos is not None else None,
-        "pad_token": PAD if pad is not None else None, "bos_token": None, "add_bos_token": False,
-        "model_max_length": model.cfg.max_seq_len, "clean_up_tokenization_spaces": False,
-        **({"chat_template": JINJA_TEMPLATE} if chat else {})})
+    _write_json(
+        out,
+        "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": tok.id_to_token(eos) if eos is not None else None,
+            "pad_token": PAD if pad is not None else None,
+            "bos_token": None,
+            "add_bos_token": False,
+            "model_max_length": model.cfg.max_seq_len,
+            "clean_up_tokenization_spaces": False,
+            **({"chat_template": JINJA_TEMPLATE} if chat else {}),
+        },
+    )
     return config
 
 
@@ -181,10 +224,19 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 # config.json keys a model is built from: (key, required, type); each must be > 0 (initializer_range >= 0)
-_HF_KEYS = [("hidden_size", True, int), ("num_hidden_layers", True, int), ("num_attention_heads", True, int),
-            ("vocab_size", True, int), ("intermediate_size", True, int), ("num_key_value_heads", False, int),
-            ("max_position_embeddings", False, int), ("head_dim", False, int), ("rms_norm_eps", False, float),
-            ("rope_theta", False, float), ("initializer_range", False, float)]
+_HF_KEYS = [
+    ("hidden_size", True, int),
+    ("num_hidden_layers", True, int),
+    ("num_attention_heads", True, int),
+    ("vocab_size", True, int),
+    ("intermediate_size", True, int),
+    ("num_key_value_heads", False, int),
+    ("max_position_embeddings", False, int),
+    ("head_dim", False, int),
+    ("rms_norm_eps", False, float),
+    ("rope_theta", False, float),
+    ("initializer_range", False, float),
+]
 
 
 def _check_hf_config(c) -> None:
@@ -213,12 +265,17 @@ def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
     if arch is None:
         raise ValueError(f"architectures={c.get('architectures')}: lmstack imports {', '.join(ARCH.values())}")
     rope = c.get("rope_parameters") or {}
-    blocks = [(k, v) for k, v in [
-        ("attention_bias", c.get("attention_bias", False)), ("mlp_bias", c.get("mlp_bias", False)),
-        ("hidden_act", c.get("hidden_act", "silu") != "silu" and c.get("hidden_act")),
-        ("rope_scaling", c.get("rope_scaling")),
-        ("rope_parameters.rope_type", rope.get("rope_type", "default") != "default" and rope.get("rope_type")),
-    ] if v]
+    blocks = [
+        (k, v)
+        for k, v in [
+            ("attention_bias", c.get("attention_bias", False)),
+            ("mlp_bias", c.get("mlp_bias", False)),
+            ("hidden_act", c.get("hidden_act", "silu") != "silu" and c.get("hidden_act")),
+            ("rope_scaling", c.get("rope_scaling")),
+            ("rope_parameters.rope_type", rope.get("rope_type", "default") != "default" and rope.get("rope_type")),
+        ]
+        if v
+    ]
     heads, d = c["num_attention_heads"], c["hidden_size"]
     if c.get("head_dim") not in (None, d // heads):
         blocks.append(("head_dim", c["head_dim"]))
@@ -228,12 +285,19 @@ def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
     if not isinstance(rope, dict):
         raise ValueError("config.json: rope_parameters must be an object")
     cfg = _model_config(
-        d_model=d, n_layers=c["num_hidden_layers"], n_heads=heads,
-        n_kv_heads=c.get("num_key_value_heads") or heads, vocab_size=c["vocab_size"],
-        max_seq_len=c.get("max_position_embeddings", 2048), mlp_hidden=c["intermediate_size"],
-        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10_000.0))), norm="rmsnorm",
-        norm_eps=c.get("rms_norm_eps", 1e-6), placement="pre" if arch == "llama" else "reordered",
-        qk_norm=arch == "olmo2", tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        d_model=d,
+        n_layers=c["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads") or heads,
+        vocab_size=c["vocab_size"],
+        max_seq_len=c.get("max_position_embeddings", 2048),
+        mlp_hidden=c["intermediate_size"],
+        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10_000.0))),
+        norm="rmsnorm",
+        norm_eps=c.get("rms_norm_eps", 1e-6),
+        placement="pre" if arch == "llama" else "reordered",
+        qk_norm=arch == "olmo2",
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         init_std=c.get("initializer_range", 0.02),
     )
     return cfg, arch
@@ -255,10 +319,9 @@ def import_hf(folder: str, out: str) -> dict:
     Llama or OLMo 2 folder; `init_from=` starts pretraining or adaptation from it."""
     from tokenizers import Tokenizer
 
+    from lmstack.checkpoint import atomic_save, readable
     from lmstack.data.tokenizer import token_byte_lengths
     from lmstack.model import Transformer
-
-    from lmstack.checkpoint import atomic_save, readable
 
     root = Path(folder)
     if not inside(root, "config.json").exists():
@@ -280,7 +343,10 @@ def import_hf(folder: str, out: str) -> dict:
     ckpt = {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": {"model_cfg": cfg.to_dict()},
-        "tokenizer_json": tok_json, "global_step": 0, "epoch": 0, "imported_from": str(root.resolve()),
+        "tokenizer_json": tok_json,
+        "global_step": 0,
+        "epoch": 0,
+        "imported_from": str(root.resolve()),
     }
     if tok_json:
         tb = torch.zeros(cfg.vocab_size, dtype=torch.long)

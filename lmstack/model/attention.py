@@ -11,8 +11,8 @@ import math
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .norms import make_norm
 from .rope import apply_rope
@@ -35,9 +35,7 @@ def get_attention_backend(name: str) -> AttentionFn:
     try:
         return ATTENTION_BACKENDS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown attention backend {name!r}; registered: {sorted(ATTENTION_BACKENDS)}"
-        ) from None
+        raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(ATTENTION_BACKENDS)}") from None
 
 
 def causal_mask(t: int, s: int, q_offset: int, device) -> torch.Tensor:

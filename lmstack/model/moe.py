@@ -16,8 +16,8 @@ Auxiliary losses, kept on the layer after each forward (`aux`) for the training 
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .mlp import SwiGLU
 
@@ -42,8 +42,16 @@ def experts_grouped(x: torch.Tensor, offsets: torch.Tensor, w_gate, w_up, w_down
 
 
 class MoE(nn.Module):
-    def __init__(self, d_model: int, hidden: int, n_experts: int, top_k: int, shared_expert: bool = False,
-                 norm_topk: bool = False, impl: str = "auto"):
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int,
+        n_experts: int,
+        top_k: int,
+        shared_expert: bool = False,
+        norm_topk: bool = False,
+        impl: str = "auto",
+    ):
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"moe top_k={top_k} must be between 1 and the number of experts ({n_experts})")
@@ -114,4 +122,3 @@ def moe_params(d_model: int, hidden: int, n_experts: int, top_k: int, shared: bo
     router = d_model * n_experts
     extra = expert if shared else 0
     return n_experts * expert + router + extra, top_k * expert + router + extra
-

@@ -25,8 +25,15 @@ class Block(nn.Module):
         self.reordered = cfg.placement == "reordered"
         self.attn = CausalSelfAttention(cfg, layer_idx)
         if cfg.is_moe(layer_idx):
-            self.mlp = MoE(cfg.d_model, cfg.expert_hidden, cfg.moe_experts, cfg.moe_top_k, cfg.moe_shared_expert,
-                           cfg.moe_norm_topk, cfg.moe_impl)
+            self.mlp = MoE(
+                cfg.d_model,
+                cfg.expert_hidden,
+                cfg.moe_experts,
+                cfg.moe_top_k,
+                cfg.moe_shared_expert,
+                cfg.moe_norm_topk,
+                cfg.moe_impl,
+            )
         else:
             self.mlp = SwiGLU(cfg.d_model, cfg.hidden_size)
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
@@ -63,8 +70,9 @@ class Transformer(nn.Module):
     def _build_rope(self, device) -> None:
         self.rope_cos, self.rope_sin = rope_cache(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab]. `mask` [B, 1, T, T]
         (True: may attend) replaces plain causal attention, e.g. for packed conversations."""
         t = idx.shape[1]
@@ -96,8 +104,15 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
         p = self.lm_head.weight
-        return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len or self.cfg.max_seq_len,
-                       self.cfg.head_dim, p.device, p.dtype)
+        return KVCache(
+            self.cfg.n_layers,
+            batch,
+            self.cfg.n_kv_heads,
+            max_len or self.cfg.max_seq_len,
+            self.cfg.head_dim,
+            p.device,
+            p.dtype,
+        )
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

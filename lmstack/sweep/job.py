@@ -68,8 +68,11 @@ def run_job_process(script: str) -> float:
     if proc.returncode != 0 and result.get("status") != "diverged":
         result = {**result, "status": "failed", "returncode": proc.returncode}
         result_file.write_text(json.dumps(result, indent=2))
-    print(f"[sweep] job {hc.job.num} ({' '.join(hc.overrides.task)}): {result.get('status')} "
-          f"val/bpb={result.get('val/bpb')}", flush=True)
+    print(
+        f"[sweep] job {hc.job.num} ({' '.join(hc.overrides.task)}): {result.get('status')} "
+        f"val/bpb={result.get('val/bpb')}",
+        flush=True,
+    )
     value = result.get("val/bpb")
     if result.get("status") != "completed" or value is None or not math.isfinite(value):
         return float("nan")

@@ -143,21 +143,37 @@ def write_report(sweep_dir: str, metric: str = "val/bpb") -> tuple[list[Job], Pa
     rows = []
     for i, j in enumerate(jobs, 1):
         wall = None if j.wall_s is None else round(j.wall_s)
-        rows.append([i, j.name, *[j.overrides.get(k, "") for k in keys], j.final(metric), j.tokens, wall,
-                     j.status, "yes" if j.diverged else "no"])
+        rows.append(
+            [
+                i,
+                j.name,
+                *[j.overrides.get(k, "") for k in keys],
+                j.final(metric),
+                j.tokens,
+                wall,
+                j.status,
+                "yes" if j.diverged else "no",
+            ]
+        )
     with open(root / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*header, "overrides"])
         for row, j in zip(rows, jobs):
             w.writerow([*row, " ".join(f"{k}={v}" for k, v in j.overrides.items())])
     common = {k: v for k, v in (jobs[0].overrides.items() if jobs else []) if k not in keys}
-    lines = [f"# Sweep report: {root}", "",
-             f"{len(jobs)} jobs, ranked by final `{metric}` (lower is better); "
-             f"{sum(j.status == 'completed' for j in jobs)} completed, {sum(j.diverged for j in jobs)} diverged, "
-             f"{sum(j.status == 'failed' for j in jobs)} failed, "
-             f"{sum(j.status in ('running', 'interrupted', 'not started') for j in jobs)} unfinished.",
-             "", "Shared overrides: " + (" ".join(f"`{k}={v}`" for k, v in common.items()) or "none"), "",
-             "| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)]
+    lines = [
+        f"# Sweep report: {root}",
+        "",
+        f"{len(jobs)} jobs, ranked by final `{metric}` (lower is better); "
+        f"{sum(j.status == 'completed' for j in jobs)} completed, {sum(j.diverged for j in jobs)} diverged, "
+        f"{sum(j.status == 'failed' for j in jobs)} failed, "
+        f"{sum(j.status in ('running', 'interrupted', 'not started') for j in jobs)} unfinished.",
+        "",
+        "Shared overrides: " + (" ".join(f"`{k}={v}`" for k, v in common.items()) or "none"),
+        "",
+        "| " + " | ".join(map(str, header)) + " |",
+        "|" + " --- |" * len(header),
+    ]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     plot = _plot(jobs, keys, metric, root / "loss_curves.png")
@@ -214,19 +230,28 @@ def fit_report(jobs: list[Job], metric: str = "val/bpb", predict_flops: float | 
     check it on the largest held-out runs, and predict a larger run."""
     from .fit import fit_power_law, held_out_check
 
-    points = [(6.0 * j.result["non_embedding_params"] * j.tokens, j.final(metric)) for j in jobs
-              if j.status == "completed" and not j.diverged and j.result.get("non_embedding_params")
-              and j.final(metric) is not None]
+    points = [
+        (6.0 * j.result["non_embedding_params"] * j.tokens, j.final(metric))
+        for j in jobs
+        if j.status == "completed"
+        and not j.diverged
+        and j.result.get("non_embedding_params")
+        and j.final(metric) is not None
+    ]
     if len(points) < 4:
         raise ValueError(f"a scaling fit needs at least 4 completed jobs with different compute; found {len(points)}")
     compute, loss = zip(*points)
     law, held = held_out_check(compute, loss)
     lines = [f"fit on the {len(points) - len(held)} smallest runs: {law}"]
     for c, actual, predicted in held:
-        lines.append(f"held out C={c:.3g}: actual {actual:.4f}, predicted {predicted:.4f} "
-                     f"(error {(predicted - actual) / actual:+.2%})")
+        lines.append(
+            f"held out C={c:.3g}: actual {actual:.4f}, predicted {predicted:.4f} "
+            f"(error {(predicted - actual) / actual:+.2%})"
+        )
     full = fit_power_law(compute, loss)
     target = predict_flops or 10 * max(compute)
-    lines += [f"fit on all {len(points)} runs: {full} (relative RMSE {full.rel_rmse:.2%})",
-              f"predicted {metric} at C={target:.3g}: {float(full(target)):.4f}"]
+    lines += [
+        f"fit on all {len(points)} runs: {full} (relative RMSE {full.rel_rmse:.2%})",
+        f"predicted {metric} at C={target:.3g}: {float(full(target)):.4f}",
+    ]
     return "\n".join(lines)

@@ -26,9 +26,19 @@ from .step_guard import NonFinite, make_skippable
 
 
 class PretrainModule(L.LightningModule):
-    def __init__(self, model_cfg: dict, optimizer: dict, schedule: dict, z_loss: float = 0.0,
-                 grad_clip: float | None = None, tokens_per_step: int = 1, config: dict | None = None,
-                 max_nonfinite_steps: int = 5, activation_checkpointing: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model_cfg: dict,
+        optimizer: dict,
+        schedule: dict,
+        z_loss: float = 0.0,
+        grad_clip: float | None = None,
+        tokens_per_step: int = 1,
+        config: dict | None = None,
+        max_nonfinite_steps: int = 5,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = ModelConfig(**model_cfg)
@@ -122,17 +132,30 @@ class PretrainModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if not self._must_stop or self.stop_reason:
             return
-        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"nonfinite-step{self.trainer.global_step:06d}.ckpt"
+        path = (
+            Path(self.trainer.default_root_dir) / "checkpoints" / f"nonfinite-step{self.trainer.global_step:06d}.ckpt"
+        )
         self.trainer.save_checkpoint(str(path))
-        self.stop_reason = (f"stopped at step {self.trainer.global_step}: {self.nonfinite.in_a_row} steps in a row had a "
-                            f"non-finite loss or gradient norm (updates skipped); checkpoint: {path}. Lower the "
-                            "learning rate, check the data of those steps, or resume with ckpt_path=...")
+        self.stop_reason = (
+            f"stopped at step {self.trainer.global_step}: {self.nonfinite.in_a_row} steps in a row had a "
+            f"non-finite loss or gradient norm (updates skipped); checkpoint: {path}. Lower the "
+            "learning rate, check the data of those steps, or resume with ckpt_path=..."
+        )
         self.trainer.should_stop = True
 
     def configure_optimizers(self):
         o = self.hparams.optimizer
-        opt = build_adamw(self.model, o["lr"], o["betas"], o["eps"], o["weight_decay"], o["no_decay"],
-                          o["decay_norms"], o["decay_biases"], o.get("fused"))
+        opt = build_adamw(
+            self.model,
+            o["lr"],
+            o["betas"],
+            o["eps"],
+            o["weight_decay"],
+            o["no_decay"],
+            o["decay_norms"],
+            o["decay_biases"],
+            o.get("fused"),
+        )
         make_skippable(opt, lambda: self.skip_update)
         sched = Schedule(**self.hparams.schedule)
         peak = sched.peak_lr
@@ -150,9 +173,7 @@ class PretrainModule(L.LightningModule):
         losses = token_losses(logits, labels).double()
         nbytes = self.token_bytes[labels]
         counted = nbytes > 0  # special tokens (EOS) stand for no text
-        self._val_sums += torch.stack(
-            [(losses * counted).sum(), counted.sum().double(), nbytes.sum().double()]
-        )
+        self._val_sums += torch.stack([(losses * counted).sum(), counted.sum().double(), nbytes.sum().double()])
 
     def on_validation_epoch_end(self):
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")

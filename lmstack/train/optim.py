@@ -23,8 +23,13 @@ def _norm_param_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_patterns: list[str],
-                 decay_norms: bool = False, decay_biases: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_patterns: list[str],
+    decay_norms: bool = False,
+    decay_biases: bool = False,
+) -> list[dict]:
     """Split parameters into a decayed and a non-decayed group; both are always returned (maybe empty)."""
     norms = _norm_param_names(model)
     decay, no_decay = [], []
@@ -45,9 +50,16 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_patterns: list[
     ]
 
 
-def build_adamw(model: nn.Module, lr: float, betas, eps: float, weight_decay: float,
-                no_decay_patterns: list[str], decay_norms: bool, decay_biases: bool,
-                fused: bool | None = None) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases)
-              if g["params"]]
+def build_adamw(
+    model: nn.Module,
+    lr: float,
+    betas,
+    eps: float,
+    weight_decay: float,
+    no_decay_patterns: list[str],
+    decay_norms: bool,
+    decay_biases: bool,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases) if g["params"]]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)

@@ -75,6 +75,11 @@ SCHEDULES = {"constant": _constant, "cosine": _cosine, "wsd": _wsd, "olmo_anneal
 
 def schedule_args(sched, peak_lr: float, total: int) -> dict:
     """The training module's schedule arguments from a schedule config section over `total` tokens."""
-    return {"name": sched.name, "peak_lr": peak_lr, "total_tokens": total,
-            "warmup_tokens": tokens_of(sched.warmup_tokens, total), "min_lr": sched.min_lr,
-            "decay_tokens": tokens_of(sched.decay_tokens, total)}
+    return {
+        "name": sched.name,
+        "peak_lr": peak_lr,
+        "total_tokens": total,
+        "warmup_tokens": tokens_of(sched.warmup_tokens, total),
+        "min_lr": sched.min_lr,
+        "decay_tokens": tokens_of(sched.decay_tokens, total),
+    }

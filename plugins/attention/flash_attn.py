@@ -11,8 +11,9 @@ def _flash_attn_func():
     try:
         from flash_attn import flash_attn_func
     except ImportError as e:
-        raise ImportError("attention.backend=flash_attn needs the flash-attn package: "
-                          "pip install 'lmstack[gpu]' (CUDA only)") from e
+        raise ImportError(
+            "attention.backend=flash_attn needs the flash-attn package: pip install 'lmstack[gpu]' (CUDA only)"
+        ) from e
     return flash_attn_func
 
 

@@ -18,8 +18,15 @@ from plugins.callbacks import log_metrics
 
 
 class Evaluator(L.Callback):
-    def __init__(self, sets: dict | None = None, tasks: dict | None = None, every_steps: int = 0,
-                 batch_size: int = 16, seq_len: int = 256, out_file: str | None = None):
+    def __init__(
+        self,
+        sets: dict | None = None,
+        tasks: dict | None = None,
+        every_steps: int = 0,
+        batch_size: int = 16,
+        seq_len: int = 256,
+        out_file: str | None = None,
+    ):
         if every_steps < 0:
             raise ValueError(f"evals every_steps={every_steps} must be >= 0 (0: only at the end)")
         check_specs(sets or {}, tasks or {})
@@ -50,8 +57,15 @@ class Evaluator(L.Callback):
 
     def run(self, trainer, module) -> dict:
         reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
-        results = evaluate(module.model, self.suite, module.token_bytes, self.batch_size,
-                           trainer.global_rank, trainer.world_size, reduce)
+        results = evaluate(
+            module.model,
+            self.suite,
+            module.token_bytes,
+            self.batch_size,
+            trainer.global_rank,
+            trainer.world_size,
+            reduce,
+        )
         self.done_step = trainer.global_step
         self.history.append({"step": trainer.global_step, **results})
         log_metrics(trainer, flat_metrics(results))

@@ -46,5 +46,9 @@ class MoEMetrics(L.Callback):
                     for (i, _), c in zip(layers, counts):
                         # one sample per expert, weighted by its token count: the histogram of expert ids
                         ids = torch.repeat_interleave(torch.arange(len(c)), c.long().cpu())
-                        experiment.add_histogram(f"moe/layer{i}/tokens_per_expert", ids, trainer.global_step,
-                                                 bins=torch.arange(len(c) + 1).float().numpy() - 0.5)
+                        experiment.add_histogram(
+                            f"moe/layer{i}/tokens_per_expert",
+                            ids,
+                            trainer.global_step,
+                            bins=torch.arange(len(c) + 1).float().numpy() - 0.5,
+                        )

@@ -49,9 +49,17 @@ class RollingZ:
 
 
 class SpikeDetection(L.Callback):
-    def __init__(self, mode: str = "log", window: int = 128, threshold: float = 6.0, min_history: int | None = None,
-                 metrics: tuple = ("loss", "grad_norm"), blocklist_top: int = 3, preview_chars: int = 200,
-                 max_rewinds: int = 10):
+    def __init__(
+        self,
+        mode: str = "log",
+        window: int = 128,
+        threshold: float = 6.0,
+        min_history: int | None = None,
+        metrics: tuple = ("loss", "grad_norm"),
+        blocklist_top: int = 3,
+        preview_chars: int = 200,
+        max_rewinds: int = 10,
+    ):
         if mode not in MODES:
             raise ValueError(f"spike detection mode={mode!r}; allowed: {', '.join(MODES)}")
         unknown = set(metrics) - {"loss", "grad_norm"}
@@ -122,8 +130,9 @@ class SpikeDetection(L.Callback):
                 for ordinal in ordinals[row].unique().tolist():
                     mask = (ordinals[row] == ordinal) & (labels[row] >= 0)
                     key = (int(sources[row]), int(ordinal))
-                    d = docs.setdefault(key, {"source_index": key[0], "ordinal": key[1], "nats": 0.0, "tokens": 0,
-                                              "ids": []})
+                    d = docs.setdefault(
+                        key, {"source_index": key[0], "ordinal": key[1], "nats": 0.0, "tokens": 0, "ids": []}
+                    )
                     d["nats"] += float(losses[row][mask].sum())
                     d["tokens"] += int(mask.sum())
                     d["ids"] += labels[row][mask].tolist()
@@ -145,8 +154,13 @@ class SpikeDetection(L.Callback):
             with open(files[src]) as f:
                 self._documents[src] = {row["ordinal"]: row for row in map(json.loads, f)}
         row = self._documents.get(src, {}).get(d["ordinal"], {})
-        return {"id": row.get("id", f"{src}:{d['ordinal']}"), "source": row.get("source", str(src)),
-                "loss": d["nats"] / d["tokens"], "tokens": d["tokens"], "preview": d["preview"]}
+        return {
+            "id": row.get("id", f"{src}:{d['ordinal']}"),
+            "source": row.get("source", str(src)),
+            "loss": d["nats"] / d["tokens"],
+            "tokens": d["tokens"],
+            "preview": d["preview"],
+        }
 
     def _record(self, trainer, module, step: int, values: dict, z: dict, action: str) -> None:
         docs = self._batch_documents(trainer, module)
@@ -162,8 +176,14 @@ class SpikeDetection(L.Callback):
             m["nats"] += d["nats"]
             m["tokens"] += d["tokens"]
         described = sorted((self._describe(trainer, d) for d in merged.values()), key=lambda r: -r["loss"])
-        record = {"step": step, "loss": values["loss"], "grad_norm": values["grad_norm"],
-                  **{f"{m}_z": round(v, 3) for m, v in z.items()}, "action": action, "documents": described}
+        record = {
+            "step": step,
+            "loss": values["loss"],
+            "grad_norm": values["grad_norm"],
+            **{f"{m}_z": round(v, 3) for m, v in z.items()},
+            "action": action,
+            "documents": described,
+        }
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "spikes.jsonl", "a") as f:
@@ -172,14 +192,23 @@ class SpikeDetection(L.Callback):
             f.write(f"# step {step}: loss {values['loss']:.4f}, grad norm {values['grad_norm']:.4f}\n")
             for d in described[: self.blocklist_top]:
                 f.write(f"{d['id']}\n")
-        log.warning("loss spike at step %d (%s); worst document %s (loss %.3f); %s", step,
-                    ", ".join(f"{m} z={v:.1f}" for m, v in z.items()), described[0]["id"] if described else "-",
-                    described[0]["loss"] if described else float("nan"), action)
+        log.warning(
+            "loss spike at step %d (%s); worst document %s (loss %.3f); %s",
+            step,
+            ", ".join(f"{m} z={v:.1f}" for m, v in z.items()),
+            described[0]["id"] if described else "-",
+            described[0]["loss"] if described else float("nan"),
+            action,
+        )
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"windows": {m: list(s.values) for m, s in self.stats.items()}, "skip_steps": sorted(self.skip_steps),
-                "spikes": self.spikes, "rewinds": self.rewinds}
+        return {
+            "windows": {m: list(s.values) for m, s in self.stats.items()},
+            "skip_steps": sorted(self.skip_steps),
+            "spikes": self.spikes,
+            "rewinds": self.rewinds,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for m, values in state.get("windows", {}).items():

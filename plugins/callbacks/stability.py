@@ -41,8 +41,11 @@ class StabilityMetrics(L.Callback):
             return
         self.step, self.resid = trainer.global_step, {}
         for i, block in enumerate(module.model.blocks):
-            self.hooks.append(block.register_forward_hook(
-                lambda m, inp, out, i=i: self.resid.__setitem__(i, out.detach().float().pow(2).mean().sqrt())))
+            self.hooks.append(
+                block.register_forward_hook(
+                    lambda m, inp, out, i=i: self.resid.__setitem__(i, out.detach().float().pow(2).mean().sqrt())
+                )
+            )
             block.attn.record_max_logit = True
 
     def _sharded(self, module) -> bool:
@@ -51,8 +54,9 @@ class StabilityMetrics(L.Callback):
     def _norms(self, trainer, module, values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """name -> sqrt(sum of squares), reduced over ranks for sharded parameters."""
         names = list(values)
-        sums = torch.stack([torch.stack(v).sum() if v else torch.zeros((), device=module.device)
-                            for v in values.values()])
+        sums = torch.stack(
+            [torch.stack(v).sum() if v else torch.zeros((), device=module.device) for v in values.values()]
+        )
         if trainer.world_size > 1 and self._sharded(module):
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
         return {n: math.sqrt(max(s, 0.0)) for n, s in zip(names, sums.tolist())}
@@ -61,8 +65,11 @@ class StabilityMetrics(L.Callback):
         if self.step is None:
             return
         groups = {g.get("group", str(i)): g["params"] for i, g in enumerate(optimizer.param_groups)}
-        self.grad_norms = self._norms(trainer, module, {
-            name: [_sq(p.grad) for p in params if p.grad is not None] for name, params in groups.items()})
+        self.grad_norms = self._norms(
+            trainer,
+            module,
+            {name: [_sq(p.grad) for p in params if p.grad is not None] for name, params in groups.items()},
+        )
         self.groups = groups
         self.before = {name: [p.detach().clone() for p in params] for name, params in groups.items()}
 

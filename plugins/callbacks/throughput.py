@@ -41,8 +41,9 @@ class Throughput(L.Callback):
         self.peak = per_device * trainer.world_size if per_device else None
         if trainer.is_global_zero:
             peak = f"{self.peak / 1e12:.2f} TFLOP/s" if self.peak else "unknown (set peak_tflops for MFU)"
-            log.info("throughput: %.1f MFLOP per token; peak of %d device(s): %s", self.fpt / 1e6,
-                     trainer.world_size, peak)
+            log.info(
+                "throughput: %.1f MFLOP per token; peak of %d device(s): %s", self.fpt / 1e6, trainer.world_size, peak
+            )
         self._mark(trainer)
         self.last_end = None
 
@@ -62,8 +63,12 @@ class Throughput(L.Callback):
             torch.cuda.synchronize(module.device)
         elapsed = time.perf_counter() - self.t0
         tokens_per_s = steps * module.tokens_per_step / elapsed
-        logs = {"perf/tokens_per_s": tokens_per_s, "perf/flops_per_token": float(self.fpt),
-                "perf/data_wait_fraction": self.waited / elapsed, "perf/peak_memory_gb": self._peak_memory(module)}
+        logs = {
+            "perf/tokens_per_s": tokens_per_s,
+            "perf/flops_per_token": float(self.fpt),
+            "perf/data_wait_fraction": self.waited / elapsed,
+            "perf/peak_memory_gb": self._peak_memory(module),
+        }
         if self.peak:
             logs["perf/mfu"] = tokens_per_s * self.fpt / self.peak
         log_metrics(trainer, logs)

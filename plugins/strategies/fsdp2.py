@@ -19,14 +19,24 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = "auto",
-                 reduce_dtype: str = "float32", save_distributed_checkpoint: bool = True, **kwargs):
+    def __init__(
+        self,
+        reshard_after_forward: bool = True,
+        param_dtype: str | None = "auto",
+        reduce_dtype: str = "float32",
+        save_distributed_checkpoint: bool = True,
+        **kwargs,
+    ):
         for name, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
             if value not in (None, "auto", *DTYPES):
                 raise ValueError(f"strategy.{name}={value!r}; allowed: auto, null, {', '.join(DTYPES)}")
         kwargs.setdefault("tensor_parallel_size", 1)
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
-        self.reshard_after_forward, self.param_dtype, self.reduce_dtype = reshard_after_forward, param_dtype, reduce_dtype
+        self.reshard_after_forward, self.param_dtype, self.reduce_dtype = (
+            reshard_after_forward,
+            param_dtype,
+            reduce_dtype,
+        )
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":  # all processes shard the data (the parent's "auto" is per node)

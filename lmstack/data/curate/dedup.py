@@ -98,6 +98,7 @@ class ParagraphDedup:
 
 # ---- MinHash LSH, in stages ------------------------------------------------------------------------
 
+
 def shingles(text: str, n: int = 5) -> list[str]:
     """Word n-grams of the normalised text (a shorter text is one shingle)."""
     words = normalise(text).split()
@@ -112,8 +113,7 @@ def signatures(texts: list[str], num_perm: int = 112, ngram: int = 5, seed: int 
 
     if not texts:
         return np.zeros((0, num_perm), dtype=np.uint64)
-    matrix = RMinHash.digest_matrix_from_token_sets([shingles(t, ngram) for t in texts], num_perm=num_perm,
-                                                    seed=seed)
+    matrix = RMinHash.digest_matrix_from_token_sets([shingles(t, ngram) for t in texts], num_perm=num_perm, seed=seed)
     return np.asarray(matrix.to_rows(), dtype=np.uint64)
 
 

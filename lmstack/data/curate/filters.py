@@ -54,14 +54,17 @@ class GopherQuality:
             if (text.count("...") + text.count("…")) / n > self.max_symbol_word_ratio:
                 return "ellipsis_ratio"
         lines = text.splitlines() or [text]
-        if self.max_bullet_lines_ratio is not None and \
-                sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines_ratio:
+        if (
+            self.max_bullet_lines_ratio is not None
+            and sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines_ratio
+        ):
             return "bullet_lines"
-        if self.max_ellipsis_lines_ratio is not None and \
-                sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) > self.max_ellipsis_lines_ratio:
+        if (
+            self.max_ellipsis_lines_ratio is not None
+            and sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) > self.max_ellipsis_lines_ratio
+        ):
             return "ellipsis_lines"
-        if self.min_alpha_words_ratio is not None and \
-                (n - count_without_letters(ws)) / n < self.min_alpha_words_ratio:
+        if self.min_alpha_words_ratio is not None and (n - count_without_letters(ws)) / n < self.min_alpha_words_ratio:
             return "non_alpha_words"
         if self.min_stop_words and len(STOP_WORDS & set(" ".join(ws).lower().split())) < self.min_stop_words:
             return "stop_words"
@@ -254,8 +257,10 @@ class FineWebQuality:
         newlines = text.count("\n")
         # every whitespace-separated chunk holds at least one word, so the chunk count bounds the word
         # count from below: only when that bound does not settle it are the words counted
-        if newlines / max(len(text.split()), 1) > self.new_line_ratio and \
-                newlines / max(len(words(text)), 1) > self.new_line_ratio:
+        if (
+            newlines / max(len(text.split()), 1) > self.new_line_ratio
+            and newlines / max(len(words(text)), 1) > self.new_line_ratio
+        ):
             return "list_ratio"
         return None
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from .pipeline import _minhash, _minhash_stage, _tokenize, _write_documents
-from .steps import Removed, Sizer
 from .readers import Document
 from .stats import Accounting, StageStats
+from .steps import Removed, Sizer
 
 
 def check_shards(dirs: list[Path]) -> list[dict]:
@@ -36,19 +36,23 @@ def check_shards(dirs: list[Path]) -> list[dict]:
     jobs = sorted({s["job"] for s in stats})
     if len(jobs) > 1:
         other = next(s["_dir"] for s in stats if s["job"] != stats[0]["job"])
-        raise ValueError(f"prepare-merge: {other} comes from another job than {stats[0]['_dir']} (other inputs or "
-                         "config); merge the shards of one job")
+        raise ValueError(
+            f"prepare-merge: {other} comes from another job than {stats[0]['_dir']} (other inputs or "
+            "config); merge the shards of one job"
+        )
     n = stats[0]["num_shards"]
     by_index: dict[int, Path] = {}
     for st in stats:
         if st["shard_index"] in by_index:
-            raise ValueError(f"prepare-merge: {by_index[st['shard_index']]} and {st['_dir']} are both shard "
-                             f"{st['shard_index']}")
+            raise ValueError(
+                f"prepare-merge: {by_index[st['shard_index']]} and {st['_dir']} are both shard {st['shard_index']}"
+            )
         by_index[st["shard_index"]] = st["_dir"]
     missing = sorted(set(range(n)) - set(by_index))
     if missing:
-        raise ValueError(f"prepare-merge: shard{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(map(str, missing))} of {n} missing")
+        raise ValueError(
+            f"prepare-merge: shard{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {n} missing"
+        )
     return sorted(stats, key=lambda st: st["shard_index"])
 
 

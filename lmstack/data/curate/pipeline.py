@@ -20,26 +20,35 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..corpus_format import tokenize_stage, write_corpus
 from .blocklists import IdBlocklist, UrlBlocklist
 from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, clusters, to_remove
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
-from ..corpus_format import tokenize_stage, write_corpus
 from .readers import Document, Reject, expand_inputs, file_fingerprint, read_inputs
+from .resume import changes, config_files, job_fingerprint, parts
 from .stats import Accounting, StageStats
 from .steps import Removed, Sizer, StepResults, apply_steps
 
 log = logging.getLogger(__name__)
 
-FILTERS = {"language": LanguageID, "gopher_quality": GopherQuality, "gopher_repetition": GopherRepetition,
-           "c4": C4Quality, "fineweb": FineWebQuality, "url_blocklist": UrlBlocklist, "id_blocklist": IdBlocklist}
+FILTERS = {
+    "language": LanguageID,
+    "gopher_quality": GopherQuality,
+    "gopher_repetition": GopherRepetition,
+    "c4": C4Quality,
+    "fineweb": FineWebQuality,
+    "url_blocklist": UrlBlocklist,
+    "id_blocklist": IdBlocklist,
+}
 STREAM_DEDUP = {"url": UrlDedup, "exact": ExactDedup, "paragraph": ParagraphDedup}
 
 
 def _tuples(kw: dict) -> dict:
     """YAML gives lists; the rule parameters that are pairs want tuples."""
-    return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-            for k, v in kw.items()}
+    return {
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in kw.items()
+    }
 
 
 def build_filters(cfg: dict) -> list:
@@ -112,8 +121,9 @@ def _filter_file(args) -> StepResults:
     sizer = Sizer.from_cfg(cfg)
 
     def documents():
-        for item in read_inputs([path], cfg.get("source", "data"), cfg.get("text_field", "text"),
-                                cfg.get("max_doc_bytes", 10_000_000)):
+        for item in read_inputs(
+            [path], cfg.get("source", "data"), cfg.get("text_field", "text"), cfg.get("max_doc_bytes", 10_000_000)
+        ):
             part.docs_in += 1
             read.docs_in += 1
             if isinstance(item, Document):
@@ -137,74 +147,14 @@ def _filter_file(args) -> StepResults:
     return part
 
 
-_PART_CLASSES = {("lmstack.data.curate.steps", "StepResults"), ("lmstack.data.curate.readers", "Document"),
-                 ("lmstack.data.curate.stats", "StageStats"), ("collections", "Counter"),
-                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                 ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-                 ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-
-def config_files(cfg: dict) -> list[dict]:
-    """Fingerprints of the files the config names (blocklists, a given tokenizer): a changed blocklist
-    changes the results as much as a changed input."""
-    named = [f for kw in (cfg.get("filters") or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
-    named += [(cfg.get("tokenize") or {}).get("tokenizer")]
-    return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
-
-
-def _part_key(fingerprint: dict, cfg: dict, named: list[dict]) -> str:
-    """A finished file's result is reused only for the same input content, the same per-file config and
-    the same files the config names."""
-    import xxhash
-
-    per_file = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
-    return xxhash.xxh64(json.dumps([fingerprint, per_file, named], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: int, parts_dir: Path):
-    """Per-file results in input order. Each finished file's result is saved in `parts_dir` under a key of
-    its input's fingerprint and the config (written to a temporary name, then renamed), so a run started
-    again after an interruption reuses those whose input and config are unchanged."""
-    import pickle
-
-    from lmstack import safe_unpickle
-
-    named = config_files(cfg)
-    saved = [parts_dir / f"{_part_key(fp, cfg, named)}.pkl" for fp in fingerprints]
-    todo = [i for i in range(len(files)) if not saved[i].exists()]
-    if len(todo) < len(files):
-        log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
-    jobs = [(files[i], cfg) for i in todo]
-    if num_workers <= 1 or len(jobs) <= 1:
-        computed, pool = map(_filter_file, jobs), None
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(num_workers)
-        computed = pool.imap(_filter_file, jobs)
-    try:
-        for i in range(len(files)):
-            if saved[i].exists():
-                yield safe_unpickle.loads(saved[i].read_bytes(), _PART_CLASSES)
-                continue
-            part = next(computed)
-            partial = saved[i].with_suffix(f".{os.getpid()}.partial")
-            with open(partial, "wb") as f:
-                pickle.dump(part, f)
-            os.replace(partial, saved[i])
-            yield part
-    finally:
-        if pool is not None:
-            pool.terminate()
-
-
 def _minhash(cfg: dict) -> MinHashDedup | None:
     mh = (cfg.get("dedup") or {}).get("minhash")
     return MinHashDedup(**(mh if isinstance(mh, dict) else {})) if mh else None
 
 
-def _minhash_stage(kept: list[Document], keys: np.ndarray, acct: Accounting, removed: "Removed",
-                   sizer: Sizer) -> list[Document]:
+def _minhash_stage(
+    kept: list[Document], keys: np.ndarray, acct: Accounting, removed: "Removed", sizer: Sizer
+) -> list[Document]:
     """Clusters over all the band keys, then the documents that are not the first of their cluster go,
     counted as a stage and a rule."""
     dup = set(to_remove(clusters(keys)).tolist())
@@ -232,9 +182,15 @@ def _tokenize(kept: list[Document], out: Path, cfg: dict, acct: Accounting) -> N
     if not tok_cfg or not kept:
         return
     source = cfg.get("source", "data")
-    meta = write_corpus({source: [{"id": d.id, "text": d.text} for d in kept]}, out, tok_cfg["seq_len"],
-                        tok_cfg.get("val_fraction", 0.02), tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2),
-                        tokenizer=tok_cfg.get("tokenizer"))
+    meta = write_corpus(
+        {source: [{"id": d.id, "text": d.text} for d in kept]},
+        out,
+        tok_cfg["seq_len"],
+        tok_cfg.get("val_fraction", 0.02),
+        tok_cfg["vocab_size"],
+        tok_cfg.get("min_frequency", 2),
+        tokenizer=tok_cfg.get("tokenizer"),
+    )
     acct.stages.append(tokenize_stage(meta, len(kept), _size(kept)))
     _estimate_tokens(acct)
 
@@ -252,10 +208,6 @@ def _estimate_tokens(acct: Accounting) -> None:
             s.tokens_estimated = True
 
 
-# Config keys that change how a run is carried out, not what it produces.
-RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards")
-
-
 def check_config(cfg: dict) -> None:
     """The prepare config, before any work: finite numbers, seeds >= 0, a valid shard, steps that build."""
     from lmstack.config.validate import check_values
@@ -265,33 +217,6 @@ def check_config(cfg: dict) -> None:
     if not isinstance(num_shards, int) or not isinstance(shard, int) or not 0 <= shard < num_shards:
         raise ValueError(f"prepare.shard_index={shard} must be in [0, prepare.num_shards={num_shards})")
     build_filters(cfg), build_dedup(cfg), Sizer.from_cfg(cfg), _minhash(cfg)
-
-
-def changes(old: dict | None, new: dict) -> str:
-    """What differs between two run fingerprints, for a message: input files and config keys."""
-    if not old:
-        return "no record of the earlier run's inputs"
-    before = {f["path"]: f for f in old.get("inputs", [])}
-    after = {f["path"]: f for f in new.get("inputs", [])}
-    what = [f"input {p} {'added' if p not in before else 'removed' if p not in after else 'changed'}"
-            for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p)]
-
-    def flat(d, key=""):
-        return {k2: v2 for k, v in d.items() for k2, v2 in
-                (flat(v, f"{key}{k}.").items() if isinstance(v, dict) else [(f"{key}{k}", v)])}
-
-    a, b = flat(old.get("config", {})), flat(new.get("config", {}))
-    what += [f"prepare.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return "; ".join(what[:8]) + ("; ..." if len(what) > 8 else "") if what else "nothing"
-
-
-def job_fingerprint(files: list[str], cfg: dict) -> str:
-    """The same for every shard of one sharded job (all its inputs, by path/size/mtime, and its config)."""
-    import xxhash
-
-    stats = [[file_fingerprint(f, hash_below=0).get(k) for k in ("path", "size", "mtime_ns")] for f in files]
-    per_job = {k: v for k, v in cfg.items() if k not in ("num_workers", "shard_index")}
-    return xxhash.xxh64(json.dumps([stats, per_job], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
@@ -312,13 +237,19 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     with OwnedFolder(output_dir, "prepare", all_files) as owned:
         out = owned.path
         fps = [file_fingerprint(f) for f in files]
-        fingerprint = {"inputs": fps + config_files(cfg), "config": {k: v for k, v in cfg.items() if k != "num_workers"}}
+        fingerprint = {
+            "inputs": fps + config_files(cfg),
+            "config": {k: v for k, v in cfg.items() if k != "num_workers"},
+        }
         if owned.complete and (out / "stats.json").is_file():
             if owned.marker.get("fingerprint") == fingerprint:
                 log.info("%s is complete already, from the same inputs and config", out)
                 return json.loads((out / "stats.json").read_text())
-            log.warning("%s was prepared from other inputs or config (%s): preparing it again", out,
-                        changes(owned.marker.get("fingerprint"), fingerprint))
+            log.warning(
+                "%s was prepared from other inputs or config (%s): preparing it again",
+                out,
+                changes(owned.marker.get("fingerprint"), fingerprint),
+            )
         owned.update(status="running", fingerprint=fingerprint)
         parts_dir = out / ".work" / "parts"
         parts_dir.mkdir(parents=True, exist_ok=True)
@@ -342,7 +273,7 @@ def _prepare(files: list[str], fps: list[dict], cfg: dict, tmp: Path, parts_dir:
     kept: list[Document] = []
     pii = Counter()
     with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(total=len(files), unit="file", desc="prepare") as bar:
-        for part in _parts(files, fps, cfg, int(cfg.get("num_workers", 1)), parts_dir):
+        for part in parts(files, fps, cfg, int(cfg.get("num_workers", 1)), parts_dir, _filter_file):
             acct.docs_in += part.docs_in
             acct.removed.update(part.counts)
             for rule, doc in part.removed:

@@ -207,8 +207,9 @@ def read_jsonl(path: str, source: str, text_field: str, max_bytes: int) -> Itera
             doc_id = str(obj.get("id") or f"{os.path.basename(path)}:{line_no}")
             yield _check(Document(doc_id, text, source, meta), path, line_no, max_bytes)
     except Exception as e:  # noqa: BLE001 - truncated or corrupt file (gzip, zlib, zstandard errors alike)
-        yield Reject(path, line_no + 1, f"unreadable after line {line_no}, the rest of the file is lost: "
-                                        f"{type(e).__name__}: {e}")
+        yield Reject(
+            path, line_no + 1, f"unreadable after line {line_no}, the rest of the file is lost: {type(e).__name__}: {e}"
+        )
 
 
 def read_parquet(path: str, source: str, text_field: str, max_bytes: int) -> Iterator[Item]:
@@ -280,8 +281,11 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
                     yield Reject(path, n, f"not HTML ({ctype or 'no content type'}): {url}")
                     continue
                 if size is not None and record.stream_pos + record.content_length > size:
-                    yield Reject(path, n, f"truncated record: {record.content_length:,} bytes declared, the file "
-                                          f"ends first; {url}")
+                    yield Reject(
+                        path,
+                        n,
+                        f"truncated record: {record.content_length:,} bytes declared, the file ends first; {url}",
+                    )
                     continue
                 body = record.reader.read()
                 try:
@@ -290,20 +294,28 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
                 except Exception as e:  # noqa: BLE001 - one record's extraction failing loses only it
                     yield Reject(path, n, f"HTML extraction failed: {type(e).__name__}: {e}")
                     continue
-                doc = Document(record.headers.get("WARC-Record-ID", f"{path}:{n}"), text, source,
-                               {"url": url, "date": record.headers.get("WARC-Date", "")})
+                doc = Document(
+                    record.headers.get("WARC-Record-ID", f"{path}:{n}"),
+                    text,
+                    source,
+                    {"url": url, "date": record.headers.get("WARC-Date", "")},
+                )
                 yield _check(doc, path, n, max_bytes)
     except OSError as e:  # fastwarc: "Invalid WARC header" for a file that is not a WARC
         what = "not a WARC file" if n == 0 else f"unreadable after record {n}"
         yield Reject(path, n + 1 if n else None, f"{what}, nothing more read from it: {e}")
         return
     if path.endswith(".gz") and not _gzip_complete(path):
-        yield Reject(path, n + 1, f"truncated archive: it ends inside a gzip member after record {n}; the rest "
-                                  "of the file is lost")
+        yield Reject(
+            path,
+            n + 1,
+            f"truncated archive: it ends inside a gzip member after record {n}; the rest of the file is lost",
+        )
 
 
-def read_inputs(files: list[str], source: str, text_field: str = "text",
-                max_doc_bytes: int = 10_000_000) -> Iterator[Item]:
+def read_inputs(
+    files: list[str], source: str, text_field: str = "text", max_doc_bytes: int = 10_000_000
+) -> Iterator[Item]:
     """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
     a reject."""
     for path in files:
@@ -326,8 +338,12 @@ def read_inputs(files: list[str], source: str, text_field: str = "text",
                 for n, item in enumerate(reader, start=1):
                     yield item
             except Exception as e:  # noqa: BLE001
-                yield Reject(path, None, f"reading stopped after {n} records, the rest of the file is lost: "
-                                         f"{type(e).__name__}: {e}")
+                yield Reject(
+                    path,
+                    None,
+                    f"reading stopped after {n} records, the rest of the file is lost: {type(e).__name__}: {e}",
+                )
         else:
-            yield Reject(path, None, "unsupported file type (use jsonl[.gz|.zst], json.gz, parquet, warc[.gz], "
-                                     "txt or a folder)")
+            yield Reject(
+                path, None, "unsupported file type (use jsonl[.gz|.zst], json.gz, parquet, warc[.gz], txt or a folder)"
+            )

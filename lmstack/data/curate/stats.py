@@ -54,10 +54,15 @@ class Accounting:
         return self.docs_in - self.rejected - sum(self.removed.values())
 
     def to_dict(self) -> dict:
-        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "rejected": self.rejected,
-                "removed": dict(sorted(self.removed.items(), key=lambda kv: -kv[1])),
-                "reduction": round(self.docs_in / max(self.docs_out, 1), 3),
-                "stages": [vars(s) for s in self.stages], **self.extra}
+        return {
+            "docs_in": self.docs_in,
+            "docs_out": self.docs_out,
+            "rejected": self.rejected,
+            "removed": dict(sorted(self.removed.items(), key=lambda kv: -kv[1])),
+            "reduction": round(self.docs_in / max(self.docs_out, 1), 3),
+            "stages": [vars(s) for s in self.stages],
+            **self.extra,
+        }
 
     def write(self, out_dir: Path) -> None:
         d = self.to_dict()
@@ -68,19 +73,28 @@ class Accounting:
 
 
 def report_markdown(d: dict) -> str:
-    lines = ["# Data preparation report", "",
-             f"{d['docs_in']:,} documents in, {d['docs_out']:,} out ({d['reduction']}x fewer); "
-             f"{d['rejected']:,} rejected as unreadable (see rejects.jsonl).", "",
-             "| stage | docs in | docs out | MB in | MB out | tokens in | tokens out |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Data preparation report",
+        "",
+        f"{d['docs_in']:,} documents in, {d['docs_out']:,} out ({d['reduction']}x fewer); "
+        f"{d['rejected']:,} rejected as unreadable (see rejects.jsonl).",
+        "",
+        "| stage | docs in | docs out | MB in | MB out | tokens in | tokens out |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for s in d["stages"]:
         approx = "~" if s.get("tokens_estimated") else ""
         tok = [f"{approx}{s[k]:,}" if s.get(k) is not None else "" for k in ("tokens_in", "tokens_out")]
-        lines.append(f"| {s['name']} | {s['docs_in']:,} | {s['docs_out']:,} | {s['bytes_in'] / 1e6:.2f} | "
-                     f"{s['bytes_out'] / 1e6:.2f} | {tok[0]} | {tok[1]} |")
+        lines.append(
+            f"| {s['name']} | {s['docs_in']:,} | {s['docs_out']:,} | {s['bytes_in'] / 1e6:.2f} | "
+            f"{s['bytes_out'] / 1e6:.2f} | {tok[0]} | {tok[1]} |"
+        )
     if any(s.get("tokens_estimated") for s in d["stages"]):
-        lines += ["", "~: estimated from bytes with the output's tokens per byte (the tokenizer was trained on "
-                  "the output; give `tokenize.tokenizer` and `count_tokens=true` to count every stage)."]
+        lines += [
+            "",
+            "~: estimated from bytes with the output's tokens per byte (the tokenizer was trained on "
+            "the output; give `tokenize.tokenizer` and `count_tokens=true` to count every stage).",
+        ]
     lines += ["", "| rule | documents removed | share of input |", "| --- | ---: | ---: |"]
     for rule, n in d["removed"].items():
         lines.append(f"| {rule} | {n:,} | {n / max(d['docs_in'], 1):.1%} |")

@@ -31,8 +31,10 @@ class Sizer:
             return cls()
         path = (cfg.get("tokenize") or {}).get("tokenizer")
         if not path:
-            raise ValueError("prepare.count_tokens=true counts every stage's tokens as documents flow, so it needs "
-                             "a tokenizer before the run: set tokenize.tokenizer=PATH/tokenizer.json")
+            raise ValueError(
+                "prepare.count_tokens=true counts every stage's tokens as documents flow, so it needs "
+                "a tokenizer before the run: set tokenize.tokenizer=PATH/tokenizer.json"
+            )
         if not Path(os.path.expanduser(path)).is_file():
             raise FileNotFoundError(f"prepare.tokenize.tokenizer={path}: no such file")
         return cls(path)
