@@ -34,6 +34,38 @@ class CheckpointError(ValueError):
     """A checkpoint that lmstack will not read (unsafe, foreign or damaged); the message says why."""
 
 
+# ---- the keys lmstack adds to Lightning's checkpoint dict (named here, and nowhere else) ----------------
+TOKENIZER = "tokenizer_json"  # the tokenizer's JSON: a checkpoint needs nothing else to generate or evaluate
+TOKEN_BYTES = "token_bytes"  # UTF-8 bytes behind each token id, for bits per byte
+STEP_GUARD = "step_guard"  # skipped and non-finite step counts
+RECORD = "lmstack"  # {"identity": what an exact resume needs unchanged, "tokens": tokens trained}
+
+
+def add_extras(
+    ckpt: dict, tokenizer_json: str | None, token_bytes, step_guard: dict | None = None, record: dict | None = None
+) -> dict:
+    """Write lmstack's keys into a checkpoint dict (the training module's save hook, `import-hf`)."""
+    if tokenizer_json is not None:
+        ckpt[TOKENIZER] = tokenizer_json
+    if token_bytes is not None:
+        ckpt[TOKEN_BYTES] = token_bytes
+    if step_guard is not None:
+        ckpt[STEP_GUARD] = step_guard
+    if record is not None:
+        ckpt[RECORD] = record
+    return ckpt
+
+
+def extras(ckpt: dict) -> dict:
+    """lmstack's keys of a checkpoint dict, with the defaults of checkpoints that predate some of them."""
+    return {
+        "tokenizer_json": ckpt.get(TOKENIZER),
+        "token_bytes": ckpt.get(TOKEN_BYTES),
+        "step_guard": ckpt.get(STEP_GUARD) or {},
+        "record": ckpt.get(RECORD) or {},
+    }
+
+
 # ---- reading -------------------------------------------------------------------------------------------
 _DCP_MODULES = (
     "torch.distributed.checkpoint.metadata",
@@ -121,7 +153,7 @@ def read_record(path: str | os.PathLike) -> dict:
             raise CheckpointError(f"{path}: refused ({str(e).strip().splitlines()[-1]})") from None
         except (RuntimeError, EOFError, OSError) as e:
             raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    record = meta.get("lmstack") or {}
+    record = extras(meta)["record"]
     return {**record, "step": meta.get("global_step", 0)} if record else {}
 
 
@@ -142,7 +174,8 @@ def load_checkpoint(path: str, device: str = "cpu"):
     except (TypeError, KeyError, RuntimeError, AttributeError) as e:  # a damaged or foreign file
         raise CheckpointError(f"{path}: not a loadable lmstack checkpoint ({type(e).__name__}: {e})") from None
     model.to(device).eval()
-    tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if ckpt.get("tokenizer_json") else None
+    text = extras(ckpt)["tokenizer_json"]
+    tok = Tokenizer.from_str(text) if text else None
     return model, tok, ckpt
 
 

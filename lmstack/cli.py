@@ -80,7 +80,7 @@ def eval_cmd(argv: list[str]) -> None:
     import json
     import time
 
-    from lmstack.checkpoint import load_checkpoint
+    from lmstack.checkpoint import extras, load_checkpoint
     from lmstack.eval.suite import evaluate, load_suite
 
     a = parse_args(
@@ -104,7 +104,7 @@ def eval_cmd(argv: list[str]) -> None:
         if tok is None:
             raise ValueError(f"{a['ckpt']} carries no tokenizer")
         seq_len = int(a["seq_len"]) or model.cfg.max_seq_len
-        suite = load_suite(sets, tasks, tok, ckpt["tokenizer_json"], seq_len)
+        suite = load_suite(sets, tasks, tok, extras(ckpt)["tokenizer_json"], seq_len)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     import torch

@@ -96,12 +96,12 @@ def load_init(spec: RunSpec) -> dict:
     preparation can read it: the cache, named by its content)."""
     import hashlib
 
-    from lmstack.checkpoint import load_checkpoint
+    from lmstack.checkpoint import extras, load_checkpoint
 
     if not os.path.exists(spec.init_from):
         raise ConfigError(f"init_from={spec.init_from!r} does not exist")
     model, _, ckpt = load_checkpoint(spec.init_from)
-    text = ckpt.get("tokenizer_json")
+    text = extras(ckpt)["tokenizer_json"]
     if not text:
         raise ConfigError(f"init_from={spec.init_from!r} carries no tokenizer")
     folder = Path(os.path.expanduser(spec.paths.cache_dir)) / "tokenizers"

@@ -163,3 +163,22 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     finally:
         os.replace = real
     assert replaced == [(path.parent, path)] and io.load_checkpoint(path)["step"] == 3
+
+
+def test_a_checkpoint_from_before_the_record_still_resumes(four_steps, tmp_path, caplog):
+    from lmstack.checkpoint import RECORD, atomic_save, extras, read_record
+    from lmstack.run import run
+
+    saved = torch.load(Path(four_steps[1].run_dir) / "checkpoints" / "step000002.ckpt", weights_only=True)
+    keys = extras(saved)
+    assert keys["tokenizer_json"] and keys["token_bytes"].dtype == torch.long
+    assert keys["record"]["tokens"] == 512 and keys["step_guard"] == {"skipped_steps": 0, "nonfinite_steps": 0}
+    del saved[RECORD]
+    old = tmp_path / "old.ckpt"
+    atomic_save(saved, old)
+    assert read_record(old) == {} and extras(saved)["record"] == {}
+    cfg = resume_cfg(four_steps, "from-old")
+    cfg.ckpt_path = str(old)
+    with caplog.at_level("WARNING"):
+        assert run(cfg)["steps"] == 4
+    assert "records no run identity" in caplog.text

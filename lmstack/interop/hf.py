@@ -319,7 +319,7 @@ def import_hf(folder: str, out: str) -> dict:
     Llama or OLMo 2 folder; `init_from=` starts pretraining or adaptation from it."""
     from tokenizers import Tokenizer
 
-    from lmstack.checkpoint import atomic_save, readable
+    from lmstack.checkpoint import add_extras, atomic_save, readable
     from lmstack.data.tokenizer import token_byte_lengths
     from lmstack.model import Transformer
 
@@ -340,18 +340,18 @@ def import_hf(folder: str, out: str) -> dict:
         raise ValueError(f"{root}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     tok_file = inside(root, "tokenizer.json")
     tok_json = tok_file.read_text() if tok_file.exists() else None
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model_cfg": cfg.to_dict()},
-        "tokenizer_json": tok_json,
-        "global_step": 0,
-        "epoch": 0,
-        "imported_from": str(root.resolve()),
-    }
+    tb = None
     if tok_json:
         tb = torch.zeros(cfg.vocab_size, dtype=torch.long)
         lengths = torch.from_numpy(token_byte_lengths(Tokenizer.from_str(tok_json))).long()
         tb[: len(lengths)] = lengths[: cfg.vocab_size]
-        ckpt["token_bytes"] = tb
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model_cfg": cfg.to_dict()},
+        "global_step": 0,
+        "epoch": 0,
+        "imported_from": str(root.resolve()),
+    }
+    add_extras(ckpt, tok_json, tb)
     atomic_save(ckpt, out)
     return {"architecture": ARCH[arch], "params": sum(p.numel() for p in model.parameters()), "out": out}

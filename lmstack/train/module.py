@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lmstack.checkpoint import add_extras, extras
 from lmstack.model import ModelConfig, Transformer
 
 from .losses import lm_loss, token_losses
@@ -184,19 +185,16 @@ class PretrainModule(L.LightningModule):
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
-        if self.tokenizer_json is not None:
-            checkpoint["tokenizer_json"] = self.tokenizer_json
-        checkpoint["token_bytes"] = self.token_bytes.cpu()
-        checkpoint["step_guard"] = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
-        checkpoint["lmstack"] = {"identity": self.run_identity, "tokens": self.tokens_at(checkpoint["global_step"])}
+        guard = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
+        record = {"identity": self.run_identity, "tokens": self.tokens_at(checkpoint["global_step"])}
+        add_extras(checkpoint, self.tokenizer_json, self.token_bytes.cpu(), guard, record)
 
     def on_load_checkpoint(self, checkpoint):
-        self.tokenizer_json = checkpoint.get("tokenizer_json")
-        guard = checkpoint.get("step_guard", {})
-        self.skipped_steps = guard.get("skipped_steps", 0)
-        self.nonfinite.total = guard.get("nonfinite_steps", 0)
-        record = checkpoint.get("lmstack") or {}
-        if "tokens" in record:
-            self.token_base = (checkpoint["global_step"], record["tokens"])
-        if "token_bytes" in checkpoint:
-            self.token_bytes = checkpoint["token_bytes"].to(self.token_bytes.device)
+        saved = extras(checkpoint)
+        self.tokenizer_json = saved["tokenizer_json"]
+        self.skipped_steps = saved["step_guard"].get("skipped_steps", 0)
+        self.nonfinite.total = saved["step_guard"].get("nonfinite_steps", 0)
+        if "tokens" in saved["record"]:
+            self.token_base = (checkpoint["global_step"], saved["record"]["tokens"])
+        if saved["token_bytes"] is not None:
+            self.token_bytes = saved["token_bytes"].to(self.token_bytes.device)
