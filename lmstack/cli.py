@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import USAGE, compose, owned_output, parse_args, refusals
+from .cli_args import USAGE, compose, load_model, owned_output, parse_args, refusals
 
 
 def generate_cmd(argv: list[str]) -> None:
     import torch
 
-    from lmstack.checkpoint import load_checkpoint
     from lmstack.generate import generate
 
     a = parse_args(
@@ -26,12 +25,7 @@ def generate_cmd(argv: list[str]) -> None:
             "device": "cpu",
         },
     )
-    try:
-        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
-    if tok is None:
-        raise SystemExit(f"{a['ckpt']} carries no tokenizer")
+    model, tok, _ = load_model(a["ckpt"], a["device"])
     g = torch.Generator(device=a["device"]).manual_seed(int(a["seed"]))
     ids = generate(
         model,
@@ -80,7 +74,7 @@ def eval_cmd(argv: list[str]) -> None:
     import json
     import time
 
-    from lmstack.checkpoint import extras, load_checkpoint
+    from lmstack.checkpoint import extras
     from lmstack.eval.suite import evaluate, load_suite
 
     a = parse_args(
@@ -99,10 +93,8 @@ def eval_cmd(argv: list[str]) -> None:
     names = [t.strip() for t in str(a["tasks"]).strip().strip("[]").split(",") if t.strip()]
     configured = compose("train", [f"evals={a['evals']}"], resolve_only="evals")
     sets, tasks = _resolve_evals(names, configured, a["limit"])
+    model, tok, ckpt = load_model(a["ckpt"], a["device"])
     try:
-        model, tok, ckpt = load_checkpoint(a["ckpt"], a["device"])
-        if tok is None:
-            raise ValueError(f"{a['ckpt']} carries no tokenizer")
         seq_len = int(a["seq_len"]) or model.cfg.max_seq_len
         suite = load_suite(sets, tasks, tok, extras(ckpt)["tokenizer_json"], seq_len)
     except (FileNotFoundError, ValueError) as e:
@@ -138,7 +130,6 @@ def chat_cmd(argv: list[str]) -> None:
     import torch
 
     from lmstack.adapt.chat import END, has_chat_tokens, render
-    from lmstack.checkpoint import load_checkpoint
     from lmstack.generate import generate
 
     a = parse_args(
@@ -153,11 +144,8 @@ def chat_cmd(argv: list[str]) -> None:
             "device": "cpu",
         },
     )
-    try:
-        model, tok, _ = load_checkpoint(a["ckpt"], a["device"])
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
-    if tok is None or not has_chat_tokens(tok):
+    model, tok, _ = load_model(a["ckpt"], a["device"])
+    if not has_chat_tokens(tok):
         raise SystemExit(f"{a['ckpt']} has no chat template tokens: chat with a checkpoint from stage=sft/dpo/rlvr")
     g = torch.Generator().manual_seed(a["seed"])
     messages = [{"role": "system", "content": a["system"]}] if a["system"] else []

@@ -100,3 +100,16 @@ def compose(name: str, overrides: list[str], resolve_only: str | None = None) ->
     if missing:
         raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def load_model(ckpt: str, device: str):
+    """(model, tokenizer, checkpoint dict) for a command, or the reason it cannot load as an exit message."""
+    from lmstack.checkpoint import load_checkpoint
+
+    try:
+        model, tok, state = load_checkpoint(ckpt, device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    if tok is None:
+        raise SystemExit(f"{ckpt} carries no tokenizer")
+    return model, tok, state
