@@ -22,8 +22,6 @@ from typing import Any
 
 import torch
 
-from lmstack import safe_unpickle
-
 log = logging.getLogger(__name__)
 
 MANIFEST = "lmstack-checkpoint.json"  # in a sharded checkpoint folder: what wrote it, the .metadata digest
@@ -76,15 +74,30 @@ _DCP_NAMES = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
     ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
     ("pathlib", "PurePosixPath"),
     ("collections", "OrderedDict"),
 }
 
 
-def _dcp_class(module: str, name: str, obj) -> bool:
-    """DCP's metadata is made of its own dataclasses and enums, and torch dtypes."""
-    return (module in _DCP_MODULES and isinstance(obj, type)) or (module == "torch" and isinstance(obj, torch.dtype))
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    """DCP writes `.metadata` as a plain protocol-5 pickle, which torch.load's weights-only reader cannot
+    parse (it stops at the FRAME opcode), so this allow-list does its job: the pickle may name only DCP's
+    own metadata classes (dataclasses and enums), torch dtypes, `torch.Size` and paths."""
+
+    def find_class(self, module: str, name: str):
+        obj = (
+            super().find_class(module, name)
+            if module in _DCP_MODULES or module == "torch" or (module, name) in _DCP_NAMES
+            else None
+        )
+        ok = (
+            (module, name) in _DCP_NAMES
+            or (module in _DCP_MODULES and isinstance(obj, type))
+            or (module == "torch" and isinstance(obj, torch.dtype))
+        )
+        if not ok:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return obj
 
 
 def _digest(path: Path) -> str:
@@ -109,9 +122,24 @@ def check_sharded(folder: Path) -> None:
             f"(digest in {MANIFEST}); refusing to unpickle it"
         )
     try:
-        safe_unpickle.loads(meta.read_bytes(), _DCP_NAMES, _dcp_class)
+        with open(meta, "rb") as f:
+            _DcpMetadataUnpickler(f).load()
     except Exception as e:  # noqa: BLE001 - any failure means: not the metadata DCP writes
         raise CheckpointError(f"{folder}: {DCP_METADATA} holds more than checkpoint metadata ({e})") from None
+
+
+def _torch_load(path: Path, map_location="cpu", **kw):
+    """torch.load(weights_only=True) of a checkpoint file, with what went wrong as a CheckpointError."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, **kw)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused, it holds objects other than tensors and plain values, which "
+            f"lmstack never unpickles ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
@@ -127,32 +155,25 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
             raise CheckpointError(f"{path}: refused ({e})") from None
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused, it holds objects other than tensors and plain values, which "
-            f"lmstack never unpickles ({first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return _torch_load(path, map_location=map_location)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A checkpoint's dict without reading its tensors (memory-mapped; a sharded folder's meta.pt): enough
+    to know that it reads completely and what its lmstack record says."""
+    path = Path(path)
+    if path.is_dir():
+        check_sharded(path)
+        return _torch_load(path / "meta.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    return _torch_load(path, mmap=True)
 
 
 def read_record(path: str | os.PathLike) -> dict:
     """The checkpoint's lmstack record ({"identity": what exact resume needs, "tokens": trained}) and its
-    step, without loading the weights into memory ({} for checkpoints older than the record)."""
-    path = Path(path)
-    if path.is_dir():
-        check_sharded(path)
-        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
-    else:
-        try:
-            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"{path}: refused ({str(e).strip().splitlines()[-1]})") from None
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    step ({} for checkpoints older than the record)."""
+    meta = read_metadata(path)
     record = extras(meta)["record"]
     return {**record, "step": meta.get("global_step", 0)} if record else {}
 
@@ -251,14 +272,11 @@ def write_manifest(folder: Path) -> None:
 
 # ---- finding --------------------------------------------------------------------------------------------
 def readable(path: Path) -> bool:
-    """Whether the checkpoint reads completely (a truncated or foreign one does not)."""
+    """Whether the checkpoint reads (a truncated or foreign one does not), without loading its tensors."""
     try:
-        if path.is_dir():
-            check_sharded(path)
-            return (path / "meta.pt").is_file()
-        read_checkpoint(path)
+        read_metadata(path)
         return True
-    except (CheckpointError, FileNotFoundError, KeyError):
+    except (CheckpointError, FileNotFoundError):
         return False
 
 

@@ -136,3 +136,14 @@ SMALL_EVALS = [
     "~evals.tasks.sciq",
     "~evals.tasks.copycolors_10way",
 ]
+
+
+# The smallest Llama config.json lmstack imports (tests of import-hf).
+TINY_LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 1,
+    "intermediate_size": 128,
+    "vocab_size": 100,
+}

@@ -107,7 +107,7 @@ def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, m
     except KeyboardInterrupt:
         pass
     assert not (tmp_path / "b" / "stats.json").exists()
-    assert len(list((tmp_path / "b" / ".work" / "parts").glob("*.pkl"))) == 2
+    assert len(list((tmp_path / "b" / ".work" / "parts").glob("*.pt"))) == 2
     calls.clear()
     monkeypatch.setattr(pipeline, "_filter_file", lambda job: calls.append(job[0]) or real(job))
     second = run_prepare(inputs, str(tmp_path / "b"), cfg)

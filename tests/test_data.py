@@ -19,17 +19,12 @@ from .conftest import SHARED_DATA
 STDLIB = [{"name": "python_stdlib", "builtin": "python_stdlib"}]
 
 
+SMALL_CORPUS = dict(seq_len=64, val_fraction=0.1, vocab_size=512, tokenizer_train_bytes=2_000_000, max_docs=150)
+
+
 @pytest.fixture(scope="module")
 def corpus(cache_dir):
-    return prepare_corpus(
-        STDLIB,
-        str(cache_dir),
-        seq_len=64,
-        val_fraction=0.1,
-        vocab_size=512,
-        tokenizer_train_bytes=2_000_000,
-        max_docs=150,
-    )
+    return prepare_corpus(STDLIB, str(cache_dir), **SMALL_CORPUS)
 
 
 def test_stdlib_source_reads_the_interpreters_files():
@@ -92,15 +87,7 @@ def test_second_prepare_reuses_the_cache(corpus, cache_dir, monkeypatch):
         raise AssertionError("the tokenizer was trained again")
 
     monkeypatch.setattr(corpus_format, "train_bpe", boom)
-    again = prepare_corpus(
-        STDLIB,
-        str(cache_dir),
-        seq_len=64,
-        val_fraction=0.1,
-        vocab_size=512,
-        tokenizer_train_bytes=2_000_000,
-        max_docs=150,
-    )
+    again = prepare_corpus(STDLIB, str(cache_dir), **SMALL_CORPUS)
     assert again.root == corpus.root and (again.root / "meta.json").stat().st_mtime == meta_mtime
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import SHARED_DATA, interrupt_prepare_at, prepare_cfg
+from .conftest import SHARED_DATA, TINY_LLAMA_CONFIG, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 C4 = SHARED_DATA / "web" / "c4-sample.01.json.gz"
@@ -188,14 +188,7 @@ def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
     save_file({"x": torch.zeros(1)}, str(tmp_path / "outside.safetensors"))
-    base = {
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 1,
-        "intermediate_size": 128,
-        "vocab_size": 100,
-    }
+    base = dict(TINY_LLAMA_CONFIG)
     (hf / "config.json").write_text(json.dumps(base))
     (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
     out = cli("import-hf", str(hf), f"out={tmp_path / 'x.ckpt'}")

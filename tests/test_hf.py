@@ -15,7 +15,7 @@ import torch
 from lmstack.interop.hf import NoHFEquivalent, hf_architecture, import_hf, model_config_from_hf
 from lmstack.model import ModelConfig
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, TINY_LLAMA_CONFIG
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,14 +130,7 @@ def test_export_cli_refuses_layernorm_and_writes_nothing(small_cfg, tmp_path):
 
 
 def test_import_refuses_what_lmstack_cannot_compute(tmp_path):
-    base = {
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 1,
-        "intermediate_size": 128,
-        "vocab_size": 100,
-    }
+    base = dict(TINY_LLAMA_CONFIG)
     assert model_config_from_hf(base)[1] == "llama"
     for extra, msg in [
         ({"attention_bias": True}, "attention_bias=True"),

@@ -237,8 +237,9 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     with OwnedFolder(output_dir, "prepare", all_files) as owned:
         out = owned.path
         fps = [file_fingerprint(f) for f in files]
+        named = config_files(cfg)
         fingerprint = {
-            "inputs": fps + config_files(cfg),
+            "inputs": fps + named,
             "config": {k: v for k, v in cfg.items() if k != "num_workers"},
         }
         if owned.complete and (out / "stats.json").is_file():
@@ -254,7 +255,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         parts_dir = out / ".work" / "parts"
         parts_dir.mkdir(parents=True, exist_ok=True)
         staging = owned.staging()
-        acct = _prepare(files, fps, cfg, staging, parts_dir)
+        acct = _prepare(files, fps, named, cfg, staging, parts_dir)
         if num_shards > 1:
             acct.extra.update(shard_index=shard, num_shards=num_shards, job=job_fingerprint(all_files, cfg))
         acct.write(staging)
@@ -262,7 +263,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         return acct.to_dict()
 
 
-def _prepare(files: list[str], fps: list[dict], cfg: dict, tmp: Path, parts_dir: Path) -> Accounting:
+def _prepare(files: list[str], fps: list[dict], named: list[dict], cfg: dict, tmp: Path, parts_dir: Path) -> Accounting:
     """The pipeline over `files`, its results written into `tmp`; returns the accounting."""
     t0, cpu0 = time.time(), _cpu_seconds()
     acct = Accounting()
@@ -273,7 +274,7 @@ def _prepare(files: list[str], fps: list[dict], cfg: dict, tmp: Path, parts_dir:
     kept: list[Document] = []
     pii = Counter()
     with open(tmp / "rejects.jsonl", "w") as rejects, tqdm(total=len(files), unit="file", desc="prepare") as bar:
-        for part in parts(files, fps, cfg, int(cfg.get("num_workers", 1)), parts_dir, _filter_file):
+        for part in parts(files, fps, cfg, named, int(cfg.get("num_workers", 1)), parts_dir, _filter_file):
             acct.docs_in += part.docs_in
             acct.removed.update(part.counts)
             for rule, doc in part.removed:

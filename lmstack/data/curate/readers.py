@@ -251,16 +251,26 @@ def read_text_files(path: str, source: str, max_bytes: int) -> Iterator[Item]:
         yield _check(Document(doc_id, text, source), str(txt), None, max_bytes)
 
 
-def _gzip_complete(path: str) -> bool:
-    """Whether a (multi-member) gzip file ends with a complete member: a truncated one does not."""
+def _gzip_complete(path: str, start: int = 0) -> bool:
+    """Whether a (multi-member) gzip file, read from the member at byte `start` on, ends with a complete
+    member: a truncated one does not. (Only the tail after the last record read is decompressed again.)"""
     d = zlib.decompressobj(wbits=31)
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            while chunk:
-                d.decompress(chunk)
-                chunk = d.unused_data if d.eof else b""
-                if d.eof and chunk:
-                    d = zlib.decompressobj(wbits=31)
+        f.seek(start)
+        if f.read(2) != b"\x1f\x8b":  # not a member start (a file that is one gzip stream): from the beginning
+            start = 0
+        f.seek(start)
+        try:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    d.decompress(chunk)
+                    chunk = d.unused_data if d.eof else b""
+                    if d.eof and chunk:
+                        d = zlib.decompressobj(wbits=31)
+        except zlib.error:
+            if start:  # the two bytes only looked like a member start
+                return _gzip_complete(path)
+            raise
     return d.eof
 
 
@@ -272,9 +282,11 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     n, size = 0, None if path.endswith(".gz") else os.path.getsize(path)  # .gz: checked at the end
+    last = 0  # where the last record read starts (in .gz: its gzip member)
     try:
         with open(path, "rb") as fh:
             for n, record in enumerate(ArchiveIterator(fh, record_types=WarcRecordType.response), start=1):
+                last = record.stream_pos
                 url = record.headers.get("WARC-Target-URI", "").strip("<>")
                 ctype = record.http_headers.get("Content-Type", "") if record.http_headers else ""
                 if "html" not in ctype.lower():
@@ -305,7 +317,7 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
         what = "not a WARC file" if n == 0 else f"unreadable after record {n}"
         yield Reject(path, n + 1 if n else None, f"{what}, nothing more read from it: {e}")
         return
-    if path.endswith(".gz") and not _gzip_complete(path):
+    if path.endswith(".gz") and not _gzip_complete(path, last):
         yield Reject(
             path,
             n + 1,

@@ -17,19 +17,27 @@ log = logging.getLogger(__name__)
 RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards")
 
 
-_PART_CLASSES = {
-    ("lmstack.data.curate.steps", "StepResults"),
-    ("lmstack.data.curate.readers", "Document"),
-    ("lmstack.data.curate.stats", "StageStats"),
-    ("collections", "Counter"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),
-}
+def _part_types() -> list:
+    """What a saved part holds besides plain values, for torch.load(weights_only=True)'s allow-list: our
+    dataclasses, Counter, and numpy arrays (the MinHash band keys)."""
+    import numpy as np
+
+    from .readers import Document
+    from .stats import StageStats
+    from .steps import StepResults
+
+    core = np._core if hasattr(np, "_core") else np.core
+    dtypes = [getattr(np.dtypes, n) for n in np.dtypes.__all__]
+    return [
+        StepResults,
+        Document,
+        StageStats,
+        np.ndarray,
+        np.dtype,
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        *dtypes,
+    ]
 
 
 def config_files(cfg: dict) -> list[dict]:
@@ -49,16 +57,16 @@ def _part_key(fingerprint: dict, cfg: dict, named: list[dict]) -> str:
     return xxhash.xxh64(json.dumps([fingerprint, per_file, named], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: int, parts_dir: Path, worker):
+def parts(
+    files: list[str], fingerprints: list[dict], cfg: dict, named: list[dict], num_workers: int, parts_dir: Path, worker
+):
     """Per-file results in input order. Each finished file's result is saved in `parts_dir` under a key of
-    its input's fingerprint and the config (written to a temporary name, then renamed), so a run started
-    again after an interruption reuses those whose input and config are unchanged."""
-    import pickle
+    its input's fingerprint, the config and the files it names (`named`), written with torch.save to a
+    temporary name, then renamed; a run started again after an interruption loads those whose key is
+    unchanged with torch.load(weights_only=True), so a planted file cannot run code."""
+    import torch
 
-    from lmstack import safe_unpickle
-
-    named = config_files(cfg)
-    saved = [parts_dir / f"{_part_key(fp, cfg, named)}.pkl" for fp in fingerprints]
+    saved = [parts_dir / f"{_part_key(fp, cfg, named)}.pt" for fp in fingerprints]
     todo = [i for i in range(len(files)) if not saved[i].exists()]
     if len(todo) < len(files):
         log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
@@ -73,12 +81,12 @@ def parts(files: list[str], fingerprints: list[dict], cfg: dict, num_workers: in
     try:
         for i in range(len(files)):
             if saved[i].exists():
-                yield safe_unpickle.loads(saved[i].read_bytes(), _PART_CLASSES)
+                with torch.serialization.safe_globals(_part_types()):
+                    yield torch.load(saved[i], weights_only=True)
                 continue
             part = next(computed)
             partial = saved[i].with_suffix(f".{os.getpid()}.partial")
-            with open(partial, "wb") as f:
-                pickle.dump(part, f)
+            torch.save(part, partial)
             os.replace(partial, saved[i])
             yield part
     finally:
