@@ -1,23 +1,7 @@
-"""Pretrain a language model: `python train.py [overrides]`, `python train.py -m [sweep overrides]`
-(`-m sweep=NAME` runs an ablation from conf/sweep, each job in its own process)."""
+"""Pretrain a language model from the checkout: `python train.py [overrides]`, the same as
+`python -m lmstack.train` (see lmstack/train/__main__.py); `-m [sweep overrides]` runs a sweep."""
 
-import os
-
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    from lmstack.sweep.job import in_sweep, run_job_process
-
-    if in_sweep():
-        return run_job_process(os.path.abspath(__file__))
-    from lmstack.run import run
-
-    result = run(cfg)
-    return result.get("objective", result.get("val/bpb"))  # what a sweeper minimises
-
+from lmstack.train.__main__ import main
 
 if __name__ == "__main__":
     main()

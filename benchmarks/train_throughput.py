@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from lmstack.config import model_config, validate
+from lmstack.config.schema import model_config, validate
 from lmstack.data.corpus_cache import prepare_corpus
 from lmstack.data.dataset import BlockDataset
 from lmstack.model import Transformer

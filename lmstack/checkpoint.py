@@ -189,10 +189,10 @@ def load_checkpoint(path: str, device: str = "cpu"):
     if not isinstance(hp, dict) or "model_cfg" not in hp:
         raise CheckpointError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")
     try:
-        model = Transformer(ModelConfig(**hp["model_cfg"]))
+        model = Transformer(ModelConfig.from_dict(hp["model_cfg"]))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
-    except (TypeError, KeyError, RuntimeError, AttributeError) as e:  # a damaged or foreign file
+    except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:  # a damaged or foreign file
         raise CheckpointError(f"{path}: not a loadable lmstack checkpoint ({type(e).__name__}: {e})") from None
     model.to(device).eval()
     text = extras(ckpt)["tokenizer_json"]

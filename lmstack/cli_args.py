@@ -1,53 +1,54 @@
-"""What every `lmstack` command shares: the usage text, `key=value` arguments checked like config values,
-Hydra composition of `conf/`, claimed output folders, and refusals as one-line exits."""
+"""What every `lmstack` command shares: the usage text, its arguments composed by Hydra into a typed section,
+claimed output folders, and refusals as one-line exits."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
-USAGE = """usage:
-  lmstack train [hydra overrides]        pretrain (the same as `python train.py`)
-  lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [evals=olmes batch_size=16 limit=N seq_len=N device=cpu]
-  lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [hydra overrides]
+USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every command composes conf/COMMAND.yaml)
+  lmstack train [overrides]              pretrain (the same as `python -m lmstack.train`, `python train.py`)
+  lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [suite=olmes batch_size=16 limit=N seq_len=N device=cpu]
+  lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [prepare.KEY=VALUE]
   lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
-  lmstack report SWEEP_DIR [metric=val/bpb] [--fit predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
+  lmstack report dir=SWEEP_DIR [metric=val/bpb fit=true predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
   lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]
   lmstack chat ckpt=PATH [system=TEXT max_new_tokens=128 temperature=0 top_k=50]   chat with an SFT/DPO/RLVR model
   lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
-  lmstack import-hf DIR [out=DIR/lmstack.ckpt]     a Hugging Face Llama / OLMo 2 folder as a checkpoint
+  lmstack import-hf dir=DIR [out=DIR/lmstack.ckpt] a Hugging Face Llama / OLMo 2 folder as a checkpoint
+Values with spaces or Hydra's special characters are quoted inside the argument: "prompt='def main('".
 """
 
 
-def parse_args(argv: list[str], defaults: dict) -> dict:
-    """key=value arguments, each cast to its default's type; values are taken verbatim (newlines kept)."""
-    given = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"expected key=value arguments, got {arg!r}\n{USAGE}")
-        if key not in defaults:
-            raise SystemExit(f"unknown argument {key!r}; allowed: {', '.join(defaults)}")
-        default = defaults[key]
-        try:
-            given[key] = value if default == "???" or isinstance(default, str) else type(default)(value)
-        except ValueError:
-            raise SystemExit(f"{key}={value!r}: expected a {type(default).__name__}") from None
-    missing = [k for k, v in defaults.items() if v == "???" and k not in given]
-    if missing:
-        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
-    check_args(given)
-    return {**defaults, **given}
+def command_args(command: str, argv: list[str]):
+    """`conf/<command>.yaml` composed with `argv` (Hydra overrides) into the command's typed arguments
+    (`lmstack.config.commands`), or the reason it cannot be, as an exit message."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-
-def check_args(args: dict) -> None:
-    """The config's rules for every value (finite floats, seeds >= 0), as a command-line error."""
-    from lmstack.config.validate import ConfigError, check_values
+    from lmstack.config.commands import COMMAND_ARGS
+    from lmstack.config.store import compose
+    from lmstack.config.validate import ConfigError, check_values, to_dataclass
 
     try:
-        check_values(args)
+        cfg = compose(command, argv)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
+        values = OmegaConf.to_container(cfg, resolve=True)
+        check_values(values)
+        return to_dataclass(COMMAND_ARGS[command], values, "")
     except ConfigError as e:
-        raise SystemExit(str(e)) from None
+        raise SystemExit(f"lmstack {command}: {e}") from None
+    except (HydraException, OmegaConfBaseException) as e:  # an override Hydra cannot parse, an unknown key
+        lines = str(e).splitlines()
+        if lines[0].startswith("Could not override"):
+            allowed = ", ".join(f.name for f in dataclasses.fields(COMMAND_ARGS[command]))
+            key = lines[0].split(maxsplit=3)[3].rstrip(".")
+            raise SystemExit(f"lmstack {command}: unknown argument {key}; allowed: {allowed}") from None
+        raise SystemExit(f"lmstack {command}: {' ('.join(lines[:2])}){chr(10)}{USAGE}") from None
 
 
 @contextlib.contextmanager
@@ -77,29 +78,20 @@ def refusals():
         raise SystemExit(f"lmstack: {e}") from None
 
 
-def compose(name: str, overrides: list[str], resolve_only: str | None = None) -> dict:
-    import os
-
-    from hydra import compose, initialize_config_dir
+def eval_sets(evals: str) -> dict:
+    """The `sets` and `tasks` of the conf/evals option `evals`, resolved as far as they can be outside a
+    training run (entries that interpolate what only a run defines, such as ${run_dir}, are left out)."""
     from omegaconf import OmegaConf
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    if resolve_only:  # one section (the rest may interpolate what only a Hydra run defines)
-        node, out = cfg.get(resolve_only) or {}, {}
-        for key in node:
-            try:
-                out[key] = (
-                    OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) else node[key]
-                )
-            except Exception:  # noqa: BLE001 - e.g. ${run_dir}, defined by a Hydra run only
-                continue
-        return out
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise SystemExit(f"missing argument {missing[0]}=...\n{USAGE}")
-    return OmegaConf.to_container(cfg, resolve=True)
+    from lmstack.config.store import compose
+
+    node, out = compose("train", [f"evals={evals}"]).get("evals") or {}, {}
+    for key in ("sets", "tasks"):
+        try:
+            out[key] = OmegaConf.to_container(node[key], resolve=True) if node.get(key) is not None else {}
+        except Exception:  # noqa: BLE001 - an interpolation only a Hydra run defines
+            out[key] = {}
+    return out
 
 
 def load_model(ckpt: str, device: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lmstack.model.config import ModelConfig
+from lmstack.model.config import ModelConfig, NormConfig
 from lmstack.train.flops import GPU_PEAK_TFLOPS
 
 # (non-embedding parameters, width / depth) of the presets in conf/model, smallest first
@@ -100,8 +100,7 @@ def shape_for(n: float, vocab: int = 50_304) -> ModelConfig:
                 n_heads=heads,
                 vocab_size=vocab,
                 mlp_multiple_of=128,
-                placement="reordered",
-                qk_norm=True,
+                norm=NormConfig(placement="reordered", qk_norm=True),
             )  # norm=olmo2, as the overrides say
             err = abs(math.log(cfg.non_embedding_params() / n)) + 0.3 * abs(math.log(d / layers / a))
             if best is None or err < best[0]:

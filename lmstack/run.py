@@ -5,11 +5,12 @@ Returns the metrics a sweeper optimises (`val/bpb` after training).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmstack.config import ConfigError, RunSpec, model_config, validate
+from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
 from lmstack.train.module import PretrainModule
@@ -111,7 +112,7 @@ def load_init(spec: RunSpec) -> dict:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    cfg = {**model.cfg.to_dict(), "attn_backend": spec.attention.backend}  # the backend is this run's choice
+    cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
     if spec.data.seq_len > cfg["max_seq_len"]:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds init_from's max_seq_len={cfg['max_seq_len']}")
     return {"state": model.state_dict(), "model_cfg": cfg, "tokenizer": str(path), "step": ckpt.get("global_step", 0)}
@@ -142,10 +143,16 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
         "blocklist": spec.data.blocklist,
         "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
         "tokenizer": dm.corpus.meta.get("tokenizer"),
-        "model": {k: v for k, v in mcfg.to_dict().items() if k != "attn_backend"},
+        "model": model_identity(mcfg),
         "optimizer": asdict(spec.optimizer),
         "schedule": asdict(spec.schedule),
     }  # not the budget: extending train.max_tokens to train on is what a resume is often for
+
+
+def model_identity(mcfg: ModelConfig) -> dict:
+    """The model's shape for the run identity: the attention as its key/value head count (the type and the
+    backend do not change the weights), so records written before the nested config compare equal."""
+    return {**mcfg.to_dict(), "attention": {"n_kv_heads": mcfg.n_kv_heads}}
 
 
 def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:
@@ -154,6 +161,9 @@ def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:
     if not saved:
         log.warning("%s records no run identity (an older checkpoint): resuming without checking it", ckpt)
         return
+    if isinstance(saved.get("model"), dict):
+        with contextlib.suppress(ValueError):  # the model as recorded before the nested config
+            saved = {**saved, "model": model_identity(ModelConfig.from_dict(saved["model"]))}
     diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
     if not diff:
         return
@@ -204,9 +214,9 @@ def build(
     if not init and spec.model.vocab_size is not None and spec.model.vocab_size < tok_vocab:
         raise ConfigError(f"model.vocab_size={spec.model.vocab_size} is smaller than the tokenizer's {tok_vocab}")
     if init:  # the checkpoint's model; model/attention/norm groups other than the backend do not apply
-        mcfg = ModelConfig(**init["model_cfg"])
+        mcfg = ModelConfig.from_dict(init["model_cfg"])
     else:
-        mcfg = model_config(spec, spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
+        mcfg = replace(spec.model, vocab_size=spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
     schedule = schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps)
     module = PretrainModule(
         mcfg.to_dict(),

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
+from lmstack.config.store import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -38,8 +39,7 @@ def clean_env(**extra) -> dict:
 
 
 def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+    cfg = compose("train", overrides)
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = str(run_dir or "/tmp/lmstack-test-run")
     if cache_dir:
@@ -73,11 +73,7 @@ def interrupt_prepare_at(monkeypatch, n: int) -> list:
 
 def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
     """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            config_name="prepare",
-            overrides=[f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())],
-        )
+    cfg = compose("prepare", [f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())])
     return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 

@@ -7,7 +7,15 @@ import torch
 
 
 def model_config() -> dict:
-    return dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64, mlp_multiple_of=32)
+    return dict(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        attention=dict(type="gqa", n_kv_heads=2),
+        vocab_size=256,
+        max_seq_len=64,
+        mlp_multiple_of=32,
+    )
 
 
 def global_batch() -> torch.Tensor:

@@ -19,7 +19,7 @@ def main(out: str) -> None:
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp", precision="32-true")
     fabric.launch()
     torch.manual_seed(0)
-    model = fabric.setup_module(Transformer(ModelConfig(**model_config())))
+    model = fabric.setup_module(Transformer(ModelConfig.from_dict(model_config())))
     tokens = global_batch()
     half = tokens.shape[0] // 2
     mine = tokens[fabric.global_rank * half : (fabric.global_rank + 1) * half]

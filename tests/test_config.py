@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lmstack.config import ConfigError, validate
+from lmstack.config.schema import ConfigError, validate
 
 from .conftest import CONF, compose_cfg
 
@@ -47,31 +47,33 @@ EXTRA = {
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_option_composes_and_validates(group, option):
     spec = spec_of(f"{group}={option}", *EXTRA.get((group, option), []))
-    assert getattr(spec, group) is not None
+    section = spec.model if group in ("attention", "norm") else spec  # mounted at model.attention, model.norm
+    assert getattr(section, group) is not None
 
 
 def test_attention_types_set_kv_heads():
-    from lmstack.config import model_config
-
-    assert model_config(spec_of("attention=mha")).n_kv_heads == 4
-    assert model_config(spec_of("attention=gqa")).n_kv_heads == 2
-    assert model_config(spec_of("attention=mqa")).n_kv_heads == 1
-    assert model_config(spec_of("attention=gqa", "attention.heads_per_kv=4")).n_kv_heads == 1
+    assert spec_of("attention=mha").model.n_kv_heads == 4
+    assert spec_of("attention=gqa").model.n_kv_heads == 2
+    assert spec_of("attention=mqa").model.n_kv_heads == 1
+    assert spec_of("attention=gqa", "model.attention.heads_per_kv=4").model.n_kv_heads == 1
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["norm.kind=rms"], "norm.kind='rms' is not allowed; allowed: 'rmsnorm', 'layernorm'"),
-        (["norm.placement=post"], "norm.placement='post' is not allowed; allowed: 'pre', 'reordered'"),
+        (["model.norm.kind=rms"], "model.norm.kind='rms' is not allowed; allowed: 'rmsnorm', 'layernorm'"),
+        (["model.norm.placement=post"], "model.norm.placement='post' is not allowed; allowed: 'pre', 'reordered'"),
         (["model.n_layers=two"], "model.n_layers='two' has the wrong type; expected an integer"),
         (["model.n_layers=0"], "model.n_layers=0 is too small; it must be >= 1"),
         (["data.val_fraction=1.5"], "data.val_fraction=1.5 is too large; it must be <= 1.0"),
-        (["+model.d_modle=64"], "unknown key model.d_modle; allowed keys in model: d_model,"),
+        (["+model.d_modle=64"], "unknown key model.d_modle; allowed keys in model: attention, d_model,"),
         (["model.d_model=130"], "model.d_model=130 is not divisible by model.n_heads=4"),
-        (["attention=gqa", "attention.n_kv_heads=3"], "model.n_heads=4 is not divisible by attention.n_kv_heads=3"),
-        (["attention=mqa", "attention.n_kv_heads=2"], "attention.n_kv_heads=2 contradicts attention.type=mqa"),
-        (["attention.backend=flash"], "attention.backend='flash' is not registered; allowed: eager, sdpa"),
+        (
+            ["attention=gqa", "model.attention.n_kv_heads=3"],
+            "model.n_heads=4 is not divisible by attention.n_kv_heads=3",
+        ),
+        (["attention=mqa", "model.attention.n_kv_heads=2"], "attention.n_kv_heads=2 contradicts attention.type=mqa"),
+        (["model.attention.backend=flash"], "model.attention.backend='flash' is not registered; allowed: eager, sdpa"),
         (
             ["schedule.name=linear"],
             "schedule.name='linear' is not allowed; allowed: constant, cosine, wsd, olmo_anneal",
@@ -112,7 +114,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
         [
             sys.executable,
             "train.py",
-            "norm.kind=rms",
+            "model.norm.kind=rms",
             f"paths.output_root={tmp_path}",
             f"paths.cache_dir={tmp_path}/cache",
         ],
@@ -121,5 +123,57 @@ def test_bad_config_fails_before_any_work(tmp_path):
         cwd=root,
     )
     assert out.returncode != 0
-    assert "norm.kind='rms' is not allowed" in out.stderr
+    assert "model.norm.kind='rms' is not allowed" in out.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_composed_default_config_is_the_schemas_defaults(monkeypatch):
+    """`python train.py` with no overrides runs exactly what the dataclasses say: each section of the composed
+    default config equals its dataclass's defaults, so a reader of the schema gets the real values."""
+    import dataclasses
+
+    from lmstack.config.schema import DataSection, LossSection, OptimizerSection, ScheduleSection, TrainSection
+    from lmstack.model.config import ModelConfig
+
+    monkeypatch.delenv("LMSTACK_CACHE", raising=False)
+    composed = OmegaConf.to_container(compose_cfg(), resolve=True)
+    for key, cls in [
+        ("model", ModelConfig),
+        ("optimizer", OptimizerSection),
+        ("schedule", ScheduleSection),
+        ("train", TrainSection),
+        ("loss", LossSection),
+        ("data", DataSection),
+    ]:
+        assert composed[key] == dataclasses.asdict(cls()), key
+
+
+@pytest.mark.parametrize("group", ["model", "attention", "norm", "optimizer", "schedule"])
+def test_group_files_carry_only_what_differs_from_the_schema(group):
+    """No option file repeats a default of the dataclass it fills (a repeated default goes stale when the
+    dataclass changes)."""
+    import dataclasses
+
+    import yaml
+
+    from lmstack.config.schema import OptimizerSection, ScheduleSection
+    from lmstack.model.config import AttentionConfig, ModelConfig, NormConfig
+
+    cls = {
+        "model": ModelConfig,
+        "attention": AttentionConfig,
+        "norm": NormConfig,
+        "optimizer": OptimizerSection,
+        "schedule": ScheduleSection,
+    }[group]
+    defaults = dataclasses.asdict(cls())
+    for path in sorted(Path(CONF, group).glob("*.yaml")):
+        body = yaml.safe_load(path.read_text()) or {}
+        for key, value in body.items():
+            if key == "defaults":
+                continue
+            if isinstance(value, dict):
+                repeated = [k for k, v in value.items() if defaults[key].get(k) == v]
+                assert not repeated, f"{path.name}: {key}.{repeated[0]} repeats the default"
+            else:
+                assert defaults[key] != value, f"{path.name}: {key}: {value!r} repeats the default"

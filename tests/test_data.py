@@ -158,7 +158,7 @@ def test_curriculum_switches_at_the_configured_sample():
 def test_curriculum_phase_start_comes_from_tokens(small_cfg):
     from omegaconf import OmegaConf
 
-    from lmstack.config import validate
+    from lmstack.config.schema import validate
     from lmstack.run import build, build_trainer
 
     cfg = small_cfg("data_mix=prose_curriculum", "train.max_tokens=2560")  # 10 steps of 4 x 64 tokens

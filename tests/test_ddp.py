@@ -29,7 +29,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     ddp = torch.load(out)
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(**model_config()))
+    model = Transformer(ModelConfig.from_dict(model_config()))
     tokens = global_batch()
     ce, z = lm_loss(model(tokens[:, :-1]), tokens[:, 1:], 1e-4)
     (ce + z).backward()

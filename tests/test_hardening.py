@@ -191,7 +191,7 @@ def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
     base = dict(TINY_LLAMA_CONFIG)
     (hf / "config.json").write_text(json.dumps(base))
     (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
-    out = cli("import-hf", str(hf), f"out={tmp_path / 'x.ckpt'}")
+    out = cli("import-hf", f"dir={hf}", f"out={tmp_path / 'x.ckpt'}")
     assert out.returncode != 0 and "leads outside the folder" in out.stderr
     for bad, key in [
         ({"hidden_size": "64"}, "hidden_size"),
@@ -200,7 +200,7 @@ def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
         ({"num_attention_heads": 5}, "num_attention_heads"),
     ]:
         (hf / "config.json").write_text(json.dumps({**base, **bad}))
-        out = cli("import-hf", str(hf), f"out={tmp_path / 'x.ckpt'}")
+        out = cli("import-hf", f"dir={hf}", f"out={tmp_path / 'x.ckpt'}")
         assert out.returncode != 0 and key in out.stderr and "Traceback" not in out.stderr, out.stderr[-400:]
     assert not (tmp_path / "x.ckpt").exists()
 

@@ -14,6 +14,7 @@ import torch
 
 from lmstack.interop.hf import NoHFEquivalent, hf_architecture, import_hf, model_config_from_hf
 from lmstack.model import ModelConfig
+from lmstack.model.config import NormConfig
 
 from .conftest import SHARED_DATA, TINY_LLAMA_CONFIG
 
@@ -82,7 +83,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(smal
     assert mine.abs().max() > 1.0  # spread weights: logits far from uniform
     assert (mine - theirs).abs().max() < 1e-4
 
-    back = cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'back.ckpt'}")
+    back = cli("import-hf", f"dir={tmp_path / 'hf'}", f"out={tmp_path / 'back.ckpt'}")
     assert back.returncode == 0, back.stderr
     again, tok2, _ = load_checkpoint(str(tmp_path / "back.ckpt"))
     arch_fields = (
@@ -94,10 +95,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(smal
         "max_seq_len",
         "hidden_size",
         "rope_theta",
-        "norm",
-        "norm_eps",
-        "placement",
-        "qk_norm",
+        "norm",  # kind, eps, placement, QK-norm
         "tie_embeddings",
     )
     assert {f: getattr(again.cfg, f) for f in arch_fields} == {f: getattr(model.cfg, f) for f in arch_fields}
@@ -109,14 +107,14 @@ def test_export_loads_in_transformers_with_the_same_logits_and_imports_back(smal
 @pytest.mark.parametrize(
     "cfg,option",
     [
-        (dict(norm="layernorm"), "norm.kind=layernorm"),
+        (dict(kind="layernorm"), "norm.kind=layernorm"),
         (dict(qk_norm=True), "norm.qk_norm=true with norm.placement=pre"),
         (dict(placement="reordered"), "norm.placement=reordered with norm.qk_norm=false"),
     ],
 )
 def test_configs_without_an_equivalent_are_refused_naming_the_option(cfg, option):
     with pytest.raises(NoHFEquivalent, match=option.replace(".", r"\.")):
-        hf_architecture(ModelConfig(**cfg))
+        hf_architecture(ModelConfig(norm=NormConfig(**cfg)))
 
 
 def test_export_cli_refuses_layernorm_and_writes_nothing(small_cfg, tmp_path):
@@ -148,7 +146,7 @@ def test_import_refuses_what_lmstack_cannot_compute(tmp_path):
 def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(small_cfg, tmp_path):
     from omegaconf import OmegaConf
 
-    from lmstack.config import ConfigError, validate
+    from lmstack.config.schema import ConfigError, validate
     from lmstack.run import run
 
     cfg = small_cfg()
@@ -159,7 +157,7 @@ def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(smal
         ).returncode
         == 0
     )
-    assert cli("import-hf", tmp_path / "hf", f"out={tmp_path / 'imported.ckpt'}").returncode == 0
+    assert cli("import-hf", f"dir={tmp_path / 'hf'}", f"out={tmp_path / 'imported.ckpt'}").returncode == 0
     cfg2 = small_cfg(f"init_from={tmp_path / 'imported.ckpt'}", "model.d_model=64")  # the checkpoint's model wins
     cfg2.run_dir = str(tmp_path / "continued")
     second = run(cfg2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmstack.config import ConfigError, validate
+from lmstack.config.schema import ConfigError, validate
 from lmstack.data.tokenizer import eos_id, token_byte_lengths, train_bpe
 from lmstack.eval.bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
 from lmstack.model import ModelConfig, Transformer
@@ -105,7 +105,7 @@ def test_inloop_evals_equal_lmstack_eval_on_the_final_checkpoint(small_cfg, tmp_
             f"out={tmp_path / 'ev'}",
             "limit=15",
             "seq_len=64",
-            f"evals={'olmes'}",
+            "suite=olmes",
         ],
         capture_output=True,
         text=True,

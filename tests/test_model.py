@@ -10,6 +10,7 @@ import torch
 from lmstack.generate import generate
 from lmstack.model import ATTENTION_BACKENDS, ModelConfig, Transformer, register_attention_backend
 from lmstack.model.attention import eager_attention, sdpa_attention
+from lmstack.model.config import AttentionConfig, NormConfig
 from lmstack.model.norms import LayerNorm, RMSNorm
 from lmstack.model.rope import apply_rope, rope_cache
 
@@ -22,6 +23,11 @@ def tiny(**kw) -> ModelConfig:
     base = dict(d_model=64, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=64, mlp_multiple_of=32)
     base.update(kw)
     return ModelConfig(**base)
+
+
+def att(kv: int | None = None, backend: str = "sdpa") -> AttentionConfig:
+    """Grouped-query attention with `kv` key/value heads (None: multi-head)."""
+    return AttentionConfig(type="gqa" if kv else "mha", n_kv_heads=kv, backend=backend)
 
 
 @pytest.mark.parametrize("n_kv", [4, 2, 1])
@@ -41,8 +47,8 @@ def test_eager_attention_matches_hand_computation():
 
 
 def test_models_with_eager_and_sdpa_backends_agree():
-    a = Transformer(tiny(attn_backend="sdpa", n_kv_heads=2))
-    b = Transformer(tiny(attn_backend="eager", n_kv_heads=2))
+    a = Transformer(tiny(attention=att(2, "sdpa")))
+    b = Transformer(tiny(attention=att(2, "eager")))
     b.load_state_dict(a.state_dict())
     idx = torch.randint(0, 97, (2, 20))
     torch.testing.assert_close(a(idx), b(idx), atol=1e-5, rtol=1e-5)
@@ -50,7 +56,7 @@ def test_models_with_eager_and_sdpa_backends_agree():
 
 def test_gqa_with_as_many_kv_heads_as_query_heads_is_mha():
     mha = Transformer(tiny())
-    gqa = Transformer(tiny(n_kv_heads=4))
+    gqa = Transformer(tiny(attention=att(4)))
     gqa.load_state_dict(mha.state_dict())
     idx = torch.randint(0, 97, (2, 12))
     torch.testing.assert_close(gqa(idx), mha(idx))
@@ -58,7 +64,7 @@ def test_gqa_with_as_many_kv_heads_as_query_heads_is_mha():
 
 def test_gqa_equals_mha_with_key_value_heads_repeated():
     """A GQA model equals the MHA model whose k/v projections repeat each kv head for its query group."""
-    gqa = Transformer(tiny(n_kv_heads=2))
+    gqa = Transformer(tiny(attention=att(2)))
     mha = Transformer(tiny())
     state = gqa.state_dict()
     hd = 16
@@ -90,7 +96,9 @@ def test_rope_is_computed_in_fp32():
     assert apply_rope(x, *rope_cache(16, 8, 10_000.0)).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 1, "qk_norm": True, "placement": "reordered"}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"attention": AttentionConfig(type="mqa"), "norm": NormConfig(qk_norm=True, placement="reordered")}]
+)
 def test_kv_cache_matches_full_forward(kw):
     model = Transformer(tiny(**kw)).eval()
     idx = torch.randint(0, 97, (1, 20))
@@ -140,7 +148,7 @@ def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
 
 
 def test_reordered_block_is_x_plus_norm_of_f():
-    model = Transformer(tiny(placement="reordered"))
+    model = Transformer(tiny(norm=NormConfig(placement="reordered")))
     block = model.blocks[0]
     with torch.no_grad():
         block.attn_norm.weight.fill_(2.0)
@@ -163,7 +171,7 @@ def test_norms_match_reference():
 
 
 def test_qk_norm_and_tied_embeddings():
-    m = Transformer(tiny(qk_norm=True, tie_embeddings=True))
+    m = Transformer(tiny(norm=NormConfig(qk_norm=True), tie_embeddings=True))
     assert m.blocks[0].attn.q_norm is not None and m.blocks[0].attn.k_norm.weight.shape == (64,)
     assert m.lm_head.weight.data_ptr() == m.embed.weight.data_ptr()
     assert Transformer(tiny()).lm_head.weight.data_ptr() != Transformer(tiny()).embed.weight.data_ptr()
@@ -182,10 +190,10 @@ def test_init_truncated_normal_and_depth_scaling():
 
 
 def test_invalid_head_counts_raise():
-    with pytest.raises(ValueError, match="d_model=100 is not divisible by n_heads=3"):
+    with pytest.raises(ValueError, match="model.d_model=100 is not divisible by model.n_heads=3"):
         ModelConfig(d_model=100, n_heads=3)
-    with pytest.raises(ValueError, match="n_heads=4 is not divisible by n_kv_heads=3"):
-        ModelConfig(d_model=64, n_heads=4, n_kv_heads=3)
+    with pytest.raises(ValueError, match="model.n_heads=4 is not divisible by attention.n_kv_heads=3"):
+        ModelConfig(d_model=64, n_heads=4, attention=att(3))
 
 
 def test_plugins_can_register_an_attention_backend():
@@ -197,24 +205,26 @@ def test_plugins_can_register_an_attention_backend():
         return eager_attention(q, k, v, q_offset)
 
     try:
-        m = Transformer(tiny(attn_backend="counting_test"))
+        m = Transformer(tiny(attention=att(backend="counting_test")))
         m(torch.randint(0, 97, (1, 5)))
         assert len(calls) == 2
     finally:
         ATTENTION_BACKENDS.pop("counting_test")
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
-        Transformer(tiny(attn_backend="nope"))
+        Transformer(tiny(attention=att(backend="nope")))
 
 
 @pytest.mark.parametrize("size,target", [("20m", 20e6), ("60m", 60e6), ("150m", 150e6), ("1b", 1e9), ("7b", 7e9)])
 def test_preset_sizes_on_meta_device(size, target):
+    from dataclasses import replace
+
     from omegaconf import OmegaConf
 
-    from lmstack.config import model_config, validate
+    from lmstack.config.schema import validate
 
     cfg = compose_cfg([f"model={size}"])
     spec = validate(OmegaConf.to_container(cfg, resolve=True))
-    mcfg = model_config(spec, vocab_size=spec.model.vocab_size or 50304)
+    mcfg = replace(spec.model, vocab_size=spec.model.vocab_size or 50304)
     with torch.device("meta"):
         model = Transformer(mcfg)
     n = model.num_params(non_embedding=True)

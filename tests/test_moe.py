@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.model import ModelConfig, Transformer
+from lmstack.model.config import MoEConfig
 from lmstack.model.moe import GROUPED_MM, MoE
 
 from .conftest import clean_env
@@ -102,9 +103,8 @@ def test_aux_losses_on_a_known_routing():
 
 
 def test_the_load_balancing_loss_alone_moves_the_router():
-    cfg = ModelConfig(
-        vocab_size=64, d_model=32, n_layers=2, n_heads=2, moe_experts=4, moe_top_k=2, moe_hidden=32, moe_layers=[1]
-    )
+    moe = MoEConfig(experts=4, top_k=2, hidden=32, layers=[1])
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, moe=moe)
     model = Transformer(cfg)
     assert type(model.blocks[0].mlp).__name__ == "SwiGLU" and isinstance(model.blocks[1].mlp, MoE)
     model(torch.randint(0, 64, (2, 16)))
@@ -162,19 +162,21 @@ def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
     from lmstack.checkpoint import load_checkpoint
 
     model, _, state = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "step000004.ckpt"))
-    assert state["global_step"] == 4 and model.cfg.moe_experts == 8  # the experts' shards gathered back
+    assert state["global_step"] == 4 and model.cfg.moe.experts == 8  # the experts' shards gathered back
     assert all(p.isfinite().all() for p in model.parameters())
 
 
 def test_the_olmoe_like_preset_has_olmoes_sizes_on_the_meta_device():
+    from dataclasses import replace
+
     from omegaconf import OmegaConf
 
-    from lmstack.config import model_config, validate
+    from lmstack.config.schema import validate
 
     from .conftest import compose_cfg
 
     spec = validate(OmegaConf.to_container(compose_cfg(["model=moe-1b-7b"]), resolve=True))
-    cfg = model_config(spec, vocab_size=50304)
+    cfg = replace(spec.model, vocab_size=50304)
     with torch.device("meta"):
         model = Transformer(cfg)
     n = model.num_params(non_embedding=True)
@@ -182,3 +184,20 @@ def test_the_olmoe_like_preset_has_olmoes_sizes_on_the_meta_device():
     assert n == cfg.non_embedding_params()
     assert abs((n + embeddings) / 6.9e9 - 1) < 0.03  # OLMoE-1B-7B: 6.9B in all
     assert abs((cfg.non_embedding_params(active=True) + embeddings) / 1.3e9 - 1) < 0.03  # 1.3B active
+
+
+def test_a_shared_experts_output_projection_is_depth_scaled_like_every_output():
+    """depth_scaled_init gives every residual-stream output std / sqrt(2 * n_layers): attention's o_proj, the
+    dense down projection and an MoE's shared-expert down projection alike (the last was missed once)."""
+    torch.manual_seed(0)
+    moe = MoEConfig(experts=4, top_k=2, hidden=256, shared_expert=True, layers=[1])
+    cfg = ModelConfig(vocab_size=64, d_model=256, n_layers=8, n_heads=4, depth_scaled_init=True, moe=moe)
+    model = Transformer(cfg)
+    out_std = 0.02 / math.sqrt(16)
+    for w in (
+        model.blocks[0].mlp.down.weight,
+        model.blocks[1].attn.o_proj.weight,
+        model.blocks[1].mlp.shared.down.weight,
+    ):
+        assert w.std().item() == pytest.approx(out_std, rel=0.05)
+    assert model.blocks[1].mlp.shared.up.weight.std().item() == pytest.approx(0.02, rel=0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmstack.model import ModelConfig, Transformer
+from lmstack.model.config import NormConfig
 from lmstack.train.optim import build_adamw, param_groups
 
 
@@ -27,7 +28,7 @@ def test_embeddings_and_norms_are_not_decayed_by_default():
 
 
 def test_norm_and_bias_decay_are_configurable():
-    m = model(norm="layernorm", norm_bias=True)
+    m = model(norm=NormConfig(kind="layernorm", bias=True))
     groups = param_groups(m, 0.1, ["embed.*"], decay_norms=True, decay_biases=False)
     assert "blocks.0.attn_norm.weight" in names(groups, "decay")
     assert "blocks.0.attn_norm.bias" in names(groups, "no_decay")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lmstack.config import model_config, validate
+from lmstack.config.schema import validate
 from lmstack.plan import PlanError, hours, ladder_batch_tokens, ladder_lr, overrides, peak_flops, solve
 
 from .conftest import compose_cfg
@@ -52,7 +52,7 @@ def test_ladder_rules():
 def test_overrides_compose_into_a_config_that_validates_with_about_n_parameters(n):
     cfg, ov = overrides(solve(params=n), seq_len=2048)
     spec = validate(OmegaConf.to_container(compose_cfg(ov), resolve=True))
-    got = model_config(spec).non_embedding_params()
+    got = spec.model.non_embedding_params()
     assert got == cfg.non_embedding_params() and abs(got / n - 1) < 0.1
     assert spec.train.max_tokens == int(20 * n) and spec.schedule.name == "olmo_anneal"
     assert spec.model.d_model % spec.model.n_heads == 0

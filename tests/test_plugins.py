@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lmstack.config import validate
+from lmstack.config.schema import validate
 from lmstack.model import ATTENTION_BACKENDS
 
 from .conftest import compose_cfg
@@ -22,9 +22,9 @@ from .conftest import compose_cfg
     ],
 )
 def test_gpu_backend_plugins_register_and_explain_a_missing_install(module, name, package):
-    cfg = compose_cfg([f"imports=[{module}]", f"attention.backend={name}"])
+    cfg = compose_cfg([f"imports=[{module}]", f"model.attention.backend={name}"])
     spec = validate(OmegaConf.to_container(cfg, resolve=True))
-    assert spec.attention.backend == name and name in ATTENTION_BACKENDS
+    assert spec.model.attention.backend == name and name in ATTENTION_BACKENDS
     if importlib.util.find_spec(package) is None:
         q = torch.randn(1, 2, 4, 8)
         with pytest.raises(ImportError, match=rf"attention.backend={name} needs the"):

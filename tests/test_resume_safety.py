@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lmstack.config import ConfigError, validate
+from lmstack.config.schema import ConfigError, validate
 
 from .conftest import CONF, compose_cfg
 
@@ -182,3 +182,30 @@ def test_a_checkpoint_from_before_the_record_still_resumes(four_steps, tmp_path,
     with caplog.at_level("WARNING"):
         assert run(cfg)["steps"] == 4
     assert "records no run identity" in caplog.text
+
+
+def test_a_checkpoint_with_the_flat_model_config_of_earlier_versions_loads(tmp_path):
+    """Checkpoints written before the nested model config (flat keys: norm, norm_eps, n_kv_heads, moe_*,
+    attn_backend) load through `ModelConfig.from_dict` into the same model."""
+    import torch
+
+    from lmstack.checkpoint import load_checkpoint
+    from lmstack.model import ModelConfig, Transformer
+
+    flat = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=32, mlp_hidden=None,
+                mlp_multiple_of=32, rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6, norm_bias=False,
+                placement="reordered", qk_norm=True, tie_embeddings=False, attn_backend="eager", init_std=0.02,
+                embed_init_std=0.02, init_cutoff=3.0, depth_scaled_init=False, moe_experts=0, moe_top_k=2,
+                moe_hidden=None, moe_shared_expert=False, moe_norm_topk=False, moe_layers=None, moe_impl="auto",
+                moe_lb_coef=0.01, moe_z_coef=0.001)  # fmt: skip
+    cfg = ModelConfig.from_dict(flat)
+    assert (cfg.n_kv_heads, cfg.attention.type, cfg.attention.backend) == (2, "gqa", "eager")
+    assert (cfg.norm.eps, cfg.norm.placement, cfg.norm.qk_norm) == (1e-6, "reordered", True)
+    model = Transformer(cfg)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_cfg": flat}, "global_step": 3}, path)  # fmt: skip
+    again, _, ckpt = load_checkpoint(str(path))
+    assert again.cfg == cfg and ckpt["global_step"] == 3
+    idx = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(again(idx), model.eval()(idx))

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lmstack.config import validate
+from lmstack.config.schema import validate
+from lmstack.config.store import compose
 from lmstack.sweep import report as report_mod
 from lmstack.sweep.fit import fit_power_law, held_out_check
 
-from .conftest import CONF, SHARED_DATA, SMALL, clean_env
+from .conftest import SHARED_DATA, SMALL, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"attention": 3, "norm": 4, "lr": 5, "schedule": 3, "data": 2}
@@ -26,8 +26,7 @@ JOBS = {"attention": 3, "norm": 4, "lr": 5, "schedule": 3, "data": 2}
 
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_each_sweep_composes_validates_and_names_its_jobs(name):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"sweep={name}", "run_dir=/tmp/x"], return_hydra_config=True)
+    cfg = compose("train", [f"sweep={name}", "run_dir=/tmp/x"], return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert int(np.prod([len(str(v).split(",")) for v in params.values()])) == JOBS[name]
     assert cfg.model.d_model == 128 and cfg.train.max_tokens == 1_000_000  # tiny at a fixed budget
@@ -62,7 +61,7 @@ def test_a_sweep_runs_each_job_in_its_own_process_and_flags_the_diverged_one(tmp
     assert results[0]["status"] == "completed" and results[1]["status"] == "diverged"
     assert len({results[0]["pid"], results[1].get("pid", results[0]["pid"] + 1)}) == 2
     out = subprocess.run(
-        [sys.executable, "-m", "lmstack.cli", "report", str(sweep_dir)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "lmstack.cli", "report", f"dir={sweep_dir}"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
     md = (sweep_dir / "report.md").read_text()

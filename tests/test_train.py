@@ -90,7 +90,7 @@ def test_generate_cli_from_checkpoint(small_cfg):
             "lmstack.cli",
             "generate",
             f"ckpt={ckpt}",
-            "prompt=def main(",
+            "prompt='def main('",
             "max_new_tokens=12",
             "temperature=0",
         ],

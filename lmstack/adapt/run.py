@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lmstack.config import ConfigError, RunSpec
+from lmstack.config.schema import ConfigError, RunSpec
 from lmstack.train.schedules import schedule_args
 
 from .chat import add_chat_tokens, render, resize_vocab
@@ -123,7 +123,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     max_new = stage.get("max_new_tokens", 16)
     trainer = build_trainer(spec, drop=("spike",))  # spike tracing reads pretraining documents
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
-    cfg = {**model.cfg.to_dict(), "attn_backend": spec.attention.backend}
+    cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
     common = (asdict(spec.optimizer),)
     extra = {}
     before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None

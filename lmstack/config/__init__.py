@@ -1,6 +1,7 @@
-"""Typed config: the schema behind `conf/` and its validation."""
+"""Typed config: the schema behind `conf/` (`schema`), turning plain dicts into checked dataclasses
+(`validate`), and composing `conf/` with Hydra (`compose`). The package itself imports only `validate`, so
+the model's config can use it without importing the schema."""
 
-from .schema import RunSpec, model_config, validate
-from .validate import ConfigError, check_values
+from .validate import ConfigError, check_values, field_, to_dataclass
 
-__all__ = ["ConfigError", "check_values", "RunSpec", "model_config", "validate"]
+__all__ = ["ConfigError", "check_values", "field_", "to_dataclass"]

@@ -14,52 +14,9 @@ from .validate import ConfigError, check_kwargs, check_target, check_values, fie
 
 
 @dataclass
-class ModelSection:
-    d_model: int = field_(min=8)
-    n_layers: int = field_(min=1)
-    n_heads: int = field_(min=1)
-    vocab_size: Optional[int] = field_(None, min=2)  # null: the tokenizer's, rounded up to a multiple of 64
-    max_seq_len: int = field_(2048, min=1)
-    mlp_hidden: Optional[int] = field_(None, min=1)
-    mlp_multiple_of: int = field_(256, min=1)
-    rope_theta: float = field_(10_000.0, min=1.0)
-    tie_embeddings: bool = False
-    init_std: float = field_(0.02, min=0.0)
-    embed_init_std: float = field_(0.02, min=0.0)
-    init_cutoff: float = field_(3.0, min=0.0)
-    depth_scaled_init: bool = False
-    moe_experts: int = field_(0, min=0)  # 0: dense
-    moe_top_k: int = field_(2, min=1)
-    moe_hidden: Optional[int] = field_(None, min=1)
-    moe_shared_expert: bool = False
-    moe_norm_topk: bool = False
-    moe_layers: Optional[list[int]] = None
-    moe_impl: Literal["auto", "grouped", "loop"] = "auto"
-    moe_lb_coef: float = field_(0.01, min=0.0)
-    moe_z_coef: float = field_(0.001, min=0.0)
-
-
-@dataclass
-class AttentionSection:
-    type: Literal["mha", "gqa", "mqa"] = "mha"
-    n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
-    heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
-    backend: str = "sdpa"
-
-
-@dataclass
-class NormSection:
-    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    eps: float = field_(1e-5, min=0.0)
-    bias: bool = False
-    placement: Literal["pre", "reordered"] = "pre"
-    qk_norm: bool = False
-
-
-@dataclass
 class OptimizerSection:
     name: Literal["adamw"] = "adamw"
-    lr: float = field_(3e-4, min=0.0)
+    lr: float = field_(3e-3, min=0.0)  # the peak the schedule reaches
     betas: list[float] = field_([0.9, 0.95])
     eps: float = field_(1e-8, min=0.0)
     weight_decay: float = field_(0.1, min=0.0)
@@ -72,9 +29,9 @@ class OptimizerSection:
 @dataclass
 class ScheduleSection:
     name: str = "cosine"
-    warmup_tokens: float = field_(0.0, min=0.0)  # <= 1: a fraction of train.max_tokens; > 1: tokens
+    warmup_tokens: float = field_(0.05, min=0.0)  # <= 1: a fraction of train.max_tokens; > 1: tokens
     decay_tokens: float = field_(0.0, min=0.0)  # wsd / olmo_anneal: the final linear decay, same units
-    min_lr: float = field_(0.0, min=0.0)
+    min_lr: float = field_(3e-5, min=0.0)
 
 
 @dataclass
@@ -105,19 +62,19 @@ class DataMixSection:
 class DataSection:
     seq_len: int = field_(256, min=2)
     batch_size: int = field_(16, min=1)  # micro-batch per device
-    val_fraction: float = field_(0.02, min=0.0, max=1.0)
-    val_max_blocks: Optional[int] = field_(None, min=1)
-    vocab_size: int = field_(4096, min=258)
+    val_fraction: float = field_(0.02, min=0.0, max=1.0)  # documents held out, chosen by a hash of their id
+    val_max_blocks: Optional[int] = field_(256, min=1)  # validation blocks scored; null: all
+    vocab_size: int = field_(4096, min=258)  # the byte-level BPE trained on the training documents
     min_frequency: int = field_(2, min=1)
     tokenizer_train_bytes: int = field_(20_000_000, min=1)
-    max_docs: Optional[int] = field_(None, min=1)
+    max_docs: Optional[int] = field_(None, min=1)  # per source; null: all
     num_workers: int = field_(0, min=0)
     blocklist: list[str] = field_([])  # files of document ids left out of the loss (spike_blocklist.txt)
 
 
 @dataclass
 class TrainSection:
-    max_tokens: int = field_(1_000_000, min=1)
+    max_tokens: int = field_(1_024_000, min=1)  # the budget (250 steps of 16 x 256); schedules and max_steps follow
     grad_clip: Optional[float] = field_(1.0, min=0.0)
     val_every_steps: int = field_(100, min=1)
     ckpt_every_steps: int = field_(100, min=1)
@@ -126,8 +83,8 @@ class TrainSection:
     max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
     batch_guard: str = "warn"  # warn | fail
     resume_changes: Literal["refuse", "allow"] = "refuse"  # resuming with another batch, seed, mix, model, ...
-    activation_checkpointing: bool = False
-    compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
+    compile: bool = False  # torch.compile each transformer block
     sample_prompt: str = "def "
     sample_tokens: int = field_(48, min=0)
 
@@ -140,15 +97,13 @@ class LossSection:
 @dataclass
 class PathsSection:
     output_root: str = "outputs"
-    cache_dir: str = "~/.cache/lmstack"
-    shared_data: str = "../shared/data"
+    cache_dir: str = "~/.cache/lmstack"  # conf/train.yaml: $LMSTACK_CACHE when set
+    shared_data: str = "../shared/data"  # real-text samples beside the checkout (tests, benchmarks, data_mix=prose)
 
 
 @dataclass
 class RunSpec:
-    model: ModelSection
-    attention: AttentionSection
-    norm: NormSection
+    model: ModelConfig
     optimizer: OptimizerSection
     schedule: ScheduleSection
     data_mix: DataMixSection
@@ -158,9 +113,9 @@ class RunSpec:
     paths: PathsSection
     seed: int = 1234
     run_dir: str = "outputs/run"
-    ckpt_path: Optional[str] = None
+    ckpt_path: Optional[str] = None  # resume: a checkpoint, a run directory, or `last` (the newest run's)
     init_from: Optional[str] = None  # weights (and tokenizer) of a checkpoint; a fresh optimizer and schedule
-    imports: list[str] = field_([])
+    imports: list[str] = field_([])  # modules imported at start-up, e.g. plugins registering attention backends
     trainer: dict = field_({})
     strategy: dict = field_({"name": "auto"})
     logger: Any = None
@@ -169,17 +124,6 @@ class RunSpec:
     stage: Optional[dict] = None  # an adaptation stage (conf/stage/): sft; None: pretraining
 
 
-MOE_KEYS = (
-    "moe_experts",
-    "moe_top_k",
-    "moe_hidden",
-    "moe_shared_expert",
-    "moe_norm_topk",
-    "moe_layers",
-    "moe_impl",
-    "moe_lb_coef",
-    "moe_z_coef",
-)
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
 # Trainer arguments lmstack derives itself; setting them in `trainer` would silently disagree.
 DERIVED_TRAINER_KEYS = {
@@ -201,62 +145,6 @@ def import_plugins(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"imports: cannot import {name!r} ({e})") from None
-
-
-def n_kv_heads(att: AttentionSection, n_heads: int) -> int:
-    if att.type == "mqa":
-        expected = 1
-    elif att.type == "mha":
-        expected = n_heads
-    else:
-        expected = att.n_kv_heads or max(1, n_heads // att.heads_per_kv)
-    if att.n_kv_heads is not None and att.n_kv_heads != expected:
-        raise ConfigError(
-            f"attention.n_kv_heads={att.n_kv_heads} contradicts attention.type={att.type} "
-            f"(which means n_kv_heads={expected}); use attention=gqa to choose the count"
-        )
-    return expected
-
-
-def model_config(spec: RunSpec, vocab_size: Optional[int] = None) -> ModelConfig:
-    """The model's dataclass from the model, attention and norm sections."""
-    m, att, norm = spec.model, spec.attention, spec.norm
-    if m.n_heads and m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
-    kv = n_kv_heads(att, m.n_heads)
-    if m.n_heads % kv:
-        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by attention.n_kv_heads={kv}")
-    if att.backend not in ATTENTION_BACKENDS:
-        raise ConfigError(
-            f"attention.backend={att.backend!r} is not registered; allowed: "
-            f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)"
-        )
-    try:
-        return ModelConfig(
-            d_model=m.d_model,
-            n_layers=m.n_layers,
-            n_heads=m.n_heads,
-            n_kv_heads=kv,
-            vocab_size=vocab_size or m.vocab_size or 256,
-            max_seq_len=m.max_seq_len,
-            mlp_hidden=m.mlp_hidden,
-            mlp_multiple_of=m.mlp_multiple_of,
-            rope_theta=m.rope_theta,
-            norm=norm.kind,
-            norm_eps=norm.eps,
-            norm_bias=norm.bias,
-            placement=norm.placement,
-            qk_norm=norm.qk_norm,
-            tie_embeddings=m.tie_embeddings,
-            attn_backend=att.backend,
-            init_std=m.init_std,
-            embed_init_std=m.embed_init_std,
-            init_cutoff=m.init_cutoff,
-            depth_scaled_init=m.depth_scaled_init,
-            **{k: getattr(m, k) for k in MOE_KEYS},
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def validate(cfg: dict) -> RunSpec:
@@ -307,7 +195,11 @@ def validate(cfg: dict) -> RunSpec:
         raise ConfigError(f"train.batch_guard={spec.train.batch_guard!r} is not allowed; allowed: warn, fail")
     if spec.data.seq_len > spec.model.max_seq_len:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds model.max_seq_len={spec.model.max_seq_len}")
-    model_config(spec)
+    if spec.model.attention.backend not in ATTENTION_BACKENDS:
+        raise ConfigError(
+            f"model.attention.backend={spec.model.attention.backend!r} is not registered; allowed: "
+            f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)"
+        )
     _check_trainer(spec.trainer)
     if "_target_" in spec.strategy:
         check_target(spec.strategy, "strategy")

@@ -76,6 +76,8 @@ def _coerce(value: Any, tp, key: str):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a number")
         return float(value)
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # Hydra reads `prompt=42` as a number; a string option takes its text
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
         return value
@@ -141,7 +143,12 @@ def to_dataclass(cls, node: Any, key: str):
         if value is not None and hi is not None and value > hi:
             raise ConfigError(f"{path}={value!r} is too large; it must be <= {hi}")
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the dataclass's own checks (__post_init__), e.g. the model's shape
+        raise ConfigError(str(e)) from None
 
 
 def check_target(node: Any, key: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmstack.model import ModelConfig
+from lmstack.model.config import AttentionConfig, ModelConfig, NormConfig
 
 ARCH = {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
@@ -56,16 +56,17 @@ class NoHFEquivalent(ValueError):
 
 def hf_architecture(cfg: ModelConfig) -> str:
     """`llama` or `olmo2` for this configuration, or NoHFEquivalent naming the option that blocks it."""
-    if cfg.norm != "rmsnorm":
+    norm = cfg.norm
+    if norm.kind != "rmsnorm":
         raise NoHFEquivalent(
-            f"norm.kind={cfg.norm} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
+            f"norm.kind={norm.kind} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
             "(train with norm=rmsnorm or norm=olmo2)"
         )
-    if cfg.placement == "pre" and not cfg.qk_norm:
+    if norm.placement == "pre" and not norm.qk_norm:
         return "llama"
-    if cfg.placement == "reordered" and cfg.qk_norm:
+    if norm.placement == "reordered" and norm.qk_norm:
         return "olmo2"
-    if cfg.placement == "pre":
+    if norm.placement == "pre":
         raise NoHFEquivalent(
             "norm.qk_norm=true with norm.placement=pre has no Hugging Face equivalent: Llama has no "
             "QK-norm and OLMo 2 places its norms after each sublayer (use norm=olmo2 or qk_norm=false)"
@@ -119,7 +120,7 @@ def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> 
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads,
         "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
+        "rms_norm_eps": cfg.norm.eps,
         "hidden_act": "silu",
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
@@ -288,15 +289,17 @@ def model_config_from_hf(c: dict) -> tuple[ModelConfig, str]:
         d_model=d,
         n_layers=c["num_hidden_layers"],
         n_heads=heads,
-        n_kv_heads=c.get("num_key_value_heads") or heads,
+        attention=AttentionConfig.for_heads(heads, c.get("num_key_value_heads") or heads),
         vocab_size=c["vocab_size"],
         max_seq_len=c.get("max_position_embeddings", 2048),
         mlp_hidden=c["intermediate_size"],
         rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10_000.0))),
-        norm="rmsnorm",
-        norm_eps=c.get("rms_norm_eps", 1e-6),
-        placement="pre" if arch == "llama" else "reordered",
-        qk_norm=arch == "olmo2",
+        norm=NormConfig(
+            kind="rmsnorm",
+            eps=c.get("rms_norm_eps", 1e-6),
+            placement="pre" if arch == "llama" else "reordered",
+            qk_norm=arch == "olmo2",
+        ),
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         init_std=c.get("initializer_range", 0.02),
     )
@@ -307,7 +310,11 @@ def _model_config(**kw) -> ModelConfig:
     try:
         return ModelConfig(**kw)
     except ValueError as e:  # the model's own checks (divisibility, RoPE), in config.json's terms
-        names = {"d_model": "hidden_size", "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads"}
+        names = {
+            "model.d_model": "hidden_size",
+            "model.n_heads": "num_attention_heads",
+            "attention.n_kv_heads": "num_key_value_heads",
+        }
         msg = str(e)
         for ours, theirs in names.items():
             msg = msg.replace(f"{ours}=", f"{theirs}=")

@@ -105,9 +105,9 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         # QK-norm as in OLMo 2: normalise the whole query and key projections before splitting heads.
-        self.q_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias) if cfg.qk_norm else None
-        self.k_norm = make_norm(cfg.norm, kv_dim, cfg.norm_eps, cfg.norm_bias) if cfg.qk_norm else None
-        self.backend = get_attention_backend(cfg.attn_backend)
+        self.q_norm = make_norm(cfg.norm, cfg.d_model) if cfg.norm.qk_norm else None
+        self.k_norm = make_norm(cfg.norm, kv_dim) if cfg.norm.qk_norm else None
+        self.backend = get_attention_backend(cfg.attention.backend)
         self.record_max_logit = False  # set by the stability metrics on the steps they log
         self.max_logit: Optional[torch.Tensor] = None
 

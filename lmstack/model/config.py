@@ -1,70 +1,123 @@
-"""The model's configuration: one flat dataclass, serialisable, shared by every size.
+"""The model's configuration, and the schema of the `model` config group: one nested dataclass.
 
-Hydra composes it from three groups (`model`, `attention`, `norm`); the model itself only sees this
-dataclass, so it stays importable without Hydra or Lightning.
+Hydra composes it from three groups, `model` (the sizes), `attention` and `norm` (mounted at
+`model.attention` and `model.norm`); the defaults live here and the YAML files carry only what differs.
+The model itself only sees these dataclasses, so it stays importable without Hydra or Lightning.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Optional
 
-NormKind = Literal["rmsnorm", "layernorm"]
-Placement = Literal["pre", "reordered"]
+from lmstack.config.validate import field_, to_dataclass
+
+
+@dataclass
+class AttentionConfig:
+    type: Literal["mha", "gqa", "mqa"] = "mha"
+    n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
+    heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
+    backend: str = "sdpa"  # a registered attention backend (lmstack.model.attention.ATTENTION_BACKENDS)
+
+    @classmethod
+    def for_heads(cls, n_heads: int, n_kv_heads: int, backend: str = "sdpa") -> "AttentionConfig":
+        """The attention of a model with these head counts (imported and older configs)."""
+        if n_kv_heads == n_heads:
+            return cls(type="mha", backend=backend)
+        if n_kv_heads == 1:
+            return cls(type="mqa", backend=backend)
+        return cls(type="gqa", n_kv_heads=n_kv_heads, backend=backend)
+
+    def kv_heads(self, n_heads: int) -> int:
+        """Key/value heads for `n_heads` query heads: all (mha), one (mqa), or the gqa count."""
+        if self.type == "mqa":
+            expected = 1
+        elif self.type == "mha":
+            expected = n_heads
+        else:
+            expected = self.n_kv_heads or max(1, n_heads // self.heads_per_kv)
+        if self.n_kv_heads is not None and self.n_kv_heads != expected:
+            raise ValueError(
+                f"attention.n_kv_heads={self.n_kv_heads} contradicts attention.type={self.type} "
+                f"(which means n_kv_heads={expected}); use attention=gqa to choose the count"
+            )
+        return expected
+
+
+@dataclass
+class NormConfig:
+    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    eps: float = field_(1e-5, min=0.0)
+    bias: bool = False  # LayerNorm only
+    placement: Literal["pre", "reordered"] = "pre"  # pre: x + f(norm(x)); reordered (OLMo 2): x + norm(f(x))
+    qk_norm: bool = False
+
+
+@dataclass
+class MoEConfig:
+    """Mixture of Experts (lmstack/model/moe.py); 0 experts: a dense feed-forward everywhere."""
+
+    experts: int = field_(0, min=0)
+    top_k: int = field_(2, min=1)
+    hidden: Optional[int] = field_(None, min=1)  # each expert's hidden size; null: the dense hidden size
+    shared_expert: bool = False
+    norm_topk: bool = False
+    layers: Optional[list[int]] = None  # layer indices with an MoE feed-forward; null: every layer
+    impl: Literal["auto", "grouped", "loop"] = "auto"  # grouped: torch._grouped_mm
+    lb_coef: float = field_(0.01, min=0.0)  # load-balancing loss weight in the training loss
+    z_coef: float = field_(0.001, min=0.0)  # router z-loss weight
 
 
 @dataclass
 class ModelConfig:
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # None: MHA (as many key/value heads as query heads)
-    vocab_size: int = 512
-    max_seq_len: int = 2048
-    mlp_hidden: Optional[int] = None  # None: 8/3 * d_model rounded up to mlp_multiple_of
-    mlp_multiple_of: int = 256
-    rope_theta: float = 10_000.0
-    norm: NormKind = "rmsnorm"
-    norm_eps: float = 1e-5
-    norm_bias: bool = False  # LayerNorm only
-    placement: Placement = "pre"
-    qk_norm: bool = False
+    """The defaults are `model=tiny`: it runs in seconds on a CPU (tests and the default main job)."""
+
+    d_model: int = field_(128, min=8)
+    n_layers: int = field_(4, min=1)
+    n_heads: int = field_(4, min=1)
+    vocab_size: Optional[int] = field_(None, min=2)  # null: the tokenizer's, rounded up to a multiple of 64
+    max_seq_len: int = field_(1024, min=1)
+    mlp_hidden: Optional[int] = field_(None, min=1)  # null: 8/3 * d_model rounded up to mlp_multiple_of
+    mlp_multiple_of: int = field_(64, min=1)
+    rope_theta: float = field_(10_000.0, min=1.0)
     tie_embeddings: bool = False
-    attn_backend: str = "sdpa"
-    init_std: float = 0.02
-    embed_init_std: float = 0.02
-    init_cutoff: float = 3.0  # truncate the normal at +-cutoff * std
+    init_std: float = field_(0.02, min=0.0)
+    embed_init_std: float = field_(0.02, min=0.0)
+    init_cutoff: float = field_(3.0, min=0.0)  # truncate the normal at +-cutoff * std
     depth_scaled_init: bool = False  # output projections get std / sqrt(2 * n_layers)
-    # Mixture of Experts (lmstack/model/moe.py): 0 experts = dense feed-forward everywhere
-    moe_experts: int = 0
-    moe_top_k: int = 2
-    moe_hidden: Optional[int] = None  # each expert's hidden size; None: hidden_size
-    moe_shared_expert: bool = False
-    moe_norm_topk: bool = False
-    moe_layers: Optional[list] = None  # layer indices with an MoE feed-forward; None: every layer
-    moe_impl: str = "auto"  # grouped (torch._grouped_mm) | loop | auto
-    moe_lb_coef: float = 0.01  # load-balancing loss weight in the training loss
-    moe_z_coef: float = 0.001  # router z-loss weight
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self) -> None:
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
         problems = []
         if self.d_model % self.n_heads:
-            problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            problems.append(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+            problems.append(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
+        kv = self.attention.kv_heads(self.n_heads)
+        if self.n_heads % kv:
+            problems.append(f"model.n_heads={self.n_heads} is not divisible by attention.n_kv_heads={kv}")
         if (self.d_model // self.n_heads) % 2:
             problems.append(f"head_dim={self.d_model // self.n_heads} must be even for RoPE")
-        if self.moe_experts:
-            if not 1 <= self.moe_top_k <= self.moe_experts:
-                problems.append(f"moe_top_k={self.moe_top_k} must be between 1 and moe_experts={self.moe_experts}")
-            bad = [i for i in (self.moe_layers or []) if not 0 <= i < self.n_layers]
+        if self.moe.experts:
+            if not 1 <= self.moe.top_k <= self.moe.experts:
+                problems.append(f"moe.top_k={self.moe.top_k} must be between 1 and moe.experts={self.moe.experts}")
+            bad = [i for i in (self.moe.layers or []) if not 0 <= i < self.n_layers]
             if bad:
-                problems.append(f"moe_layers {bad} are not layers of a {self.n_layers}-layer model")
+                problems.append(f"moe.layers {bad} are not layers of a {self.n_layers}-layer model")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a plain dict, nested (`to_dict`) or the flat layout of checkpoints written before the
+        nested config (see `upgrade`)."""
+        return to_dataclass(cls, upgrade(d), "model")
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.attention.kv_heads(self.n_heads)
 
     @property
     def head_dim(self) -> int:
@@ -78,14 +131,18 @@ class ModelConfig:
         return int(math.ceil(raw / self.mlp_multiple_of) * self.mlp_multiple_of)
 
     def is_moe(self, layer: int) -> bool:
-        return self.moe_experts > 0 and (self.moe_layers is None or layer in self.moe_layers)
+        return self.moe.experts > 0 and (self.moe.layers is None or layer in self.moe.layers)
 
     @property
     def expert_hidden(self) -> int:
-        return self.moe_hidden or self.hidden_size
+        return self.moe.hidden or self.hidden_size
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_backend(self, backend: str) -> "ModelConfig":
+        """The same model with another attention backend (a run's choice, not a property of the weights)."""
+        return replace(self, attention=replace(self.attention, backend=backend))
 
     def non_embedding_params(self, active: bool = False) -> int:
         """Parameters outside the token embedding and LM head, computed from the shapes; `active`: those
@@ -96,14 +153,45 @@ class ModelConfig:
         attn = d * d * 2 + d * kv * 2
         dense_mlp = 3 * d * self.hidden_size
         n_moe = sum(self.is_moe(i) for i in range(self.n_layers))
+        moe_extra = 0
         if n_moe:
-            total, act = moe_params(d, self.expert_hidden, self.moe_experts, self.moe_top_k, self.moe_shared_expert)
+            m = self.moe
+            total, act = moe_params(d, self.expert_hidden, m.experts, m.top_k, m.shared_expert)
             moe_extra = n_moe * ((act if active else total) - dense_mlp)
+        per_norm = 2 if self.norm.bias and self.norm.kind == "layernorm" else 1
+        norms = 2 * d * per_norm + ((d + kv) * per_norm if self.norm.qk_norm else 0)
+        return self.n_layers * (attn + dense_mlp + norms) + d * per_norm + moe_extra
+
+
+# The flat layout (checkpoints and run records written before the nested config): old key -> (part, key).
+_FLAT = {
+    "attn_backend": ("attention", "backend"),
+    "norm": ("norm", "kind"),
+    "norm_eps": ("norm", "eps"),
+    "norm_bias": ("norm", "bias"),
+    "placement": ("norm", "placement"),
+    "qk_norm": ("norm", "qk_norm"),
+    **{f"moe_{k}": ("moe", k) for k in ("top_k", "hidden", "shared_expert", "norm_topk", "layers", "impl")},
+    "moe_experts": ("moe", "experts"),
+    "moe_lb_coef": ("moe", "lb_coef"),
+    "moe_z_coef": ("moe", "z_coef"),
+}
+
+
+def upgrade(d: dict) -> dict:
+    """A model config dict in today's nested layout; a flat one (`norm` a string, `n_kv_heads` a count)
+    is rewritten, anything else is returned as it is."""
+    if not isinstance(d.get("norm", {}), str) and "n_kv_heads" not in d:
+        return d
+    out: dict = {"attention": {}, "norm": {}, "moe": {}}
+    for k, v in d.items():
+        if k in _FLAT:
+            part, name = _FLAT[k]
+            out[part][name] = v
+        elif k == "n_kv_heads":
+            heads = d.get("n_heads", ModelConfig.n_heads)
+            kv = asdict(AttentionConfig.for_heads(heads, v or heads))
+            out["attention"].update({k: kv[k] for k in ("type", "n_kv_heads")})
         else:
-            moe_extra = 0
-        mlp = dense_mlp
-        norm_size = d * (2 if self.norm_bias and self.norm == "layernorm" else 1)
-        norms = 2 * norm_size
-        if self.qk_norm:
-            norms += (d + kv) * (2 if self.norm_bias and self.norm == "layernorm" else 1)
-        return self.n_layers * (attn + mlp + norms) + norm_size + moe_extra
+            out[k] = v
+    return out

@@ -23,7 +23,8 @@ def init_weights(model: nn.Module, cfg) -> None:
         elif isinstance(module, nn.Linear):
             if name == "lm_head" and cfg.tie_embeddings:
                 continue
-            is_output = name.endswith("attn.o_proj") or name.endswith("mlp.down")
+            # a residual-stream output: attention's o_proj, any SwiGLU's down (dense, or an MoE's shared expert)
+            is_output = name.rsplit(".", 1)[-1] in ("o_proj", "down")
             _trunc_normal(module.weight, out_std if is_output else cfg.init_std, cfg.init_cutoff)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -34,9 +34,10 @@ class LayerNorm(nn.Module):
 NORM_CLASSES = (RMSNorm, LayerNorm)
 
 
-def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:
-    if kind == "rmsnorm":
-        return RMSNorm(dim, eps)
-    if kind == "layernorm":
-        return LayerNorm(dim, eps, bias)
-    raise ValueError(f"unknown norm {kind!r}; allowed: rmsnorm, layernorm")
+def make_norm(cfg, dim: int) -> nn.Module:
+    """The norm a `NormConfig` names, over `dim` features."""
+    if cfg.kind == "rmsnorm":
+        return RMSNorm(dim, cfg.eps)
+    if cfg.kind == "layernorm":
+        return LayerNorm(dim, cfg.eps, cfg.bias)
+    raise ValueError(f"unknown norm {cfg.kind!r}; allowed: rmsnorm, layernorm")

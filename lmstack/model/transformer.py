@@ -22,22 +22,15 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.reordered = cfg.placement == "reordered"
+        self.reordered = cfg.norm.placement == "reordered"
         self.attn = CausalSelfAttention(cfg, layer_idx)
         if cfg.is_moe(layer_idx):
-            self.mlp = MoE(
-                cfg.d_model,
-                cfg.expert_hidden,
-                cfg.moe_experts,
-                cfg.moe_top_k,
-                cfg.moe_shared_expert,
-                cfg.moe_norm_topk,
-                cfg.moe_impl,
-            )
+            m = cfg.moe
+            self.mlp = MoE(cfg.d_model, cfg.expert_hidden, m.experts, m.top_k, m.shared_expert, m.norm_topk, m.impl)
         else:
             self.mlp = SwiGLU(cfg.d_model, cfg.hidden_size)
-        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
-        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model)
 
     def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
         if self.reordered:
@@ -50,10 +43,12 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is null: set it, or let the run take the tokenizer's")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_bias)
+        self.norm = make_norm(cfg.norm, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight

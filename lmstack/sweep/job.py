@@ -1,5 +1,5 @@
 """One process per sweep job: under `python train.py -m`, Hydra's launcher calls the task once per job in
-the sweep process; the task starts `train.py` again as a child for that job (same overrides, the job's
+the sweep process; the task starts `python -m lmstack.train` again as a child for that job (same overrides, the job's
 folder as its run directory) and waits. A job that crashes or diverges is recorded in its folder's
 `result.json` and the sweep goes on to the next job; the next job starts in a fresh process, with nothing
 left over from the last one (memory, threads, compiled kernels). On Linux the child is tied to the sweep
@@ -45,14 +45,14 @@ def start_job(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
 
 
-def run_job_process(script: str) -> float:
+def run_job_process(command: list[str]) -> float:
     """Run this job's training in a child process; its final val/bpb, or NaN when it failed or diverged
     (so a sweeper that minimises, such as Optuna's, treats it as a failed trial)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    cmd = [sys.executable, script, *hc.overrides.task, f"hydra.run.dir={out}"]
+    cmd = [*command, *hc.overrides.task, f"hydra.run.dir={out}"]
     if hc.runtime.config_sources:  # a --config-dir given to the sweep reaches the job too
         extra = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
         cmd += [f"--config-dir={p.removeprefix('file://')}" for p in extra]

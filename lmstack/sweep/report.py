@@ -1,4 +1,4 @@
-"""`lmstack report SWEEP_DIR`: every job of a sweep (finished, running or cut off) from its folder: the
+"""`lmstack report dir=SWEEP_DIR`: every job of a sweep (finished, running or cut off) from its folder: the
 overrides it ran with (.hydra/overrides.yaml), how it ended (result.json), and its metrics from its
 TensorBoard events. Writes report.md (jobs ranked by the final metric, the overrides that differ between
 jobs, tokens, wall time, diverged or not), report.csv and loss_curves.png (the metric against tokens).

@@ -42,7 +42,7 @@ class PretrainModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model_cfg = ModelConfig(**model_cfg)
+        self.model_cfg = ModelConfig.from_dict(model_cfg)
         self.model = Transformer(self.model_cfg)
         self.model.activation_checkpointing = activation_checkpointing
         self.compile = compile
@@ -88,7 +88,7 @@ class PretrainModule(L.LightningModule):
         lb, router_z = aux
         self.log("train/moe_lb_loss", lb)
         self.log("train/moe_router_z_loss", router_z)
-        return ce + z + self.model_cfg.moe_lb_coef * lb + self.model_cfg.moe_z_coef * router_z
+        return ce + z + self.model_cfg.moe.lb_coef * lb + self.model_cfg.moe.z_coef * router_z
 
     def configure_model(self):
         """Sharding strategies (FSDP2) shard the model here, on every rank, before optimizers exist."""

@@ -1,0 +1,109 @@
+"""The typed arguments of each `lmstack` command: one dataclass per command, composed by Hydra from
+`conf/<command>.yaml` (the defaults registered from these classes) and checked by `to_dataclass`, the same
+code and messages as the training config. A field without a default is required."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .validate import field_
+
+
+@dataclass
+class GenerateArgs:
+    ckpt: str  # an lmstack checkpoint (file or sharded folder)
+    prompt: str  # Hydra quoting keeps spaces: "prompt='def main('"
+    max_new_tokens: int = field_(64, min=0)
+    temperature: float = field_(0.8, min=0.0)  # 0: greedy
+    top_k: int = field_(50, min=0)  # 0: no top-k cut
+    top_p: float = field_(1.0, min=0.0, max=1.0)
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class EvalArgs:
+    ckpt: str
+    tasks: list[str]  # names from conf/evals, task folders, prepared folders or JSONL files
+    out: str  # the folder that gets eval.json
+    batch_size: int = field_(16, min=1)
+    limit: int = field_(-1, min=-1)  # questions per task: -1 as configured, 0 all
+    device: str = "cpu"
+    suite: str = "olmes"  # the conf/evals option whose set and task names `tasks` may use
+    seq_len: int = field_(0, min=0)  # 0: the model's max_seq_len
+
+
+@dataclass
+class ChatArgs:
+    ckpt: str  # a checkpoint of stage=sft, dpo or rlvr (with the chat template's tokens)
+    system: str = ""
+    max_new_tokens: int = field_(128, min=1)
+    temperature: float = field_(0.0, min=0.0)
+    top_k: int = field_(50, min=0)
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class ExportArgs:
+    ckpt: str
+    out: str
+    format: Literal["hf"] = "hf"
+
+
+@dataclass
+class ImportHFArgs:
+    dir: str  # a Hugging Face Llama or OLMo 2 folder
+    out: Optional[str] = None  # null: DIR/lmstack.ckpt
+
+
+@dataclass
+class ReportArgs:
+    dir: str  # a sweep folder (outputs/sweeps/NAME/TIME)
+    metric: str = "val/bpb"
+    fit: bool = False  # fit L(C) = E + A C^-alpha over the jobs
+    predict_flops: Optional[float] = field_(None, min=0.0)
+
+
+@dataclass
+class PlanArgs:
+    flops: float = field_(0.0, min=0.0)  # give any two of compute (flops, gpu_hours or usd), params, tokens
+    gpu_hours: float = field_(0.0, min=0.0)
+    usd: float = field_(0.0, min=0.0)
+    params: float = field_(0.0, min=0.0)
+    tokens: float = field_(0.0, min=0.0)
+    gpu: str = "h100"
+    mfu: float = field_(0.4, min=0.0, max=1.0)
+    usd_per_gpu_hour: float = field_(2.0, min=0.0)
+    gpus: int = field_(1, min=1)
+    tokens_per_param: float = field_(20.0, min=0.0)
+    seq_len: int = field_(2048, min=1)
+
+
+@dataclass
+class PrepareArgs:
+    inputs: list[str]  # files, folders or globs
+    output_dir: str
+    prepare: dict  # the pipeline (conf/prepare/): checked by lmstack.data.curate.pipeline.check_config
+
+
+@dataclass
+class PrepareMergeArgs:
+    shards: list[str]  # the shard folders (or globs) of one sharded `lmstack prepare` job
+    output_dir: str
+    prepare: dict
+
+
+# command -> its arguments; each composes conf/<command>.yaml
+COMMAND_ARGS = {
+    "generate": GenerateArgs,
+    "eval": EvalArgs,
+    "chat": ChatArgs,
+    "export": ExportArgs,
+    "import-hf": ImportHFArgs,
+    "report": ReportArgs,
+    "plan": PlanArgs,
+    "prepare": PrepareArgs,
+    "prepare-merge": PrepareMergeArgs,
+}

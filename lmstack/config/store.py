@@ -1,0 +1,69 @@
+"""Where `conf/` is, and composing it with Hydra; the schema's defaults registered as Hydra's base config.
+
+Every entry point's config (`conf/train.yaml`, `conf/generate.yaml`, ...) starts its defaults list with
+`<name>_schema`: the dataclass defaults of its typed sections, registered here in Hydra's ConfigStore.
+So the defaults are written once (in the dataclasses), the YAML files carry only what differs, and every
+key can still be overridden on the command line without `+`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def conf_dir() -> str:
+    """The config tree: `lmstack/conf` in an installed wheel (package data), `conf/` in a checkout."""
+    for candidate in (_PACKAGE / "conf", _PACKAGE.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no conf/ beside {_PACKAGE}: the lmstack installation is incomplete")
+
+
+def defaults_of(spec_cls) -> dict:
+    """The defaults of a typed spec as a plain dict: its sections that need no value (all of theirs, nested),
+    and its plain options; config groups without defaults (trainer, callbacks, ...) are left to their YAML."""
+    groups = {p.name for p in Path(conf_dir()).iterdir() if p.is_dir()}
+    hints = typing.get_type_hints(spec_cls)
+    out = {}
+    for f in dataclasses.fields(spec_cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            try:
+                out[f.name] = dataclasses.asdict(hints[f.name]())
+            except TypeError:  # a section with required keys (data_mix): its group provides them
+                pass
+        elif f.name in groups:
+            continue
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = "???"  # required: Hydra reports it missing
+    return out
+
+
+def register() -> None:
+    """Store `<config>_schema` in Hydra's ConfigStore for `train` (RunSpec) and every command's arguments
+    (`lmstack.config.commands`); safe to call again."""
+    from hydra.core.config_store import ConfigStore
+
+    from .commands import COMMAND_ARGS
+    from .schema import RunSpec
+
+    store = ConfigStore.instance()
+    for name, cls in {"train": RunSpec, **COMMAND_ARGS}.items():
+        store.store(name=f"{name}_schema", node=defaults_of(cls))
+
+
+def compose(name: str, overrides: list[str] = (), return_hydra_config: bool = False):
+    """`conf/<name>.yaml` with `overrides`, as an unresolved DictConfig (what `@hydra.main` would get)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -1,0 +1,28 @@
+"""Pretrain a language model: `python -m lmstack.train [overrides]` (also `python train.py`, `lmstack train`);
+`-m [sweep overrides]` runs a sweep (`-m sweep=NAME`: an ablation from conf/sweep, each job in its own
+process). The config is `conf/train.yaml`, found in the checkout or in the installed package."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lmstack.config.store import conf_dir, register
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
+def main(cfg: DictConfig) -> float:
+    from lmstack.sweep.job import in_sweep, run_job_process
+
+    if in_sweep():
+        return run_job_process([sys.executable, "-m", "lmstack.train"])
+    from lmstack.run import run
+
+    result = run(cfg)
+    return result.get("objective", result.get("val/bpb"))  # what a sweeper minimises
+
+
+if __name__ == "__main__":
+    main()
