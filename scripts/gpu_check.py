@@ -56,7 +56,7 @@ def main() -> None:
             str(ROOT / "train.py"),
             f"model={model}",
             *hw,
-            f"attention.backend={backend}",
+            f"model.attention.backend={backend}",
             f"data.seq_len={args.seq_len}",
             f"data.batch_size={args.batch}",
             f"train.max_tokens={tokens}",
@@ -70,7 +70,7 @@ def main() -> None:
             f"hydra.run.dir={run_dir}",
         ]
         if backend == "flash_attn":
-            cmd.append("imports=[plugins.attention.flash_attn]")
+            cmd.append("imports=[lmstack.plugins.attention.flash_attn]")
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.time() - t0

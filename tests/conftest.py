@@ -1,80 +1,18 @@
-"""Shared fixtures: compose the real Hydra config with small, CPU-sized overrides."""
+"""Shared fixtures (the helpers they use are in tests/helpers)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from lmstack.config.store import compose
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-# A small corpus (150 stdlib files, 512-token vocabulary, 64-token blocks) and a 2-step budget.
-SMALL = [
-    "data.max_docs=150",
-    "data.vocab_size=512",
-    "data.seq_len=64",
-    "data.batch_size=4",
-    "data.val_fraction=0.1",
-    "data.val_max_blocks=16",
-    "data.tokenizer_train_bytes=2000000",
-    "train.max_tokens=512",
-    "train.log_every_steps=1",
-    "train.val_every_steps=1000",
-    "train.sample_tokens=0",
-    "trainer.enable_progress_bar=false",
-]
-
-
-def clean_env(**extra) -> dict:
-    """The environment for a multi-process subprocess: without the rendezvous variables an earlier
-    in-process DDP run may have left (its MASTER_PORT can still be bound)."""
-    drop = ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
-    return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONPATH": str(ROOT), **extra}
-
-
-def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
-    cfg = compose("train", overrides)
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = str(run_dir or "/tmp/lmstack-test-run")
-    if cache_dir:
-        cfg.paths.cache_dir = str(cache_dir)
-    cfg.paths.shared_data = str(SHARED_DATA)
-    return cfg
+from .helpers import SHARED_DATA, SMALL, compose_cfg, prepare_cfg
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One prepared-corpus cache for the whole session."""
     return tmp_path_factory.mktemp("lmstack-cache")
-
-
-def interrupt_prepare_at(monkeypatch, n: int) -> list:
-    """`lmstack prepare`'s per-file worker, dying (KeyboardInterrupt) when asked for the n-th file; returns
-    the list of files it was asked for."""
-    from lmstack.data.curate import pipeline
-
-    real, calls = pipeline._filter_file, []
-
-    def dies(job):
-        calls.append(job[0])
-        if len(calls) == n:
-            raise KeyboardInterrupt("interrupted")
-        return real(job)
-
-    monkeypatch.setattr(pipeline, "_filter_file", dies)
-    return calls
-
-
-def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
-    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
-    cfg = compose("prepare", [f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())])
-    return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 
 @pytest.fixture(scope="session")
@@ -119,27 +57,3 @@ def small_cfg(tmp_path, cache_dir):
 def _quiet():
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-
-
-# In-loop evals kept small: c4 (6 documents) in bits per byte, arc_easy and copa (15 questions each).
-SMALL_EVALS = [
-    "evals=olmes",
-    "evals.sets.c4.max_docs=6",
-    "~evals.sets.cc",
-    "evals.tasks.arc_easy.limit=15",
-    "evals.tasks.copa.limit=15",
-    "~evals.tasks.piqa",
-    "~evals.tasks.sciq",
-    "~evals.tasks.copycolors_10way",
-]
-
-
-# The smallest Llama config.json lmstack imports (tests of import-hf).
-TINY_LLAMA_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 1,
-    "intermediate_size": 128,
-    "vocab_size": 100,
-}

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from lmstack.config.schema import ConfigError, validate
 
-from .conftest import CONF, compose_cfg
+from .helpers import CONF, compose_cfg
 
 GROUPS = [
     "model",

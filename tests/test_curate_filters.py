@@ -12,7 +12,7 @@ from lmstack.data.curate.filters import C4Quality, FineWebQuality, GopherQuality
 from lmstack.data.curate.pii import PiiMasker
 from lmstack.data.curate.readers import Document
 
-from .conftest import SHARED_DATA
+from .helpers import SHARED_DATA
 
 
 def brown(i: int = 0) -> str:

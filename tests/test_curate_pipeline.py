@@ -14,7 +14,7 @@ import pytest
 from lmstack.data.curate.dedup import MinHashDedup, threshold
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import SHARED_DATA, interrupt_prepare_at, prepare_cfg
+from .helpers import SHARED_DATA, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_REAL = [

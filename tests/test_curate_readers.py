@@ -11,7 +11,7 @@ import zstandard
 
 from lmstack.data.curate.readers import Document, Reject, expand_inputs, read_inputs
 
-from .conftest import SHARED_DATA
+from .helpers import SHARED_DATA
 
 WEB = SHARED_DATA / "web"
 

@@ -14,7 +14,7 @@ from lmstack.data.dataset import BlockDataset, ResumableSampler, mixture_stream
 from lmstack.data.sources import is_validation, read_source, stdlib_files
 from lmstack.data.tokenizer import EOS, token_byte_lengths, train_bpe
 
-from .conftest import SHARED_DATA
+from .helpers import SHARED_DATA
 
 STDLIB = [{"name": "python_stdlib", "builtin": "python_stdlib"}]
 

@@ -14,7 +14,7 @@ import torch
 from lmstack.model import ModelConfig, Transformer
 from lmstack.train.losses import lm_loss
 
-from .ddp_data import global_batch, model_config
+from .helpers.ddp_data import global_batch, model_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,7 +24,11 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp_grads.pt"
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     subprocess.run(
-        [sys.executable, str(HERE / "ddp_grads_worker.py"), str(out)], check=True, env=env, cwd=tmp_path, timeout=300
+        [sys.executable, str(HERE / "workers" / "ddp_grads_worker.py"), str(out)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     ddp = torch.load(out)
 

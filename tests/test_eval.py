@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from lmstack.eval.multiple_choice import Question, encode_pair, load_requests, score_task
 from lmstack.model import ModelConfig, Transformer
 
-from .conftest import SHARED_DATA
+from .helpers import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = sorted(p for p in (SHARED_DATA / "evals").iterdir() if (p / "requests.jsonl.gz").exists())

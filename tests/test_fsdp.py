@@ -1,5 +1,5 @@
 """FSDP2 on 2 CPU processes (gloo) through the Trainer: the same losses as DDP, and sharded checkpoints
-that resume exactly. Each run is `tests/run_worker.py` in a subprocess (the launcher starts rank 1)."""
+that resume exactly. Each run is `tests/workers/run_worker.py` in a subprocess (the launcher starts rank 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED_DATA, SMALL_EVALS, clean_env
+from .helpers import SHARED_DATA, SMALL_EVALS, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
@@ -20,7 +20,7 @@ def train(out: Path, cache: Path, *overrides: str) -> list[dict]:
     """Runs 2 processes; returns each rank's report."""
     out.mkdir(parents=True)
     subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
+        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
         check=True,
         cwd=ROOT,
         timeout=600,

@@ -16,7 +16,7 @@ import pytest
 
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import SHARED_DATA, TINY_LLAMA_CONFIG, interrupt_prepare_at, prepare_cfg
+from .helpers import SHARED_DATA, TINY_LLAMA_CONFIG, interrupt_prepare_at, prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 C4 = SHARED_DATA / "web" / "c4-sample.01.json.gz"

@@ -16,7 +16,7 @@ from lmstack.interop.hf import NoHFEquivalent, hf_architecture, import_hf, model
 from lmstack.model import ModelConfig
 from lmstack.model.config import NormConfig
 
-from .conftest import SHARED_DATA, TINY_LLAMA_CONFIG
+from .helpers import SHARED_DATA, TINY_LLAMA_CONFIG
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from lmstack.data.tokenizer import eos_id, token_byte_lengths, train_bpe
 from lmstack.eval.bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
 from lmstack.model import ModelConfig, Transformer
 
-from .conftest import SHARED_DATA, SMALL_EVALS
+from .helpers import SHARED_DATA, SMALL_EVALS
 
 ROOT = Path(__file__).resolve().parents[1]
 C4 = str(SHARED_DATA / "web" / "c4-sample.01.json.gz")

@@ -29,7 +29,7 @@ def imports(path: Path, modules: set[str]) -> set[str]:
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
-        found |= {n for n in names if n in modules or n.split(".")[0] == "plugins"}
+        found |= {n for n in names if n in modules or n.startswith(("lmstack.plugins", "plugins"))}
     return found - {me}
 
 
@@ -65,7 +65,7 @@ def test_no_import_circle_and_no_plugins_import():
     g = graph()
     assert "lmstack.data.corpus_format" in g and g["lmstack.data.curate.pipeline"]
     assert cycle(g) is None, " -> ".join(cycle(g))
-    assert not {m: i for m, i in g.items() if any(n.startswith("plugins") for n in i)}
+    assert not {m: i for m, i in g.items() if any(n.startswith(("lmstack.plugins", "plugins")) for n in i)}
 
 
 def test_the_cycle_finder_finds_one():
@@ -80,3 +80,19 @@ def test_every_module_is_under_400_lines():
         if (n := len(p.read_text().splitlines())) >= 400
     }
     assert not long
+
+
+def test_the_packaged_folders_are_every_package_of_the_tree():
+    """pyproject.toml lists the packages (plugins/ installs as lmstack.plugins, conf/ as lmstack/conf): the
+    list must name every folder with Python code, or a wheel would lack it."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {"lmstack": "lmstack", **{k: v for k, v in setup["package-dir"].items()}}
+    listed = set(setup["packages"])
+    found = {"lmstack.conf"}
+    for name, folder in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert listed == found

@@ -14,7 +14,7 @@ from lmstack.model.config import AttentionConfig, NormConfig
 from lmstack.model.norms import LayerNorm, RMSNorm
 from lmstack.model.rope import apply_rope, rope_cache
 
-from .conftest import compose_cfg
+from .helpers import compose_cfg
 
 torch.manual_seed(0)
 

@@ -17,7 +17,7 @@ from lmstack.model import ModelConfig, Transformer
 from lmstack.model.config import MoEConfig
 from lmstack.model.moe import GROUPED_MM, MoE
 
-from .conftest import clean_env
+from .helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_a_moe_fit_logs_routing_and_resumes_exactly(small_cfg, tmp_path):
 def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
     cmd = [
         sys.executable,
-        str(ROOT / "tests" / "run_worker.py"),
+        str(ROOT / "tests" / "workers" / "run_worker.py"),
         str(tmp_path),
         "strategy=fsdp",
         "trainer.devices=2",
@@ -173,7 +173,7 @@ def test_the_olmoe_like_preset_has_olmoes_sizes_on_the_meta_device():
 
     from lmstack.config.schema import validate
 
-    from .conftest import compose_cfg
+    from .helpers import compose_cfg
 
     spec = validate(OmegaConf.to_container(compose_cfg(["model=moe-1b-7b"]), resolve=True))
     cfg = replace(spec.model, vocab_size=50304)

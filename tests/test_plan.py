@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from lmstack.config.schema import validate
 from lmstack.plan import PlanError, hours, ladder_batch_tokens, ladder_lr, overrides, peak_flops, solve
 
-from .conftest import compose_cfg
+from .helpers import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,14 +11,14 @@ from omegaconf import OmegaConf
 from lmstack.config.schema import validate
 from lmstack.model import ATTENTION_BACKENDS
 
-from .conftest import compose_cfg
+from .helpers import compose_cfg
 
 
 @pytest.mark.parametrize(
     "module,name,package",
     [
-        ("plugins.attention.flash_attn", "flash_attn", "flash_attn"),
-        ("plugins.attention.xformers", "xformers", "xformers"),
+        ("lmstack.plugins.attention.flash_attn", "flash_attn", "flash_attn"),
+        ("lmstack.plugins.attention.xformers", "xformers", "xformers"),
     ],
 )
 def test_gpu_backend_plugins_register_and_explain_a_missing_install(module, name, package):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lmstack.data.curate.pipeline import run_prepare
 
-from .conftest import prepare_cfg
+from .helpers import prepare_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 # every code point, surrogates included (JSON can carry them as \\udXXX escapes)

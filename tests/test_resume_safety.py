@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from lmstack.config.schema import ConfigError, validate
 
-from .conftest import CONF, compose_cfg
+from .helpers import CONF, compose_cfg
 
 ROOT = Path(CONF).parent
 
@@ -75,7 +75,7 @@ def four_steps(tmp_path_factory):
     """A 4-step run with checkpoints at steps 2 and 4 (and last.ckpt)."""
     from lmstack.run import run
 
-    from .conftest import SMALL
+    from .helpers import SMALL
 
     tmp = tmp_path_factory.mktemp("resume")
     cfg = compose_cfg(
@@ -88,7 +88,7 @@ def four_steps(tmp_path_factory):
 
 
 def resume_cfg(four_steps, name, *overrides):
-    from .conftest import SMALL
+    from .helpers import SMALL
 
     tmp, base = four_steps
     cfg = compose_cfg(

@@ -14,7 +14,7 @@ import torch
 from lmstack.data.sources import is_validation
 from lmstack.run import run
 
-from .conftest import SHARED_DATA, clean_env
+from .helpers import SHARED_DATA, clean_env
 
 STEPS, SPIKE_STEP, TPS = 40, 30, 4 * 64
 
@@ -209,7 +209,7 @@ def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cmd = [
         sys.executable,
-        str(root / "tests" / "run_worker.py"),
+        str(root / "tests" / "workers" / "run_worker.py"),
         str(tmp_path),
         "strategy=ddp",
         "trainer.devices=2",

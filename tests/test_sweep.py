@@ -18,7 +18,7 @@ from lmstack.config.store import compose
 from lmstack.sweep import report as report_mod
 from lmstack.sweep.fit import fit_power_law, held_out_check
 
-from .conftest import SHARED_DATA, SMALL, clean_env
+from .helpers import SHARED_DATA, SMALL, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"attention": 3, "norm": 4, "lr": 5, "schedule": 3, "data": 2}

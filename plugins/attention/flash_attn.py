@@ -1,4 +1,4 @@
-"""`attention.backend=flash_attn`: FlashAttention 2 (`pip install 'lmstack[gpu]'`), CUDA with fp16/bf16.
+"""`model.attention.backend=flash_attn`: FlashAttention 2 (`pip install 'lmstack[gpu]'`), CUDA with fp16/bf16.
 
 flash_attn handles GQA/MQA natively and aligns its causal mask bottom-right when queries are fewer than
 keys, which is exactly the KV-cache case (queries at the end of the sequence).
@@ -12,7 +12,7 @@ def _flash_attn_func():
         from flash_attn import flash_attn_func
     except ImportError as e:
         raise ImportError(
-            "attention.backend=flash_attn needs the flash-attn package: pip install 'lmstack[gpu]' (CUDA only)"
+            "model.attention.backend=flash_attn needs the flash-attn package: pip install 'lmstack[gpu]' (CUDA only)"
         ) from e
     return flash_attn_func
 

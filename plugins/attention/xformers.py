@@ -1,4 +1,4 @@
-"""`attention.backend=xformers`: xformers' memory-efficient attention (`pip install 'lmstack[gpu]'`)."""
+"""`model.attention.backend=xformers`: xformers' memory-efficient attention (`pip install 'lmstack[gpu]'`)."""
 
 from lmstack.model import register_attention_backend
 from lmstack.model.attention import repeat_kv
@@ -8,7 +8,9 @@ def _xops():
     try:
         import xformers.ops as xops
     except ImportError as e:
-        raise ImportError("attention.backend=xformers needs the xformers package: pip install 'lmstack[gpu]'") from e
+        raise ImportError(
+            "model.attention.backend=xformers needs the xformers package: pip install 'lmstack[gpu]'"
+        ) from e
     return xops
 
 

@@ -12,9 +12,9 @@ import json
 import os
 
 import lightning as L
+from lmstack.plugins.callbacks import log_metrics
 
 from lmstack.eval.suite import EvalSuite, check_specs, evaluate, flat_metrics, load_suite
-from plugins.callbacks import log_metrics
 
 
 class Evaluator(L.Callback):

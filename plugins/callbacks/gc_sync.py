@@ -13,8 +13,7 @@ import gc
 import time
 
 import lightning as L
-
-from plugins.callbacks import log_metrics
+from lmstack.plugins.callbacks import log_metrics
 
 
 class GCSync(L.Callback):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-
-from plugins.callbacks import log_metrics
+from lmstack.plugins.callbacks import log_metrics
 
 
 class MoEMetrics(L.Callback):

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-
-from plugins.callbacks import log_metrics
+from lmstack.plugins.callbacks import log_metrics
 
 log = logging.getLogger("lmstack")
 MODES = ("log", "skip_step", "rewind")

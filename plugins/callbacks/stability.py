@@ -18,8 +18,7 @@ import math
 
 import lightning as L
 import torch
-
-from plugins.callbacks import log_metrics
+from lmstack.plugins.callbacks import log_metrics
 
 
 def _sq(t: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import time
 
 import lightning as L
 import torch
+from lmstack.plugins.callbacks import log_metrics
 
 from lmstack.train.flops import flops_per_token, gpu_peak_flops, measure_matmul_flops
-from plugins.callbacks import log_metrics
 
 log = logging.getLogger("lmstack")
 

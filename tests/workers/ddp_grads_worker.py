@@ -11,8 +11,8 @@ from lightning.fabric import Fabric
 from lmstack.model import ModelConfig, Transformer
 from lmstack.train.losses import lm_loss
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from ddp_data import global_batch, model_config  # noqa: E402
+sys.path.insert(0, __file__.rsplit("/", 3)[0])
+from tests.helpers.ddp_data import global_batch, model_config  # noqa: E402
 
 
 def main(out: str) -> None:

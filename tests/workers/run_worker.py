@@ -1,4 +1,4 @@
-"""Run by the multi-process tests: `python tests/run_worker.py OUT_DIR [overrides...]` trains with
+"""Run by the multi-process tests: `python tests/workers/run_worker.py OUT_DIR [overrides...]` trains with
 lmstack's own `run` (Lightning Trainer; the DDP / FSDP launcher starts the other rank by running this
 same command) and writes OUT_DIR/rank<r>.json: per step, the training loss and whether automatic garbage
 collection was on; the steps at which GC sync collected; gc state after fit; the in-loop evals; the
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import lightning as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import SMALL, compose_cfg  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.helpers import SMALL, compose_cfg  # noqa: E402
 
 
 class Probe(L.Callback):
