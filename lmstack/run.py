@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
+from lmstack.train.hooks import step_plugins
 from lmstack.train.module import PretrainModule
 from lmstack.train.schedules import schedule_args, tokens_of
 from lmstack.train.step_guard import TrainingStopped
@@ -46,12 +47,16 @@ def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str |
     return ckpt_path
 
 
-def build_trainer(spec: RunSpec, extra_callbacks=(), drop=()) -> L.Trainer:
-    """The Trainer with the configured callbacks (less those named in `drop`), logger and strategy;
-    checkpoints are written atomically and read weights-only (`lmstack.checkpoint`)."""
+def build_trainer(spec: RunSpec, extra_callbacks=(), adaptation: bool = False) -> L.Trainer:
+    """The Trainer with the configured callbacks (for an adaptation stage, less the step plugins that are
+    `pretraining_only`), logger and strategy; checkpoints are written atomically and read weights-only
+    (`lmstack.checkpoint`)."""
     from lmstack.checkpoint import checkpoint_io
+    from lmstack.train.hooks import StepHooks
 
-    callbacks = [hydra.utils.instantiate(cb) for name, cb in spec.callbacks.items() if cb and name not in drop]
+    callbacks = [hydra.utils.instantiate(cb) for cb in spec.callbacks.values() if cb]
+    if adaptation:
+        callbacks = [cb for cb in callbacks if not (isinstance(cb, StepHooks) and cb.pretraining_only)]
     if spec.evals is not None:
         callbacks.append(hydra.utils.instantiate(spec.evals))
     logger = hydra.utils.instantiate(spec.logger) if spec.logger else False
@@ -234,16 +239,9 @@ def build(
         module.model.load_state_dict(init["state"])
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
+    module.document_files = dm.document_files
     module.run_identity = run_identity(spec, tps, dm, mcfg)
     return module, dm
-
-
-def _rewind_request(trainer: L.Trainer):
-    """(the callback, the checkpoint) when a callback stopped the fit to rewind, else None."""
-    for cb in trainer.callbacks:
-        if getattr(cb, "rewind_to", None):
-            return cb, cb.rewind_to
-    return None
 
 
 def write_result(run_dir: Path, result: dict) -> None:
@@ -314,15 +312,13 @@ def run(cfg: DictConfig) -> dict:
     if ckpt is None:
         before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-    while (rewind := _rewind_request(trainer)) is not None:  # spike detection in `rewind` mode
-        spike, ckpt = rewind
-        log.warning("rewinding to %s; steps skipped on the way forward: %s", ckpt, sorted(spike.skip_steps))
+    while (signal := module.rewind_requested) is not None:  # a step plugin asked (spike detection, rewind mode)
+        ckpt = signal.checkpoint
+        log.warning("rewinding to %s; steps skipped on the way forward: %s", ckpt, sorted(signal.skip_steps))
         trainer = build_trainer(spec)
         module, dm = build(spec, trainer, config, read_resume_record(ckpt))
-        for cb in trainer.callbacks:
-            if type(cb) is type(spike):
-                cb.skip_steps |= spike.skip_steps
-                cb.rewinds, cb.spikes = spike.rewinds, spike.spikes
+        for plugin in step_plugins(trainer):
+            plugin.on_rewind(signal)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if module.stop_reason:
         if trainer.is_global_zero:

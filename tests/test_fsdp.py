@@ -41,6 +41,7 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
         tmp_path / "fsdp",
         cache,
         "strategy=fsdp",
+        "train.activation_checkpointing=true",  # applied before sharding (lmstack.train.parallelize): same math
         "callbacks.checkpoint.every_n_train_steps=5",
         *SMALL_EVALS,
         "evals.every_steps=5",

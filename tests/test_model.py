@@ -234,15 +234,27 @@ def test_preset_sizes_on_meta_device(size, target):
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     from lmstack.train.losses import lm_loss
+    from lmstack.train.parallelize import apply_activation_checkpointing
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=3, n_heads=4, max_seq_len=32)
     plain, ckpt = Transformer(cfg), Transformer(cfg)
     ckpt.load_state_dict(plain.state_dict())
-    ckpt.activation_checkpointing = True
+    apply_activation_checkpointing(ckpt)  # from outside the model (lmstack.train.parallelize)
     tokens = torch.randint(0, 256, (2, 33))
-    for model in (plain, ckpt):
-        ce, z = lm_loss(model(tokens[:, :-1]), tokens[:, 1:], 1e-4)
+    saved = {}
+    for name, model in (("plain", plain), ("ckpt", ckpt)):
+        count = [0]
+
+        def pack(t, count=count):
+            count[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ce, z = lm_loss(model(tokens[:, :-1]), tokens[:, 1:], 1e-4)
         (ce + z).backward()
+        saved[name] = count[0]
+    assert saved["ckpt"] < saved["plain"] / 2  # the blocks' activations were not kept for backward
+    assert list(plain.state_dict()) == list(ckpt.state_dict())  # the same parameter names
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)

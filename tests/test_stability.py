@@ -13,6 +13,7 @@ import torch
 
 from lmstack.data.sources import is_validation
 from lmstack.run import run
+from lmstack.train.hooks import StepHooks, StepRecord
 
 from .helpers import SHARED_DATA, clean_env
 
@@ -235,3 +236,31 @@ def test_the_global_batch_guard_warns_or_fails(small_cfg, caplog):
     with caplog.at_level("WARNING", logger="lmstack"):
         assert run(small_cfg("train.max_global_batch_tokens=128"))["steps"] == 2
     assert "above train.max_global_batch_tokens=128" in caplog.text
+
+
+class SkipOddSteps(StepHooks, L.Callback):
+    """A step plugin written against the declared contract only (lmstack.train.hooks): it skips the update of
+    odd steps and keeps what each step record carried."""
+
+    records: list = []
+
+    def on_step_stats(self, trainer, module, record: StepRecord) -> bool:
+        batch = record.micro_batches[0]["batch"]
+        files = [Path(f) for f in record.document_files]
+        SkipOddSteps.records.append(
+            (record.step, record.finite, bool(record.tokenizer_json), sorted(batch), all(f.exists() for f in files))
+        )
+        return record.step % 2 == 1
+
+
+def test_a_step_plugin_sees_the_step_record_and_can_skip_updates(small_cfg):
+    import json
+
+    SkipOddSteps.records.clear()
+    cfg = small_cfg("train.max_tokens=1024", "+callbacks.probe._target_=tests.test_stability.SkipOddSteps")
+    result = run(cfg)
+    assert [r[0] for r in SkipOddSteps.records] == [0, 1, 2, 3] and result["steps"] == 4
+    assert all(r[1] and r[2] and r[4] for r in SkipOddSteps.records)
+    assert {"input_ids", "labels", "doc", "source"} <= set(SkipOddSteps.records[0][3])
+    done = json.loads((Path(cfg.run_dir) / "result.json").read_text())
+    assert done["skipped_steps"] == 2  # steps 1 and 3: the plugin's decision, taken by the module

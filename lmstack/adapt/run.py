@@ -121,7 +121,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     train, test = split_examples(stage, tasks, spec.seed)
     system, seq_len = stage.get("system"), spec.data.seq_len
     max_new = stage.get("max_new_tokens", 16)
-    trainer = build_trainer(spec, drop=("spike",))  # spike tracing reads pretraining documents
+    trainer = build_trainer(spec, adaptation=True)
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
     common = (asdict(spec.optimizer),)

@@ -108,23 +108,9 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = make_norm(cfg.norm, cfg.d_model) if cfg.norm.qk_norm else None
         self.k_norm = make_norm(cfg.norm, kv_dim) if cfg.norm.qk_norm else None
         self.backend = get_attention_backend(cfg.attention.backend)
-        self.record_max_logit = False  # set by the stability metrics on the steps they log
-        self.max_logit: Optional[torch.Tensor] = None
 
-    def _max_logit(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Largest pre-softmax attention logit (causal positions) of the first sequence, one head at a
-        time so the [T, T] scores stay small; a growing value is the attention-logit growth that QK-norm
-        is there to prevent."""
-        group = self.n_heads // self.n_kv_heads
-        t = q.shape[2]
-        causal = torch.ones(t, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - t)
-        best = torch.tensor(float("-inf"), device=q.device)
-        for h in range(self.n_heads):
-            scores = (q[0, h].float() @ k[0, h // group].float().T) / math.sqrt(self.head_dim)
-            best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).max())
-        return best.detach()
-
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [B, heads, T, head_dim] of x, QK-normed and rotated."""
         b, t, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
@@ -132,11 +118,12 @@ class CausalSelfAttention(nn.Module):
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
+        b, t, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, pos, k, v)
-        if self.record_max_logit:
-            with torch.no_grad():
-                self.max_logit = self._max_logit(q, k)
         y = self.backend(q, k, v, pos) if mask is None else masked_attention(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

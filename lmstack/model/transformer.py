@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from .attention import CausalSelfAttention, KVCache
@@ -54,7 +53,6 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
-        self.activation_checkpointing = False  # a training option (train.activation_checkpointing)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,12 +75,8 @@ class Transformer(nn.Module):
             self._build_rope(idx.device)
         cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
         x = self.embed(idx)
-        for block in self.blocks:
-            if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
-                # keep only each block's input; recompute its activations in backward (memory for compute)
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, None, 0, mask, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, cache, pos, mask)
+        for block in self.blocks:  # activation checkpointing, sharding, compile: lmstack.train.parallelize
+            x = block(x, cos, sin, cache, pos, mask)
         return self.lm_head(self.norm(x))
 
     def moe_layers(self) -> list[MoE]:

@@ -5,8 +5,9 @@ train/skipped_steps, train/nonfinite_steps, val/loss and val/bpb (bits per byte 
 summed nats / ln 2 / UTF-8 bytes of the target tokens).
 
 After backward, the step's loss and gradient norm (reduced over ranks) decide whether the update is
-taken (see `step_guard`): a non-finite value skips it, and callbacks with an `on_step_stats(trainer,
-module, loss, grad_norm, finite) -> bool` hook (spike detection) can skip it too.
+taken (see `step_guard`): a non-finite value skips it, and step plugins (`lmstack.train.hooks.StepHooks`,
+e.g. spike detection) can skip it too, from the step's record. Activation checkpointing, sharding and
+compile are applied to the model from outside (`lmstack.train.parallelize`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 from lmstack.checkpoint import add_extras, extras
 from lmstack.model import ModelConfig, Transformer
 
+from .hooks import RewindRequested, StepRecord, step_plugins
 from .losses import lm_loss, token_losses
 from .optim import build_adamw
+from .parallelize import parallelize
 from .schedules import Schedule
 from .step_guard import NonFinite, make_skippable
 
@@ -44,13 +47,14 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_cfg = ModelConfig.from_dict(model_cfg)
         self.model = Transformer(self.model_cfg)
-        self.model.activation_checkpointing = activation_checkpointing
-        self.compile = compile
+        self.activation_checkpointing, self.compile = activation_checkpointing, compile
         self.z_loss, self.grad_clip, self.tokens_per_step = z_loss, grad_clip, tokens_per_step
         self.register_buffer("token_bytes", torch.ones(self.model_cfg.vocab_size, dtype=torch.long), persistent=False)
         self.tokenizer_json: str | None = None  # saved in checkpoints so they are self-contained
         self.last_val: dict | None = None  # the latest validation result, with its step
-        self.micro: list[dict] = []  # this step's micro-batches with their per-token losses, for plugins
+        self.micro: list[dict] = []  # this step's micro-batches with their per-token losses (the step record)
+        self.document_files: list = []  # per data source: its documents.jsonl, for the step record
+        self.rewind_requested: RewindRequested | None = None  # set by a step plugin (hooks.request_rewind)
         self.skip_update, self.skipped_steps = False, 0
         self.nonfinite = NonFinite(max_nonfinite_steps)
         self.stop_reason: str | None = None  # set when the run stopped itself (non-finite losses)
@@ -94,12 +98,7 @@ class PretrainModule(L.LightningModule):
         """Sharding strategies (FSDP2) shard the model here, on every rank, before optimizers exist."""
         trainer = self._trainer
         shard = getattr(trainer.strategy, "shard", None) if trainer is not None else None
-        if shard is not None:
-            shard(self.model)
-        if self.compile and not getattr(self, "_compiled", False):
-            for block in self.model.blocks:  # per block: sharded blocks compile as they are
-                block.compile()
-            self._compiled = True
+        parallelize(self.model, self.activation_checkpointing, self.compile, shard)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip to the global norm and log the norm before clipping (over all shards under FSDP)."""
@@ -119,10 +118,19 @@ class PretrainModule(L.LightningModule):
         loss_v, norm_v = stats.tolist()
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)
         skip = not finite
-        for cb in self.trainer.callbacks:
-            hook = getattr(cb, "on_step_stats", None)
-            if hook is not None:
-                skip = bool(hook(self.trainer, self, loss_v, norm_v, finite)) or skip
+        plugins = step_plugins(self.trainer)
+        if plugins:
+            record = StepRecord(
+                self.trainer.global_step,
+                loss_v,
+                norm_v,
+                finite,
+                self.micro,
+                self.tokenizer_json,
+                [str(f) for f in self.document_files],
+            )
+            for plugin in plugins:
+                skip = bool(plugin.on_step_stats(self.trainer, self, record)) or skip
         self.micro = []
         self.skip_update = skip
         self.skipped_steps += int(skip)

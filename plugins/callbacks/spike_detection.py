@@ -9,10 +9,11 @@ batch and a preview of those tokens, worst first; the worst documents' ids are a
 (`data.blocklist`) accept.
 
 Modes: `log` records only; `skip_step` also skips the update on every rank (the step still counts, see
-`lmstack.train.step_guard`); `rewind` skips it too, stops the fit and asks the run to restart from the
-latest checkpoint before the spike, skipping the offending steps on the way forward (Lightning's
-SpikeDetection only raises, and a resumed run meets the same batch again). The windows and the steps to
-skip are saved in checkpoints, so detection resumes warm.
+`lmstack.train.step_guard`); `rewind` skips it too and requests a rewind (`lmstack.train.hooks`): the run
+restarts from the latest checkpoint before the spike, skipping the offending steps on the way forward
+(Lightning's SpikeDetection only raises, and a resumed run meets the same batch again). The windows and the
+steps to skip are saved in checkpoints, so detection resumes warm. Everything it reads of the step comes
+from the module's step record (`StepRecord`): losses, micro-batches, tokenizer, document files.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lmstack.plugins.callbacks import log_metrics
+
+from lmstack.train.hooks import RewindRequested, StepHooks, StepRecord, request_rewind
 
 log = logging.getLogger("lmstack")
 MODES = ("log", "skip_step", "rewind")
@@ -47,7 +50,9 @@ class RollingZ:
         return (x - mean) / std if std > 0 else (math.inf if x > mean else 0.0)
 
 
-class SpikeDetection(L.Callback):
+class SpikeDetection(StepHooks, L.Callback):
+    pretraining_only = True  # it traces spikes to pretraining documents
+
     def __init__(
         self,
         mode: str = "log",
@@ -71,18 +76,17 @@ class SpikeDetection(L.Callback):
         self.stats = {m: RollingZ(window) for m in self.metrics}
         self.skip_steps: set[int] = set()  # steps whose update is skipped on the way forward after a rewind
         self.rewinds = 0
-        self.rewind_to: str | None = None  # set when the fit stopped to rewind: the checkpoint to resume
         self.spikes = 0
         self._documents: dict[int, dict[int, dict]] = {}
 
     # ---- the decision, called by the module after backward --------------------------------------
-    def on_step_stats(self, trainer, module, loss: float, grad_norm: float, finite: bool) -> bool:
-        step = trainer.global_step
+    def on_step_stats(self, trainer, module, record: StepRecord) -> bool:
+        step = record.step
         if step in self.skip_steps:
             return True
-        if not finite:
+        if not record.finite:
             return False  # the module skips and counts non-finite steps itself
-        values = {"loss": loss, "grad_norm": grad_norm}
+        values = {"loss": record.loss, "grad_norm": record.grad_norm}
         z = {m: self.stats[m].z(values[m]) for m in self.metrics}
         ready = all(len(self.stats[m].values) >= self.min_history for m in self.metrics)
         if not ready or max(z.values()) <= self.threshold:
@@ -93,7 +97,7 @@ class SpikeDetection(L.Callback):
         action = {"log": "logged", "skip_step": "skipped", "rewind": "skipped"}[self.mode]
         if self.mode == "rewind":
             action = self._request_rewind(trainer, step)
-        self._record(trainer, module, step, values, z, action)
+        self._record(trainer, record, values, z, action)
         log_metrics(trainer, {"train/spikes": float(self.spikes)})
         return self.mode != "log"
 
@@ -109,19 +113,26 @@ class SpikeDetection(L.Callback):
             log.warning("spike at step %d: %s, so the update is skipped without rewinding", step, why)
             return "skipped"
         self.rewinds += 1
-        self.rewind_to = str(max(ckpts)[1])
-        trainer.should_stop = True
-        return f"rewind to {self.rewind_to}"
+        checkpoint = str(max(ckpts)[1])
+        state = {"rewinds": self.rewinds, "spikes": self.spikes}
+        request_rewind(trainer, RewindRequested(checkpoint, set(self.skip_steps), state))
+        return f"rewind to {checkpoint}"
+
+    def on_rewind(self, signal: RewindRequested) -> None:
+        """The fresh instance of a rewound run: the steps to skip and the counters go on."""
+        self.skip_steps |= signal.skip_steps
+        self.rewinds = signal.state.get("rewinds", self.rewinds)
+        self.spikes = signal.state.get("spikes", self.spikes)
 
     # ---- forensics ------------------------------------------------------------------------------
-    def _batch_documents(self, trainer, module) -> list[dict]:
+    def _batch_documents(self, record: StepRecord) -> list[dict]:
         """This rank's documents in the step's micro-batches: loss summed over their tokens, token count,
         and a preview of the tokens."""
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_str(module.tokenizer_json) if module.tokenizer_json else None
+        tok = Tokenizer.from_str(record.tokenizer_json) if record.tokenizer_json else None
         docs: dict[tuple[int, int], dict] = {}
-        for micro in module.micro:
+        for micro in record.micro_batches:
             batch, losses = micro["batch"], micro["token_losses"].float().cpu()
             labels, ordinals = batch["labels"].cpu(), batch["doc"].cpu()
             sources = torch.as_tensor(batch["source"]).cpu()
@@ -144,10 +155,9 @@ class SpikeDetection(L.Callback):
             out.append(d)
         return out
 
-    def _describe(self, trainer, d: dict) -> dict:
+    def _describe(self, record: StepRecord, d: dict) -> dict:
         """Id and source of a document from its data source's documents.jsonl."""
-        dm = trainer.datamodule
-        files = getattr(dm, "document_files", None) or []
+        files = record.document_files
         src = d["source_index"]
         if src not in self._documents and src < len(files) and Path(files[src]).exists():
             with open(files[src]) as f:
@@ -161,8 +171,9 @@ class SpikeDetection(L.Callback):
             "preview": d["preview"],
         }
 
-    def _record(self, trainer, module, step: int, values: dict, z: dict, action: str) -> None:
-        docs = self._batch_documents(trainer, module)
+    def _record(self, trainer, step_record: StepRecord, values: dict, z: dict, action: str) -> None:
+        step = step_record.step
+        docs = self._batch_documents(step_record)
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, docs)
@@ -174,7 +185,7 @@ class SpikeDetection(L.Callback):
             m = merged.setdefault((d["source_index"], d["ordinal"]), {**d, "nats": 0.0, "tokens": 0})
             m["nats"] += d["nats"]
             m["tokens"] += d["tokens"]
-        described = sorted((self._describe(trainer, d) for d in merged.values()), key=lambda r: -r["loss"])
+        described = sorted((self._describe(step_record, d) for d in merged.values()), key=lambda r: -r["loss"])
         record = {
             "step": step,
             "loss": values["loss"],

@@ -3,7 +3,8 @@
 - `stability/block{i}/resid_rms`: RMS of block i's output (the residual stream); growth with depth or
   time is what reordered norm and careful init keep in check.
 - `stability/block{i}/attn_max_logit`: the largest pre-softmax attention logit (first sequence of the
-  batch); its growth is what QK-norm prevents.
+  batch, recomputed by a forward hook on the block's attention from its input); its growth is what QK-norm
+  prevents.
 - `stability/grad_norm/{group}`: gradient norm of each optimizer parameter group, before clipping.
 - `stability/embed_norm`: norm of the embedding matrix.
 - `stability/update_ratio` (and `/{group}`): ||W_after - W_before|| / ||W_before|| of the step.
@@ -19,6 +20,21 @@ import math
 import lightning as L
 import torch
 from lmstack.plugins.callbacks import log_metrics
+
+
+def max_attention_logit(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Largest pre-softmax attention logit (causal positions) of the first sequence of `x` in attention
+    module `attn`, one head at a time so the [T, T] scores stay small."""
+    with torch.no_grad():
+        q, k, _ = attn.project(x[:1], cos, sin)
+        group = attn.n_heads // attn.n_kv_heads
+        t = q.shape[2]
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        best = torch.tensor(float("-inf"), device=q.device)
+        for h in range(attn.n_heads):
+            scores = (q[0, h].float() @ k[0, h // group].float().T) / math.sqrt(attn.head_dim)
+            best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).max())
+    return best
 
 
 def _sq(t: torch.Tensor) -> torch.Tensor:
@@ -38,14 +54,18 @@ class StabilityMetrics(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if self.step is not None or trainer.global_step % self.every_n_steps:
             return
-        self.step, self.resid = trainer.global_step, {}
+        self.step, self.resid, self.max_logit = trainer.global_step, {}, {}
         for i, block in enumerate(module.model.blocks):
             self.hooks.append(
                 block.register_forward_hook(
                     lambda m, inp, out, i=i: self.resid.__setitem__(i, out.detach().float().pow(2).mean().sqrt())
                 )
             )
-            block.attn.record_max_logit = True
+            self.hooks.append(  # attention's input: (x, cos, sin, ...)
+                block.attn.register_forward_hook(
+                    lambda m, inp, out, i=i: self.max_logit.__setitem__(i, max_attention_logit(m, *inp[:3]))
+                )
+            )
 
     def _sharded(self, module) -> bool:
         return any(hasattr(p, "to_local") for p in module.parameters())
@@ -79,10 +99,9 @@ class StabilityMetrics(L.Callback):
             h.remove()
         self.hooks = []
         logs = {}
-        for i, block in enumerate(module.model.blocks):
-            block.attn.record_max_logit = False
-            if block.attn.max_logit is not None:
-                logs[f"stability/block{i}/attn_max_logit"] = float(block.attn.max_logit)
+        for i in range(len(module.model.blocks)):
+            if i in self.max_logit:
+                logs[f"stability/block{i}/attn_max_logit"] = float(self.max_logit[i])
             if i in self.resid:
                 logs[f"stability/block{i}/resid_rms"] = float(self.resid[i])
         for name, norm in getattr(self, "grad_norms", {}).items():
