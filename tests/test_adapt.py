@@ -277,15 +277,25 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
 
 
 def test_stage_options_are_checked(small_cfg):
-    from lmstack.adapt.run import check_stage
-    from lmstack.config import ConfigError
+    """The stage section is typed like every other (lmstack.config.stage): the same checks and messages."""
+    from omegaconf import OmegaConf
 
-    with pytest.raises(ConfigError, match="rpo_alpha=-1.0 must be >= 0"):
-        check_stage(small_cfg("stage=dpo", "init_from=x.ckpt", "stage.rpo_alpha=-1.0"))
+    from lmstack.config import ConfigError
+    from lmstack.config.schema import validate
+
+    def check(*overrides):
+        return validate(OmegaConf.to_container(small_cfg(*overrides), resolve=True))
+
+    assert check("stage=dpo", "init_from=x.ckpt").stage.beta_or_default() == 5.0  # conf/stage/dpo.yaml's
+    assert check("stage=rlvr", "init_from=x.ckpt", "stage.beta=null").stage.beta_or_default() == 0.0
+    with pytest.raises(ConfigError, match=r"stage.rpo_alpha=-1.0 is too small; it must be >= 0.0"):
+        check("stage=dpo", "init_from=x.ckpt", "stage.rpo_alpha=-1.0")
     with pytest.raises(ConfigError, match="set init_from=PATH"):
-        check_stage(small_cfg("stage=sft"))
-    with pytest.raises(ConfigError, match="stage.bogus is not a stage option"):
-        check_stage(small_cfg("stage=sft", "init_from=x.ckpt", "+stage.bogus=1"))
+        check("stage=sft")
+    with pytest.raises(ConfigError, match="unknown key stage.bogus; allowed keys in stage: beta,"):
+        check("stage=sft", "init_from=x.ckpt", "+stage.bogus=1")
+    with pytest.raises(ConfigError, match="stage.reference='frozen' is not allowed; allowed: 'cached', 'live'"):
+        check("stage=dpo", "init_from=x.ckpt", "stage.reference=frozen")
 
 
 def test_grpo_with_beta_zero_builds_no_reference():

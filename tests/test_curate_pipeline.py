@@ -261,3 +261,27 @@ def test_count_tokens_without_a_tokenizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="count_tokens=true .* set tokenize.tokenizer="):
         run_prepare([str(SHARED_DATA / "web" / "c4-sample.01.json.gz")], str(tmp_path / "x"), cfg)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"num_workers": 0}, "prepare.num_workers=0 is too small; it must be >= 1"),
+        ({"tokenize.seq_len": "long"}, "prepare.tokenize.seq_len='long' has the wrong type; expected an integer"),
+        ({"+dedupe": "true"}, "unknown key prepare.dedupe; allowed keys in prepare: count_tokens, dedup,"),
+        ({"shard_index": 2, "num_shards": 2}, r"prepare.shard_index=2 must be in \[0, prepare.num_shards=2\)"),
+    ],
+)
+def test_the_prepare_section_is_checked_like_every_section(tmp_path, overrides, message):
+    """`prepare` is typed (lmstack/config/prepare.py): the same checks and messages as the training config,
+    before any work (no output folder)."""
+    from lmstack.config import ConfigError
+
+    plain = {k: v for k, v in overrides.items() if not k.startswith("+")}
+    cfg = prepare_cfg(**plain)
+    for key, value in overrides.items():
+        if key.startswith("+"):
+            cfg[key[1:]] = value
+    with pytest.raises((ConfigError, ValueError), match=message):
+        run_prepare([str(SHARED_DATA / "web" / "c4-sample.01.json.gz")], str(tmp_path / "x"), cfg)
+    assert not (tmp_path / "x").exists()

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from lmstack.config.schema import ConfigError, RunSpec
+from lmstack.config.stage import StageSection
 from lmstack.train.schedules import schedule_args
 
 from .chat import add_chat_tokens, render, resize_vocab
@@ -27,23 +28,10 @@ from .sft import pack
 from .tasks import Example, Task, make_task
 
 log = logging.getLogger("lmstack")
-STAGE_KEYS = {
-    "name",
-    "tasks",
-    "train_examples",
-    "test_examples",
-    "system",
-    "reduction",
-    "epochs",
-    "max_new_tokens",
-    "test_fraction",
-}
-DPO_KEYS = {"loss", "beta", "label_smoothing", "gamma", "reference", "rejected_samples", "rpo_alpha"}
-RLVR_KEYS = {"group_size", "clip_low", "clip_high", "scale_advantages", "temperature", "eval_samples"}
 
 
-def stage_tasks(stage: dict) -> dict[str, Task]:
-    tasks = stage.get("tasks") or {}
+def stage_tasks(stage: StageSection) -> dict[str, Task]:
+    tasks = stage.tasks or {}
     if not tasks:
         raise ConfigError(
             "stage.tasks is empty; name at least one task (arithmetic, reverse, sort, count, "
@@ -55,12 +43,12 @@ def stage_tasks(stage: dict) -> dict[str, Task]:
         raise ConfigError(f"stage.tasks: {e}") from None
 
 
-def split_examples(stage: dict, tasks: dict[str, Task], seed: int) -> tuple[list[Example], list[Example]]:
+def split_examples(stage: StageSection, tasks: dict[str, Task], seed: int) -> tuple[list[Example], list[Example]]:
     """Each task's train and held-out test examples (disjoint prompts)."""
-    frac = stage.get("test_fraction", 0.2)
+    frac = stage.test_fraction
     train, test = [], []
     for key, t in tasks.items():
-        for split, out, n in (("train", train, stage["train_examples"]), ("test", test, stage["test_examples"])):
+        for split, out, n in (("train", train, stage.train_examples), ("test", test, stage.test_examples)):
             for e in t.generate(n, split, seed, frac):
                 e.task = key  # the configured name: the verifier to use
                 out.append(e)
@@ -83,33 +71,12 @@ def record(run_dir: Path, stage: str, numbers: dict, recipe_file: str | None = N
     return path
 
 
-def check_stage(spec: RunSpec) -> dict:
-    stage = spec.stage
-    unknown = set(stage) - STAGE_KEYS - DPO_KEYS - RLVR_KEYS - {"recipe_file"}
-    if unknown:
-        raise ConfigError(
-            f"stage.{sorted(unknown)[0]} is not a stage option; allowed: "
-            f"{', '.join(sorted(STAGE_KEYS | DPO_KEYS | RLVR_KEYS))}"
-        )
-    if stage["name"] not in ("sft", "dpo", "rlvr"):
-        raise ConfigError(f"stage={stage['name']!r} is not available; available: sft, dpo, rlvr")
-    if not spec.init_from:
-        raise ConfigError(
-            f"stage={stage['name']} starts from a checkpoint: set init_from=PATH (lmstack or lmstack import-hf)"
-        )
-    if stage.get("rpo_alpha", 0.0) < 0:
-        raise ConfigError(f"stage.rpo_alpha={stage['rpo_alpha']} must be >= 0 (the weight of the chosen answers' NLL)")
-    if stage.get("reduction", "mean") not in ("mean", "sum"):
-        raise ConfigError(f"stage.reduction={stage.get('reduction')!r}; allowed: mean, sum")
-    return stage
-
-
 def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     from lmstack.checkpoint import load_checkpoint
     from lmstack.data.tokenizer import token_byte_lengths
 
-    stage = check_stage(spec)
-    name = stage["name"]
+    stage = spec.stage
+    name = stage.name
     run_dir = Path(spec.run_dir)
     L.seed_everything(spec.seed, workers=True)
     model, tok, _ = load_checkpoint(spec.init_from)
@@ -119,8 +86,8 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     resize_vocab(model, tok.get_vocab_size())
     tasks = stage_tasks(stage)
     train, test = split_examples(stage, tasks, spec.seed)
-    system, seq_len = stage.get("system"), spec.data.seq_len
-    max_new = stage.get("max_new_tokens", 16)
+    system, seq_len = stage.system, spec.data.seq_len
+    max_new = stage.max_new_tokens
     trainer = build_trainer(spec, adaptation=True)
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
@@ -134,12 +101,12 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         what = f"{len(train)} conversations in {n_train} packed rows of {seq_len} tokens"
     elif name == "rlvr":
         train_data, val_data, n_train = train, None, len(train)
-        what = f"{n_train} prompts x {stage.get('group_size', 8)} samples"
+        what = f"{n_train} prompts x {stage.group_size} samples"
     else:
         train_data, val_data, extra = dpo_data(stage, model, tok, train, test, tasks, system, seq_len, spec.seed)
         n_train = len(train_data)
         what = f"{n_train} preference pairs ({extra['rejected_from_model']} rejected answers sampled from the model)"
-    max_steps = max(1, math.ceil(stage.get("epochs", 1) * n_train / per_step))
+    max_steps = max(1, math.ceil(stage.epochs * n_train / per_step))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
     args = (
@@ -155,19 +122,19 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         spec.train.compile,
     )
     if name == "sft":
-        module = SFTModule(*args, reduction=stage.get("reduction", "mean"))
+        module = SFTModule(*args, reduction=stage.reduction)
         dm = RowsDataModule(train_data, val_data, spec.data.batch_size, spec.seed)
     elif name == "rlvr":
         from .rlvr import GRPOModule
 
         module = GRPOModule(
             *args,
-            group_size=stage.get("group_size", 8),
-            beta=stage.get("beta", 0.0),
-            clip_low=stage.get("clip_low", 0.2),
-            clip_high=stage.get("clip_high", 0.28),
-            scale_advantages=stage.get("scale_advantages", False),
-            temperature=stage.get("temperature", 1.0),
+            group_size=stage.group_size,
+            beta=stage.beta_or_default(),
+            clip_low=stage.clip_low,
+            clip_high=stage.clip_high,
+            scale_advantages=stage.scale_advantages,
+            temperature=stage.temperature,
             max_new_tokens=max_new,
             system=system,
         )
@@ -178,12 +145,12 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
 
         module = DPOModule(
             *args,
-            loss=stage.get("loss", "dpo_norm"),
-            beta=stage.get("beta", 0.1),
-            label_smoothing=stage.get("label_smoothing", 0.0),
-            gamma=stage.get("gamma", 0.5),
-            reference=stage.get("reference", "cached"),
-            rpo_alpha=stage.get("rpo_alpha", 0.0),
+            loss=stage.loss,
+            beta=stage.beta_or_default(),
+            label_smoothing=stage.label_smoothing,
+            gamma=stage.gamma,
+            reference=stage.reference,
+            rpo_alpha=stage.rpo_alpha,
         )
         dm = PairsDataModule(train_data, val_data, spec.data.batch_size, spec.seed, seq_len)
     module.model.load_state_dict(model.state_dict())
@@ -222,7 +189,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         if name == "rlvr":
             numbers["mean_reward_before"] = reward_before
             numbers["mean_reward"] = sampled_reward(final, tok, test, tasks, stage, system)
-        path = record(run_dir, name, numbers, stage.get("recipe_file"))
+        path = record(run_dir, name, numbers, stage.recipe_file)
         result.update(numbers, objective=1.0 - after["exact_match"])
         for s in after["samples"][:3]:
             print(f"  {s['prompt']!r} -> {s['response']!r} (answer {s['answer']!r})")
@@ -242,13 +209,11 @@ def sampled_reward(model, tok, examples, tasks, stage, system) -> float:
 
     gen = torch.Generator().manual_seed(0)
     model.eval()
-    k = stage.get("eval_samples", 4)
+    k = stage.eval_samples
     scores = [
         tasks[e.task].verify(r, e)
         for e in examples
-        for r in sample_answers(
-            model, tok, e.prompt, k, stage.get("max_new_tokens", 16), system, stage.get("temperature", 1.0), gen
-        )
+        for r in sample_answers(model, tok, e.prompt, k, stage.max_new_tokens, system, stage.temperature, gen)
     ]
     return sum(scores) / max(len(scores), 1)
 
@@ -261,15 +226,15 @@ def dpo_data(stage, model, tok, train, test, tasks, system, seq_len, seed) -> tu
     from .preference import response_logps
 
     model.eval()
-    samples = stage.get("rejected_samples", 4)
+    samples = stage.rejected_samples
     out, sampled = [], 0
     for split, examples in (("train", train), ("test", test)):
         pairs = build_pairs(
-            examples, tasks, model if samples else None, tok, samples, stage.get("max_new_tokens", 16), system, seed
+            examples, tasks, model if samples else None, tok, samples, stage.max_new_tokens, system, seed
         )
         sampled += sum(p.source == "model" for p in pairs)
         items = [encode_pair(tok, p, system, seq_len) for p in pairs]
-        if stage.get("reference", "cached") == "cached" and stage.get("loss", "dpo_norm") != "simpo":
+        if stage.reference == "cached" and stage.loss != "simpo":
             for start in range(0, len(items), 32):
                 chunk = items[start : start + 32]
                 batch = collate_pairs(chunk)

@@ -10,6 +10,7 @@ from lmstack.model.attention import ATTENTION_BACKENDS
 from lmstack.model.config import ModelConfig
 from lmstack.train.schedules import SCHEDULES, tokens_of
 
+from .stage import StageSection
 from .validate import ConfigError, check_kwargs, check_target, check_values, field_, to_dataclass
 
 
@@ -121,7 +122,7 @@ class RunSpec:
     logger: Any = None
     callbacks: dict = field_({})
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
-    stage: Optional[dict] = None  # an adaptation stage (conf/stage/): sft; None: pretraining
+    stage: Optional[StageSection] = None  # an adaptation stage (conf/stage/): sft, dpo, rlvr; None: pretraining
 
 
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
@@ -186,6 +187,10 @@ def validate(cfg: dict) -> RunSpec:
         if start <= previous:
             raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
         previous = start
+    if spec.stage is not None and not spec.init_from:
+        raise ConfigError(
+            f"stage={spec.stage.name} starts from a checkpoint: set init_from=PATH (lmstack or lmstack import-hf)"
+        )
     if spec.ckpt_path and spec.init_from:
         raise ConfigError(
             "set one of ckpt_path (resume a run: weights, optimizer, data position) and init_from "

@@ -42,6 +42,9 @@ def _coerce(value: Any, tp, key: str):
     if origin is Union:
         if value is None and type(None) in get_args(tp):
             return None
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message
+            return _coerce(value, options[0], key)
         for arg in get_args(tp):
             if arg is type(None):
                 continue

@@ -210,12 +210,15 @@ def _estimate_tokens(acct: Accounting) -> None:
 
 def check_config(cfg: dict) -> None:
     """The prepare config, before any work: finite numbers, seeds >= 0, a valid shard, steps that build."""
-    from lmstack.config.validate import check_values
+    from lmstack.config.prepare import PrepareSection
+    from lmstack.config.validate import check_values, to_dataclass
 
     check_values(cfg, "prepare")
-    num_shards, shard = cfg.get("num_shards", 1), cfg.get("shard_index", 0)
-    if not isinstance(num_shards, int) or not isinstance(shard, int) or not 0 <= shard < num_shards:
-        raise ValueError(f"prepare.shard_index={shard} must be in [0, prepare.num_shards={num_shards})")
+    section = to_dataclass(PrepareSection, cfg, "prepare")  # keys, types and bounds, as for every section
+    if not section.shard_index < section.num_shards:
+        raise ValueError(
+            f"prepare.shard_index={section.shard_index} must be in [0, prepare.num_shards={section.num_shards})"
+        )
     build_filters(cfg), build_dedup(cfg), Sizer.from_cfg(cfg), _minhash(cfg)
 
 

@@ -1,0 +1,43 @@
+"""The schema of `lmstack prepare`'s pipeline (the `prepare` section, `conf/prepare/`), checked by
+`to_dataclass` like every other section; the defaults are what the pipeline assumes for a key left out.
+Filter and dedup options are the keyword arguments of their steps, checked when the steps are built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .validate import field_
+
+
+@dataclass
+class DedupSection:
+    url: Union[bool, dict] = False  # exact URL dedup (true, or its options)
+    exact: Union[bool, dict] = False  # exact text dedup
+    paragraph: Union[bool, dict] = False  # paragraphs seen before go (Dolma); {min_chars: 50}
+    minhash: Union[bool, dict, None] = None  # near duplicates: {ngram: 5, bands: 14, rows: 8, seed: 1}
+
+
+@dataclass
+class TokenizeSection:
+    vocab_size: int = field_(4096, min=258)
+    seq_len: int = field_(256, min=2)
+    val_fraction: float = field_(0.02, min=0.0, max=1.0)
+    min_frequency: int = field_(2, min=1)
+    tokenizer: Optional[str] = None  # a tokenizer.json instead of training one; folders with one tokenizer mix
+
+
+@dataclass
+class PrepareSection:
+    source: str = "data"  # the name documents carry
+    text_field: str = "text"
+    max_doc_bytes: int = field_(10_000_000, min=1)  # larger documents are rejected, not read
+    keep_removed: bool = False  # true: removed/RULE.jsonl.gz holds what each rule dropped
+    num_workers: int = field_(1, min=1)  # processes on this machine (one input file at a time)
+    shard_index: int = field_(0, min=0)  # with num_shards: this job takes every num_shards-th input file
+    num_shards: int = field_(1, min=1)
+    count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
+    filters: dict = field_({})  # name -> its options, in order; null skips one
+    pii: bool = False  # mask e-mail addresses, IP addresses and phone numbers
+    dedup: DedupSection = field(default_factory=DedupSection)
+    tokenize: Optional[TokenizeSection] = None  # null: stop after writing documents.jsonl.gz
