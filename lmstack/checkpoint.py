@@ -39,6 +39,18 @@ STEP_GUARD = "step_guard"  # skipped and non-finite step counts
 RECORD = "lmstack"  # {"identity": what an exact resume needs unchanged, "tokens": tokens trained}
 
 
+def model_checkpoint(model, **fields) -> dict:
+    """A checkpoint of a bare model (no optimizer state), laid out as a training run's: what `load_checkpoint`
+    and `init_from=` read; `fields` are added as they are (e.g. where it came from)."""
+    return {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model_cfg": model.cfg.to_dict()},
+        "global_step": 0,
+        "epoch": 0,
+        **fields,
+    }
+
+
 def add_extras(
     ckpt: dict, tokenizer_json: str | None, token_bytes, step_guard: dict | None = None, record: dict | None = None
 ) -> dict:

@@ -22,8 +22,8 @@ from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
 from lmstack.train.hooks import step_plugins
-from lmstack.train.module import PretrainModule
-from lmstack.train.schedules import schedule_args, tokens_of
+from lmstack.train.module import PretrainModule, module_args
+from lmstack.train.schedules import tokens_of
 from lmstack.train.step_guard import TrainingStopped
 
 log = logging.getLogger("lmstack")
@@ -222,19 +222,7 @@ def build(
         mcfg = ModelConfig.from_dict(init["model_cfg"])
     else:
         mcfg = replace(spec.model, vocab_size=spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
-    schedule = schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps)
-    module = PretrainModule(
-        mcfg.to_dict(),
-        asdict(spec.optimizer),
-        schedule,
-        spec.loss.z_loss,
-        spec.train.grad_clip,
-        tps,
-        config,
-        spec.train.max_nonfinite_steps,
-        spec.train.activation_checkpointing,
-        spec.train.compile,
-    )
+    module = PretrainModule(*module_args(spec, mcfg.to_dict(), tps, max_steps * tps, config, spec.loss.z_loss))
     if init:
         module.model.load_state_dict(init["state"])
     module.set_token_bytes(dm.token_bytes())

@@ -17,35 +17,16 @@ from .preference import preference_loss, response_logps
 class DPOModule(PretrainModule):
     def __init__(
         self,
-        model_cfg: dict,
-        optimizer: dict,
-        schedule: dict,
-        z_loss: float = 0.0,
-        grad_clip: float | None = None,
-        tokens_per_step: int = 1,
-        config: dict | None = None,
-        max_nonfinite_steps: int = 5,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
+        *args,  # PretrainModule's (model_cfg, optimizer, schedule, ...): saved with these by save_hyperparameters
         loss: str = "dpo_norm",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
         gamma: float = 0.5,
         reference: str = "cached",
         rpo_alpha: float = 0.0,
+        **kwargs,
     ):
-        super().__init__(
-            model_cfg,
-            optimizer,
-            schedule,
-            z_loss,
-            grad_clip,
-            tokens_per_step,
-            config,
-            max_nonfinite_steps,
-            activation_checkpointing,
-            compile,
-        )
+        super().__init__(*args, **kwargs)
         if reference not in ("cached", "live"):
             raise ValueError(f"dpo reference={reference!r}; allowed: cached, live")
         self.loss_name, self.beta, self.label_smoothing, self.gamma = loss, beta, label_smoothing, gamma

@@ -14,30 +14,11 @@ from .sft import doc_attention_mask, sft_loss
 class SFTModule(PretrainModule):
     def __init__(
         self,
-        model_cfg: dict,
-        optimizer: dict,
-        schedule: dict,
-        z_loss: float = 0.0,
-        grad_clip: float | None = None,
-        tokens_per_step: int = 1,
-        config: dict | None = None,
-        max_nonfinite_steps: int = 5,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
+        *args,  # PretrainModule's (model_cfg, optimizer, schedule, ...): saved with these by save_hyperparameters
         reduction: str = "mean",
+        **kwargs,
     ):
-        super().__init__(
-            model_cfg,
-            optimizer,
-            schedule,
-            z_loss,
-            grad_clip,
-            tokens_per_step,
-            config,
-            max_nonfinite_steps,
-            activation_checkpointing,
-            compile,
-        )
+        super().__init__(*args, **kwargs)
         self.reduction = reduction  # saved with the other arguments by save_hyperparameters
 
     def training_step(self, batch, batch_idx):

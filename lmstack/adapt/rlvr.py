@@ -29,16 +29,7 @@ def token_logps(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class GRPOModule(PretrainModule):
     def __init__(
         self,
-        model_cfg: dict,
-        optimizer: dict,
-        schedule: dict,
-        z_loss: float = 0.0,
-        grad_clip: float | None = None,
-        tokens_per_step: int = 1,
-        config: dict | None = None,
-        max_nonfinite_steps: int = 5,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
+        *args,  # PretrainModule's (model_cfg, optimizer, schedule, ...): saved with these by save_hyperparameters
         group_size: int = 8,
         beta: float = 0.0,
         clip_low: float = 0.2,
@@ -47,19 +38,9 @@ class GRPOModule(PretrainModule):
         temperature: float = 1.0,
         max_new_tokens: int = 12,
         system: str | None = None,
+        **kwargs,
     ):
-        super().__init__(
-            model_cfg,
-            optimizer,
-            schedule,
-            z_loss,
-            grad_clip,
-            tokens_per_step,
-            config,
-            max_nonfinite_steps,
-            activation_checkpointing,
-            compile,
-        )
+        super().__init__(*args, **kwargs)
         self.group_size, self.beta, self.clip = group_size, beta, (clip_low, clip_high)
         self.scale_advantages, self.temperature, self.max_new = scale_advantages, temperature, max_new_tokens
         self.system = system

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +17,7 @@ import torch
 
 from lmstack.config.schema import ConfigError, RunSpec
 from lmstack.config.stage import StageSection
-from lmstack.train.schedules import schedule_args
+from lmstack.train.module import module_args
 
 from .chat import add_chat_tokens, render, resize_vocab
 from .data import PairsDataModule, PromptsDataModule, RowsDataModule
@@ -91,7 +90,6 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     trainer = build_trainer(spec, adaptation=True)
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
-    common = (asdict(spec.optimizer),)
     extra = {}
     before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None
     if name == "sft":
@@ -109,18 +107,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     max_steps = max(1, math.ceil(stage.epochs * n_train / per_step))
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
-    args = (
-        cfg,
-        *common,
-        schedule_args(spec.schedule, spec.optimizer.lr, max_steps * tps),
-        0.0,
-        spec.train.grad_clip,
-        tps,
-        config,
-        spec.train.max_nonfinite_steps,
-        spec.train.activation_checkpointing,
-        spec.train.compile,
-    )
+    args = module_args(spec, cfg, tps, max_steps * tps, config, 0.0)  # no z-loss in adaptation
     if name == "sft":
         module = SFTModule(*args, reduction=stage.reduction)
         dm = RowsDataModule(train_data, val_data, spec.data.batch_size, spec.seed)

@@ -326,7 +326,7 @@ def import_hf(folder: str, out: str) -> dict:
     Llama or OLMo 2 folder; `init_from=` starts pretraining or adaptation from it."""
     from tokenizers import Tokenizer
 
-    from lmstack.checkpoint import add_extras, atomic_save, readable
+    from lmstack.checkpoint import add_extras, atomic_save, model_checkpoint, readable
     from lmstack.data.tokenizer import token_byte_lengths
     from lmstack.model import Transformer
 
@@ -352,13 +352,7 @@ def import_hf(folder: str, out: str) -> dict:
         tb = torch.zeros(cfg.vocab_size, dtype=torch.long)
         lengths = torch.from_numpy(token_byte_lengths(Tokenizer.from_str(tok_json))).long()
         tb[: len(lengths)] = lengths[: cfg.vocab_size]
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model_cfg": cfg.to_dict()},
-        "global_step": 0,
-        "epoch": 0,
-        "imported_from": str(root.resolve()),
-    }
+    ckpt = model_checkpoint(model, imported_from=str(root.resolve()))
     add_extras(ckpt, tok_json, tb)
     atomic_save(ckpt, out)
     return {"architecture": ARCH[arch], "params": sum(p.numel() for p in model.parameters()), "out": out}

@@ -29,6 +29,27 @@ from .schedules import Schedule
 from .step_guard import NonFinite, make_skippable
 
 
+def module_args(spec, model_cfg: dict, tokens_per_step: int, total_tokens: int, config, z_loss: float) -> tuple:
+    """PretrainModule's positional arguments from a validated RunSpec: one place for pretraining and for
+    every adaptation stage (whose modules take these first, then their own)."""
+    from dataclasses import asdict
+
+    from .schedules import schedule_args
+
+    return (
+        model_cfg,
+        asdict(spec.optimizer),
+        schedule_args(spec.schedule, spec.optimizer.lr, total_tokens),
+        z_loss,
+        spec.train.grad_clip,
+        tokens_per_step,
+        config,
+        spec.train.max_nonfinite_steps,
+        spec.train.activation_checkpointing,
+        spec.train.compile,
+    )
+
+
 class PretrainModule(L.LightningModule):
     def __init__(
         self,
