@@ -5,7 +5,7 @@ Filter and dedup options are the keyword arguments of their steps, checked when 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from .validate import field_
 
@@ -28,12 +28,19 @@ class TokenizeSection:
 
 
 @dataclass
+class RaySection:
+    address: Optional[str] = None  # null: start a Ray on this machine; `auto` or HOST:PORT: join that cluster
+
+
+@dataclass
 class PrepareSection:
     source: str = "data"  # the name documents carry
     text_field: str = "text"
     max_doc_bytes: int = field_(10_000_000, min=1)  # larger documents are rejected, not read
     keep_removed: bool = False  # true: removed/RULE.jsonl.gz holds what each rule dropped
-    num_workers: int = field_(1, min=1)  # processes on this machine (one input file at a time)
+    executor: Literal["local", "ray"] = "local"  # where tasks run: processes here, or Ray tasks
+    ray: RaySection = field(default_factory=RaySection)
+    num_workers: int = field_(1, min=1)  # processes (local) or Ray CPUs (one input file at a time)
     shard_index: int = field_(0, min=0)  # with num_shards: this job takes every num_shards-th input file
     num_shards: int = field_(1, min=1)
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)

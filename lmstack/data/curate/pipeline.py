@@ -172,7 +172,10 @@ def _minhash_stage(
 
 
 def _write_documents(path: Path, docs: list[Document]) -> None:
-    with gzip.open(path, "wt", encoding="utf-8") as f:
+    """documents.jsonl.gz, byte for byte the same for the same documents (no time in the gzip header)."""
+    import io
+
+    with io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"id": d.id, "source": d.source, "text": d.text, "metadata": d.metadata}) + "\n")
 
@@ -243,7 +246,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         named = config_files(cfg)
         fingerprint = {
             "inputs": fps + named,
-            "config": {k: v for k, v in cfg.items() if k != "num_workers"},
+            "config": {k: v for k, v in cfg.items() if k not in ("num_workers", "executor", "ray")},
         }
         if owned.complete and (out / "stats.json").is_file():
             if owned.marker.get("fingerprint") == fingerprint:

@@ -9,12 +9,13 @@ import logging
 import os
 from pathlib import Path
 
+from .executors import ordered_map
 from .readers import file_fingerprint
 
 log = logging.getLogger(__name__)
 
 # Config keys that change how a run is carried out, not what it produces.
-RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards")
+RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards", "executor", "ray")  # where, not what
 
 
 def _part_types() -> list:
@@ -71,13 +72,8 @@ def parts(
     if len(todo) < len(files):
         log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
     jobs = [(files[i], cfg) for i in todo]
-    if num_workers <= 1 or len(jobs) <= 1:
-        computed, pool = map(worker, jobs), None
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(num_workers)
-        computed = pool.imap(worker, jobs)
+    ray_address = (cfg.get("ray") or {}).get("address")
+    computed = ordered_map(worker, jobs, cfg.get("executor", "local"), num_workers, ray_address)
     try:
         for i in range(len(files)):
             if saved[i].exists():
@@ -90,8 +86,7 @@ def parts(
             os.replace(partial, saved[i])
             yield part
     finally:
-        if pool is not None:
-            pool.terminate()
+        computed.close()
 
 
 def changes(old: dict | None, new: dict) -> str:
