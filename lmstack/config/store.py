@@ -9,12 +9,14 @@ key can still be overridden on the command line without `+`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def conf_dir() -> str:
     """The config tree: `lmstack/conf` in an installed wheel (package data), `conf/` in a checkout."""
     for candidate in (_PACKAGE / "conf", _PACKAGE.parent / "conf"):
@@ -23,10 +25,9 @@ def conf_dir() -> str:
     raise FileNotFoundError(f"no conf/ beside {_PACKAGE}: the lmstack installation is incomplete")
 
 
-def defaults_of(spec_cls) -> dict:
+def defaults_of(spec_cls, groups: set[str]) -> dict:
     """The defaults of a typed spec as a plain dict: its sections that need no value (all of theirs, nested),
-    and its plain options; config groups without defaults (trainer, callbacks, ...) are left to their YAML."""
-    groups = {p.name for p in Path(conf_dir()).iterdir() if p.is_dir()}
+    and its plain options; config `groups` without defaults (trainer, callbacks, ...) are left to their YAML."""
     hints = typing.get_type_hints(spec_cls)
     out = {}
     for f in dataclasses.fields(spec_cls):
@@ -46,17 +47,19 @@ def defaults_of(spec_cls) -> dict:
     return out
 
 
+@functools.cache
 def register() -> None:
     """Store `<config>_schema` in Hydra's ConfigStore for `train` (RunSpec) and every command's arguments
-    (`lmstack.config.commands`); safe to call again."""
+    (`lmstack.config.commands`), once per process."""
     from hydra.core.config_store import ConfigStore
 
     from .commands import COMMAND_ARGS
     from .schema import RunSpec
 
     store = ConfigStore.instance()
+    groups = {p.name for p in Path(conf_dir()).iterdir() if p.is_dir()}
     for name, cls in {"train": RunSpec, **COMMAND_ARGS}.items():
-        store.store(name=f"{name}_schema", node=defaults_of(cls))
+        store.store(name=f"{name}_schema", node=defaults_of(cls, groups))
 
 
 def compose(name: str, overrides: list[str] = (), return_hydra_config: bool = False):

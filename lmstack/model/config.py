@@ -8,7 +8,7 @@ The model itself only sees these dataclasses, so it stays importable without Hyd
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, Optional
 
 from lmstack.config.validate import field_, to_dataclass
@@ -171,10 +171,7 @@ _FLAT = {
     "norm_bias": ("norm", "bias"),
     "placement": ("norm", "placement"),
     "qk_norm": ("norm", "qk_norm"),
-    **{f"moe_{k}": ("moe", k) for k in ("top_k", "hidden", "shared_expert", "norm_topk", "layers", "impl")},
-    "moe_experts": ("moe", "experts"),
-    "moe_lb_coef": ("moe", "lb_coef"),
-    "moe_z_coef": ("moe", "z_coef"),
+    **{f"moe_{f.name}": ("moe", f.name) for f in fields(MoEConfig)},
 }
 
 

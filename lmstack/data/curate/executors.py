@@ -50,9 +50,8 @@ def _ray_map(fn: Callable, jobs: Iterable, num_workers: int, address: Optional[s
         started = True
     task = ray.remote(num_cpus=1, max_retries=3)(fn)
     pending: deque = deque()
-    todo = iter(jobs)
     try:
-        for job in todo:
+        for job in jobs:
             pending.append(task.remote(job))
             if len(pending) >= 2 * max(1, num_workers):
                 yield ray.get(pending.popleft())
