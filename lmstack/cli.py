@@ -13,7 +13,6 @@ from .config.commands import (
     ImportHFArgs,
     PlanArgs,
     PrepareArgs,
-    PrepareMergeArgs,
     ReportArgs,
 )
 
@@ -212,22 +211,6 @@ def prepare_cmd(a: PrepareArgs) -> None:
     )
 
 
-def prepare_merge_cmd(a: PrepareMergeArgs) -> None:
-    """The MinHash and tokenize stages over the folders of a sharded `lmstack prepare` job."""
-    import glob
-    import os
-
-    from lmstack.data.curate.merge import merge_shards
-
-    dirs = sorted(d for p in a.shards for d in glob.glob(p))
-    with refusals():
-        stats = merge_shards(dirs, a.output_dir, a.prepare)
-    print(
-        f"{len(dirs)} shards: {stats['docs_in']:,} documents in, {stats['docs_out']:,} out "
-        f"({stats['reduction']}x fewer); report: {os.path.join(a.output_dir, 'report.md')}"
-    )
-
-
 def train_cmd(argv: list[str]) -> None:
     from lmstack.train.__main__ import main as train_main
 
@@ -240,7 +223,6 @@ COMMANDS = {
     "generate": generate_cmd,
     "eval": eval_cmd,
     "prepare": prepare_cmd,
-    "prepare-merge": prepare_merge_cmd,
     "export": export_cmd,
     "import-hf": import_hf_cmd,
     "plan": plan_cmd,

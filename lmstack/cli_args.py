@@ -10,7 +10,6 @@ USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every comm
   lmstack train [overrides]              pretrain (the same as `python -m lmstack.train`, `python train.py`)
   lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [suite=olmes batch_size=16 limit=N seq_len=N device=cpu]
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [prepare.KEY=VALUE]
-  lmstack prepare-merge shards='[DIR_OR_GLOB,...]' output_dir=DIR [the same prepare overrides]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
   lmstack report dir=SWEEP_DIR [metric=val/bpb fit=true predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
   lmstack plan [params=N tokens=D flops=C gpu_hours=H usd=$ (any two)] [gpu=h100 mfu=0.4 usd_per_gpu_hour=2 gpus=1]

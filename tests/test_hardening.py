@@ -320,36 +320,6 @@ def test_a_changed_blocklist_file_is_a_changed_input(tmp_path):
     assert second["removed"].get("id_blocklist/listed", 0) == first["removed"].get("id_blocklist/listed", 0) + 2
 
 
-def test_prepare_merge_refuses_duplicate_missing_and_foreign_shards(tmp_path):
-    rows = c4_rows(10)
-    for k in range(2):
-        write_jsonl(tmp_path / f"in{k}.jsonl", rows[k * 5 : (k + 1) * 5])
-    cfg = prepare_cfg(**NO_TOKENIZE)
-    for i in range(2):
-        run_prepare([str(tmp_path / "in*.jsonl")], str(tmp_path / f"s{i}"), {**cfg, "num_shards": 2, "shard_index": i})
-    run_prepare(
-        [str(tmp_path / "in*.jsonl")],
-        str(tmp_path / "other1"),
-        {**cfg, "num_shards": 2, "shard_index": 1, "max_doc_bytes": 5000},
-    )
-    for shards, message in [
-        (f"[{tmp_path}/s0,{tmp_path}/s0]", "named twice"),
-        (f"[{tmp_path}/s0]", "missing"),
-        (f"[{tmp_path}/s0,{tmp_path}/other1]", "another job"),
-    ]:
-        out = cli("prepare-merge", f"shards={shards}", f"output_dir={tmp_path / 'merged'}", "prepare.tokenize=null")
-        assert out.returncode != 0 and message in out.stderr, (shards, out.stderr[-400:])
-        assert not (tmp_path / "merged").exists()
-    out = cli(
-        "prepare-merge",
-        f"shards=[{tmp_path}/s0,{tmp_path}/s1]",
-        f"output_dir={tmp_path / 'merged'}",
-        "prepare.tokenize=null",
-    )
-    assert out.returncode == 0, out.stderr[-400:]
-    assert json.loads((tmp_path / "merged" / "stats.json").read_text())["docs_in"] == 10
-
-
 @pytest.mark.slow
 def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
     brown = str(SHARED_DATA / "prose" / "brown.jsonl.gz")

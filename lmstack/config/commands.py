@@ -88,13 +88,6 @@ class PrepareArgs:
     prepare: dict  # the pipeline (conf/prepare/): checked by lmstack.data.curate.pipeline.check_config
 
 
-@dataclass
-class PrepareMergeArgs:
-    shards: list[str]  # the shard folders (or globs) of one sharded `lmstack prepare` job
-    output_dir: str
-    prepare: dict
-
-
 # command -> its arguments; each composes conf/<command>.yaml
 COMMAND_ARGS = {
     "generate": GenerateArgs,
@@ -105,5 +98,4 @@ COMMAND_ARGS = {
     "report": ReportArgs,
     "plan": PlanArgs,
     "prepare": PrepareArgs,
-    "prepare-merge": PrepareMergeArgs,
 }

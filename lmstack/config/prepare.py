@@ -15,7 +15,7 @@ class DedupSection:
     url: Union[bool, dict] = False  # exact URL dedup (true, or its options)
     exact: Union[bool, dict] = False  # exact text dedup
     paragraph: Union[bool, dict] = False  # paragraphs seen before go (Dolma); {min_chars: 50}
-    minhash: Union[bool, dict, None] = None  # near duplicates: {ngram: 5, bands: 14, rows: 8, seed: 1}
+    minhash: Union[bool, dict, None] = None  # near duplicates: {ngram: 5, bands: 14, rows: 8, seed: 1, jaccard: null}
 
 
 @dataclass
@@ -40,9 +40,8 @@ class PrepareSection:
     keep_removed: bool = False  # true: removed/RULE.jsonl.gz holds what each rule dropped
     executor: Literal["local", "ray"] = "local"  # where tasks run: processes here, or Ray tasks
     ray: RaySection = field(default_factory=RaySection)
-    num_workers: int = field_(1, min=1)  # processes (local) or Ray CPUs (one input file at a time)
-    shard_index: int = field_(0, min=0)  # with num_shards: this job takes every num_shards-th input file
-    num_shards: int = field_(1, min=1)
+    num_workers: int = field_(1, min=1)  # processes (local) or Ray CPUs started here (one task at a time)
+    task_bytes: int = field_(64_000_000, min=1)  # a JSONL file bigger than this is read as several tasks
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
     filters: dict = field_({})  # name -> its options, in order; null skips one
     pii: bool = False  # mask e-mail addresses, IP addresses and phone numbers

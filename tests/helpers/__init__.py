@@ -49,19 +49,19 @@ def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
 
 
 def interrupt_prepare_at(monkeypatch, n: int) -> list:
-    """`lmstack prepare`'s per-file worker, dying (KeyboardInterrupt) when asked for the n-th file; returns
-    the list of files it was asked for."""
-    from lmstack.data.curate import pipeline
+    """`lmstack prepare`'s read task, dying (KeyboardInterrupt) when asked for the n-th one; returns the list
+    of input files the read tasks were asked for."""
+    from lmstack.data.curate import stages
 
-    real, calls = pipeline._filter_file, []
+    real, calls = stages.read_task, []
 
     def dies(job):
-        calls.append(job[0])
+        calls.append(job["task"].path)
         if len(calls) == n:
             raise KeyboardInterrupt("interrupted")
         return real(job)
 
-    monkeypatch.setattr(pipeline, "_filter_file", dies)
+    monkeypatch.setattr(stages, "read_task", dies)
     return calls
 
 

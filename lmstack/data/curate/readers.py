@@ -152,7 +152,14 @@ def file_fingerprint(path: str, hash_below: int = 64 << 20) -> dict:
     return fp
 
 
-def _binary_lines(path: str):
+def compressed(path: str) -> bool:
+    return path.endswith((".zst", ".gz"))
+
+
+def _binary_lines(path: str, start: int = 0, stop: int | None = None, first_line: int | None = None):
+    """(line number, line) of the lines that start at a byte in [start, stop) of the (decompressed) file.
+    A plain file with `first_line` known (the number of the line at `start`, which must start a line) is
+    read from `start` on; otherwise the stream is read from its beginning and the lines before skipped."""
     if path.endswith(".zst"):
         import zstandard
 
@@ -162,7 +169,18 @@ def _binary_lines(path: str):
     else:
         fh = open(path, "rb")
     with fh:
-        yield from io.BufferedReader(fh) if path.endswith(".zst") else fh
+        lines = io.BufferedReader(fh) if path.endswith(".zst") else fh
+        offset, line_no = 0, 1
+        if start and first_line is not None and not compressed(path):
+            fh.seek(start)
+            offset, line_no = start, first_line
+        for raw in lines:
+            if stop is not None and offset >= stop:
+                return
+            if offset >= start:
+                yield line_no, raw
+            offset += len(raw)
+            line_no += 1
 
 
 def _check(doc: Document, path: str, line: int | None, max_bytes: int) -> Item:
@@ -182,10 +200,13 @@ def _check(doc: Document, path: str, line: int | None, max_bytes: int) -> Item:
     return doc
 
 
-def read_jsonl(path: str, source: str, text_field: str, max_bytes: int) -> Iterator[Item]:
+def read_jsonl(
+    path: str, source: str, text_field: str, max_bytes: int, span: tuple = (0, None, None)
+) -> Iterator[Item]:
+    """One object per line; `span` = (start, stop, first_line): only the lines starting in that byte range."""
     line_no = 0
     try:
-        for line_no, raw in enumerate(_binary_lines(path), start=1):
+        for line_no, raw in _binary_lines(path, *span):
             if not raw.strip():
                 continue
             try:
@@ -326,10 +347,10 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
 
 
 def read_inputs(
-    files: list[str], source: str, text_field: str = "text", max_doc_bytes: int = 10_000_000
+    files: list[str], source: str, text_field: str = "text", max_doc_bytes: int = 10_000_000, span: tuple | None = None
 ) -> Iterator[Item]:
     """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
-    a reject."""
+    a reject. `span`: a byte range of a JSONL file (see `read_jsonl`), for a task that reads part of one."""
     for path in files:
         if not os.path.isdir(path) and not os.path.isfile(path):  # a pipe or device would block, a dangling link fail
             yield Reject(path, None, "not a regular file or folder (a dangling link, pipe or device): nothing read")
@@ -337,7 +358,7 @@ def read_inputs(
         if os.path.isdir(path) or path.endswith(".txt"):
             reader = read_text_files(path, source, max_doc_bytes)
         elif path.endswith(JSONL_SUFFIXES):
-            reader = read_jsonl(path, source, text_field, max_doc_bytes)
+            reader = read_jsonl(path, source, text_field, max_doc_bytes, span or (0, None, None))
         elif path.endswith(".parquet"):
             reader = read_parquet(path, source, text_field, max_doc_bytes)
         elif path.endswith((".warc", ".warc.gz")):

@@ -1,44 +1,19 @@
-"""What a rerun of `lmstack prepare` may reuse: each finished input file's results, saved under a key of its
-input's fingerprint and the config (loaded back through an allow-list unpickler), and the fingerprints
-that say whether a finished output, or a shard, came from the same inputs and config."""
+"""What a rerun of `lmstack prepare` may reuse: the keys of its finished tasks (a read task's: its input's
+fingerprint, byte range and the config; the later stages': every read task and the config), and the
+fingerprint that says whether a finished output came from the same inputs and config."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from pathlib import Path
 
-from .executors import ordered_map
 from .readers import file_fingerprint
 
 log = logging.getLogger(__name__)
 
 # Config keys that change how a run is carried out, not what it produces.
-RUN_ONLY_KEYS = ("num_workers", "shard_index", "num_shards", "executor", "ray")  # where, not what
-
-
-def _part_types() -> list:
-    """What a saved part holds besides plain values, for torch.load(weights_only=True)'s allow-list: our
-    dataclasses, Counter, and numpy arrays (the MinHash band keys)."""
-    import numpy as np
-
-    from .readers import Document
-    from .stats import StageStats
-    from .steps import StepResults
-
-    core = np._core if hasattr(np, "_core") else np.core
-    dtypes = [getattr(np.dtypes, n) for n in np.dtypes.__all__]
-    return [
-        StepResults,
-        Document,
-        StageStats,
-        np.ndarray,
-        np.dtype,
-        core.multiarray._reconstruct,
-        core.multiarray.scalar,
-        *dtypes,
-    ]
+RUN_ONLY_KEYS = ("num_workers", "executor", "ray")  # where tasks run, not what they produce
 
 
 def config_files(cfg: dict) -> list[dict]:
@@ -49,44 +24,22 @@ def config_files(cfg: dict) -> list[dict]:
     return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
 
 
-def _part_key(fingerprint: dict, cfg: dict, named: list[dict]) -> str:
-    """A finished file's result is reused only for the same input content, the same per-file config and
-    the same files the config names."""
+def task_key(fingerprint: dict, span: dict, cfg: dict, named: list[dict]) -> str:
+    """A finished read task is reused only for the same input content and byte range, the same config (what
+    is not where-to-run) and the same files the config names."""
     import xxhash
 
     per_file = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
-    return xxhash.xxh64(json.dumps([fingerprint, per_file, named], sort_keys=True, default=str).encode()).hexdigest()
+    blob = json.dumps([fingerprint, span, per_file, named], sort_keys=True, default=str)
+    return xxhash.xxh64(blob.encode()).hexdigest()
 
 
-def parts(
-    files: list[str], fingerprints: list[dict], cfg: dict, named: list[dict], num_workers: int, parts_dir: Path, worker
-):
-    """Per-file results in input order. Each finished file's result is saved in `parts_dir` under a key of
-    its input's fingerprint, the config and the files it names (`named`), written with torch.save to a
-    temporary name, then renamed; a run started again after an interruption loads those whose key is
-    unchanged with torch.load(weights_only=True), so a planted file cannot run code."""
-    import torch
+def job_key(task_keys: list[str], cfg: dict) -> str:
+    """The stages after reading depend on every read task and the whole config."""
+    import xxhash
 
-    saved = [parts_dir / f"{_part_key(fp, cfg, named)}.pt" for fp in fingerprints]
-    todo = [i for i in range(len(files)) if not saved[i].exists()]
-    if len(todo) < len(files):
-        log.info("resuming: %d of %d input files done", len(files) - len(todo), len(files))
-    jobs = [(files[i], cfg) for i in todo]
-    ray_address = (cfg.get("ray") or {}).get("address")
-    computed = ordered_map(worker, jobs, cfg.get("executor", "local"), num_workers, ray_address)
-    try:
-        for i in range(len(files)):
-            if saved[i].exists():
-                with torch.serialization.safe_globals(_part_types()):
-                    yield torch.load(saved[i], weights_only=True)
-                continue
-            part = next(computed)
-            partial = saved[i].with_suffix(f".{os.getpid()}.partial")
-            torch.save(part, partial)
-            os.replace(partial, saved[i])
-            yield part
-    finally:
-        computed.close()
+    per_job = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
+    return xxhash.xxh64(json.dumps([task_keys, per_job], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def changes(old: dict | None, new: dict) -> str:
@@ -111,12 +64,3 @@ def changes(old: dict | None, new: dict) -> str:
     a, b = flat(old.get("config", {})), flat(new.get("config", {}))
     what += [f"prepare.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return "; ".join(what[:8]) + ("; ..." if len(what) > 8 else "") if what else "nothing"
-
-
-def job_fingerprint(files: list[str], cfg: dict) -> str:
-    """The same for every shard of one sharded job (all its inputs, by path/size/mtime, and its config)."""
-    import xxhash
-
-    stats = [[file_fingerprint(f, hash_below=0).get(k) for k in ("path", "size", "mtime_ns")] for f in files]
-    per_job = {k: v for k, v in cfg.items() if k not in ("num_workers", "shard_index")}
-    return xxhash.xxh64(json.dumps([stats, per_job], sort_keys=True, default=str).encode()).hexdigest()

@@ -64,15 +64,32 @@ class Accounting:
             **self.extra,
         }
 
-    def write(self, out_dir: Path) -> None:
+    def write(self, out_dir: Path, timing: dict | None = None) -> None:
+        """stats.json (what the run produced: the same for the same inputs and config), timing.json (how the
+        run went), report.md and report.png."""
         d = self.to_dict()
         assert d["docs_in"] == d["docs_out"] + sum(d["removed"].values()) + d["rejected"]
         (out_dir / "stats.json").write_text(json.dumps(d, indent=2))
-        (out_dir / "report.md").write_text(report_markdown(d))
+        if timing is not None:
+            (out_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+        (out_dir / "report.md").write_text(report_markdown(d, timing))
         plot(d, out_dir / "report.png")
 
 
-def report_markdown(d: dict) -> str:
+def estimate_tokens(acct: Accounting) -> None:
+    """Stages that ran before a tokenizer existed get tokens estimated from their bytes, at the tokens per
+    byte measured on the output (and marked as estimated)."""
+    tok = next((s for s in acct.stages if s.name == "tokenize"), None)
+    if tok is None or not tok.bytes_in:
+        return
+    rate = tok.tokens_in / tok.bytes_in
+    for s in acct.stages:
+        if s.tokens_in is None:
+            s.tokens_in, s.tokens_out = round(s.bytes_in * rate), round(s.bytes_out * rate)
+            s.tokens_estimated = True
+
+
+def report_markdown(d: dict, timing: dict | None = None) -> str:
     lines = [
         "# Data preparation report",
         "",
@@ -98,6 +115,21 @@ def report_markdown(d: dict) -> str:
     lines += ["", "| rule | documents removed | share of input |", "| --- | ---: | ---: |"]
     for rule, n in d["removed"].items():
         lines.append(f"| {rule} | {n:,} | {n / max(d['docs_in'], 1):.1%} |")
+    if timing:
+        lines += [
+            "",
+            f"{timing['seconds']:,} s with {timing['workers']} worker(s) ({timing['executor']}), "
+            f"{timing['docs_per_second']:,} documents/s; peak memory of the driver {timing['driver_peak_mb']:,.0f} MB.",
+            "",
+            "| stage | tasks | run now | wall s | CPU s | CPU use | peak MB of a task |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, t in timing["stages"].items():
+            use = t.get("cpu", 0) / max(t["wall"], 1e-9) / max(timing["workers"], 1)
+            lines.append(
+                f"| {name} | {t.get('tasks', '')} | {t.get('tasks_run', '')} | {t['wall']:.2f} | "
+                f"{t.get('cpu', 0):.2f} | {use:.0%} | {t.get('peak_mb', 0):,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

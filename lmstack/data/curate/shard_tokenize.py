@@ -1,0 +1,136 @@
+"""Tokenization of a prepared corpus in parallel: the tokenizer trained once on the first training documents
+(at most `tokenizer_train_bytes`, as `write_corpus` does), then every task tokenizes its own documents into its
+own litdata chunks, and one index per split lists all chunks in task order. The layout is the one training
+reads (`corpus_format`): `<source>/train|val` chunks, `<source>/documents.jsonl`, `tokenizer.json`,
+`meta.json` last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..corpus_format import _blocks, _shards, tokenizer_digest
+from ..sources import is_validation
+from ..tokenizer import eos_id, train_bpe
+from .docstore import read_docs
+from .workdir import committed
+
+TOKENIZER_TRAIN_BYTES = 20_000_000
+SHARD_BYTES = 4_000_000
+SPLITS = ("train", "val")
+
+
+def make_tokenizer(folders: list[Path], tok_cfg: dict, out: Path) -> Path:
+    """tokenizer.json in `out`: the one given, or a BPE trained on the first training documents."""
+    from tokenizers import Tokenizer
+
+    if tok_cfg.get("tokenizer"):
+        tok = Tokenizer.from_file(os.path.expanduser(tok_cfg["tokenizer"]))
+        eos_id(tok)  # refuses a tokenizer without an end-of-text token
+    else:
+        sample, size, val = [], 0, tok_cfg.get("val_fraction", 0.02)
+        for folder in folders:
+            for _, d in read_docs(folder):
+                if size >= TOKENIZER_TRAIN_BYTES:
+                    break
+                if not is_validation(d.id, val):
+                    sample.append(d.text)
+                    size += len(d.text)
+        tok = train_bpe(sample, tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
+    tok.save(str(out / "tokenizer.json"))
+    return out / "tokenizer.json"
+
+
+def tokenize_task(job: dict) -> dict:
+    return committed(_tokenize, job)
+
+
+def _tokenize(job: dict, tmp: Path) -> dict:
+    """One task's documents as token blocks (`<split>/` chunks) and their `documents.jsonl` rows."""
+    from litdata.streaming.writer import BinaryWriter
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(job["tokenizer"])
+    splits: dict[str, list] = {s: [] for s in SPLITS}
+    with open(tmp / "documents.jsonl", "w") as f:
+        for ordinal, (_, d) in enumerate(read_docs(Path(job["folder"])), start=job["first_ordinal"]):
+            split = "val" if is_validation(d.id, job["val_fraction"]) else "train"
+            splits[split].append((ordinal, d.text))
+            row = {
+                "ordinal": ordinal,
+                "id": d.id,
+                "source": job["source"],
+                "split": split,
+                "bytes": len(d.text.encode()),
+            }
+            f.write(json.dumps(row) + "\n")
+    counts, tally = {}, {"document_tokens": 0}
+    for split, docs in splits.items():
+        writer, n = None, 0
+        for shard in _shards(docs, SHARD_BYTES):
+            for block in _blocks(tok, shard, job["seq_len"], tally):
+                writer = writer or BinaryWriter(str(tmp / split), chunk_bytes="32MB")
+                writer[n] = block
+                n += 1
+        if writer is not None:
+            writer.done()
+            writer._merge_no_wait()  # one writer: its own index.json now
+        counts[split] = n
+    return {
+        "blocks": counts,
+        "val_documents": len(splits["val"]),
+        "documents": sum(map(len, splits.values())),
+        "bytes": sum(len(t.encode()) for docs in splits.values() for _, t in docs),
+        **tally,
+    }
+
+
+def merge_tokenized(folders: list[Path], results: list[dict], out: Path, source: str, seq_len: int) -> dict:
+    """The tasks' chunks moved into `out/<source>/<split>/` under one index each, their document rows joined,
+    and meta.json (written last)."""
+    root = out / source
+    root.mkdir()
+    for split in SPLITS:
+        (root / split).mkdir()
+        chunks, config = [], None
+        for t, folder in enumerate(folders):
+            index = folder / split / "index.json"
+            if not index.is_file():
+                continue
+            meta = json.loads(index.read_text())
+            config = config or meta["config"]
+            for c in meta["chunks"]:
+                name = f"chunk-{t}-{len(chunks)}.bin"
+                shutil.move(str(folder / split / c["filename"]), root / split / name)
+                chunks.append({**c, "filename": name})
+        if not chunks:
+            raise ValueError(
+                f"{root / split}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
+                "add data, lower data.seq_len or change data.val_fraction"
+            )
+        (root / split / "index.json").write_text(json.dumps({"chunks": chunks, "config": config, "updated_at": "0"}))
+    with open(root / "documents.jsonl", "wb") as f:
+        for folder in folders:
+            f.write((folder / "documents.jsonl").read_bytes())
+    blocks = {s: sum(r["blocks"][s] for r in results) for s in SPLITS}
+    from tokenizers import Tokenizer
+
+    meta = {
+        "key": "",
+        "seq_len": seq_len,
+        "vocab_size": Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(),
+        "tokenizer": tokenizer_digest(out / "tokenizer.json"),
+        "sources": {
+            source: {
+                "documents": sum(r["documents"] for r in results),
+                "blocks": blocks,
+                "val_documents": sum(r["val_documents"] for r in results),
+                "tokens": (blocks["train"] + blocks["val"]) * seq_len,
+                "document_tokens": sum(r["document_tokens"] for r in results),
+            }
+        },
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
