@@ -50,7 +50,8 @@ def main():
     base = OmegaConf.to_container(compose("prepare", []).prepare, resolve=True)
     base.update(num_workers=args.workers, task_bytes=args.task_bytes)
     base["tokenize"].update(vocab_size=4096, seq_len=256)
-    print(f"{'documents':>10}{'MB in':>8}{'tasks':>7}{'docs out':>10}{'s':>8}{'docs/s':>8}{'driver MB':>11}{'largest task MB':>17}")
+    head = f"{'documents':>10}{'MB in':>8}{'tasks':>7}{'docs out':>10}{'s':>8}{'docs/s':>8}"
+    print(f"{head}{'driver MB':>11}{'largest task MB':>17}")
     for n in args.docs:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "in"
