@@ -41,6 +41,8 @@ def resolve(path: str | os.PathLike) -> Path:
 def refuse_overlap(out: Path, inputs: Iterable[str | os.PathLike], what: str = "output") -> None:
     """An output may not be, contain or lie inside an input (replacing it would lose the input)."""
     for item in inputs:
+        if "://" in str(item) and not str(item).startswith("file://"):
+            continue  # an object in a store cannot be a local output's file
         inp = resolve(item)
         if inp == out or inp.is_relative_to(out) or out.is_relative_to(inp):
             relation = "is" if inp == out else "contains" if inp.is_relative_to(out) else "lies inside"

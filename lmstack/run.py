@@ -139,7 +139,8 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
             b"".join((root / n).read_bytes() for n in ("meta.json", "stats.json") if (root / n).is_file())
         ).hexdigest()[:16]
 
-    corpus = [(str(root), digest(root)) for root in sorted({d.parent for _, d, _ in dm.parts})]
+    roots = {c.blocks_url or str(c.root): c.root for _, c, _, _ in dm.parts}
+    corpus = [(where, digest(roots[where])) for where in sorted(roots)]
     return {
         "global_batch_tokens": tps,
         "seq_len": spec.data.seq_len,

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from lmstack.data.curate.readers import Document, Reject, expand_inputs, read_inputs
+from lmstack.data.curate.inputs import expand_inputs
+from lmstack.data.curate.readers import Document, Reject, read_inputs
 
 from .helpers import SHARED_DATA
 

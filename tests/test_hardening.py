@@ -346,7 +346,7 @@ def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
 
 # ---- input expansion --------------------------------------------------------------------------------
 def test_globs_survive_symlink_loops_and_list_each_file_once(tmp_path):
-    from lmstack.data.curate.readers import expand_inputs
+    from lmstack.data.curate.inputs import expand_inputs
 
     root = tmp_path / "tree"
     (root / "a" / "b").mkdir(parents=True)

@@ -42,6 +42,7 @@ class PrepareSection:
     ray: RaySection = field(default_factory=RaySection)
     num_workers: int = field_(1, min=1)  # processes (local) or Ray CPUs started here (one task at a time)
     task_bytes: int = field_(64_000_000, min=1)  # a JSONL file bigger than this is read as several tasks
+    work_dir: Optional[str] = None  # output_dir a URL: the local folder the job runs in before the upload
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
     filters: dict = field_({})  # name -> its options, in order; null skips one
     pii: bool = False  # mask e-mail addresses, IP addresses and phone numbers

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from . import storage
 from .curate.stats import StageStats
 from .sources import is_validation
 from .tokenizer import eos_id, train_bpe
@@ -34,15 +35,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedCorpus:
-    root: Path
+    root: Path  # local: the folder, or for a corpus at a URL the local copy of its small files
     meta: dict
+    blocks_url: str | None = None  # a corpus at a URL: its token chunks, streamed from there by litdata
 
     @property
     def tokenizer_path(self) -> Path:
         return self.root / "tokenizer.json"
 
-    def split_dir(self, source: str, split: str) -> Path:
-        return self.root / source / split
+    def split_dir(self, source: str, split: str) -> str:
+        if self.blocks_url:
+            return storage.join(self.blocks_url, source, split)
+        return str(self.root / source / split)
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(str(self.tokenizer_path))
@@ -53,20 +57,48 @@ def tokenizer_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def load_prepared(path: str, seq_len: int) -> PreparedCorpus:
-    """A corpus that `lmstack prepare` wrote; its block length must be the training sequence length."""
-    root = Path(os.path.expanduser(path))
+def _mirror(url: str, cache_dir: str | None) -> Path:
+    """The small files of a corpus at a URL (meta, stats, tokenizer, each source's documents.jsonl) in a
+    local folder of lmstack's cache, so that everything but the token chunks reads them as local files."""
+    import xxhash
+
+    base = Path(os.path.expanduser(cache_dir or os.environ.get("LMSTACK_CACHE") or "~/.cache/lmstack"))
+    root = base / "remote" / xxhash.xxh64(url.encode()).hexdigest()
+    try:
+        meta = json.loads(storage.read_text(storage.join(url, "meta.json")))
+    except FileNotFoundError:
+        return root  # no meta.json: refused below
+    names = ["meta.json", "tokenizer.json", "stats.json", *(f"{s}/documents.jsonl" for s in meta["sources"])]
+    for name in names:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with storage.open_binary(storage.join(url, name)) as src:
+                data = src.read()
+        except FileNotFoundError:
+            continue
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # ranks copying at once each replace the file whole
+    return root
+
+
+def load_prepared(path: str, seq_len: int, cache_dir: str | None = None) -> PreparedCorpus:
+    """A corpus that `lmstack prepare` wrote (a folder or a URL); its block length must be the training
+    sequence length."""
+    url = str(path) if storage.is_url(path) else None
+    root = _mirror(url, cache_dir) if url else Path(storage.local(path))
     if not (root / "meta.json").exists():
         raise FileNotFoundError(
-            f"{root} holds no prepared corpus (no meta.json); run `lmstack prepare` with prepare.tokenize set"
+            f"{path} holds no prepared corpus (no meta.json); run `lmstack prepare` with prepare.tokenize set"
         )
     meta = json.loads((root / "meta.json").read_text())
     if meta["seq_len"] != seq_len:
         raise ValueError(
-            f"{root} was tokenized into blocks of {meta['seq_len']} tokens but data.seq_len={seq_len}; "
+            f"{path} was tokenized into blocks of {meta['seq_len']} tokens but data.seq_len={seq_len}; "
             f"set data.seq_len={meta['seq_len']}"
         )
-    return PreparedCorpus(root, meta)
+    return PreparedCorpus(root, meta, url)
 
 
 def _blocks(tok: Tokenizer, shard: list[tuple[int, str]], seq_len: int, counts: dict):
@@ -214,11 +246,9 @@ SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only rei
 def check_block_format(path: str) -> None:
     """A folder of token blocks may name only numpy serializers: litdata also has a pickle serializer, and a
     crafted index.json naming it would run code from the chunks when training reads them."""
-    import json
-
-    index = Path(path) / "index.json"
+    index = storage.join(path, "index.json")
     try:
-        formats = json.loads(index.read_text())["config"]["data_format"]
+        formats = json.loads(storage.read_text(index))["config"]["data_format"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{index}: not a folder of token blocks lmstack wrote ({type(e).__name__}: {e})") from None
     bad = [f for f in formats if not isinstance(f, str) or f.split(":")[0] not in SAFE_FORMATS]

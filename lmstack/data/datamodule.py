@@ -55,7 +55,8 @@ class LMDataModule(L.LightningDataModule):
         self.blocklist = list(blocklist or [])  # files of document ids (e.g. spike_blocklist.txt)
         self.tokenizer = tokenizer  # a tokenizer.json every source must use (init_from's), or None
         self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
-        self.parts: list[tuple[int, Path, float]] = []
+        # (index of the configured source, its corpus, the source's name in it, share of the source's weight)
+        self.parts: list[tuple[int, PreparedCorpus, str, float]] = []
 
     def prepare_data(self) -> None:
         if any(s.get("prepared") for s in self.sources):
@@ -72,15 +73,15 @@ class LMDataModule(L.LightningDataModule):
             self.max_docs,
             tokenizer=self.tokenizer,
         )
-        self.parts = [(i, self.corpus.root / s["name"], 1.0) for i, s in enumerate(self.sources)]
+        self.parts = [(i, self.corpus, s["name"], 1.0) for i, s in enumerate(self.sources)]
 
     def _load_prepared(self) -> None:
         """Each configured folder's sources (one, for a folder `lmstack prepare` wrote); a folder's weight is
         shared among its sources in proportion to their training blocks."""
-        self.parts = []  # (index of the configured source, folder of its blocks, share of its weight)
+        self.parts = []
         first = None
         for i, src in enumerate(self.sources):
-            corpus = load_prepared(src["prepared"], self.seq_len)
+            corpus = load_prepared(src["prepared"], self.seq_len, self.cache_dir)
             digest = tokenizer_digest(corpus.tokenizer_path)
             if first is None and self.tokenizer and digest != tokenizer_digest(Path(self.tokenizer)):
                 raise ValueError(
@@ -98,13 +99,13 @@ class LMDataModule(L.LightningDataModule):
                 )
             blocks = {n: m["blocks"]["train"] for n, m in corpus.meta["sources"].items()}
             total = sum(blocks.values()) or 1
-            self.parts += [(i, corpus.root / n, b / total) for n, b in blocks.items()]
+            self.parts += [(i, corpus, n, b / total) for n, b in blocks.items()]
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
-        self.train_set = BlockDataset([str(d / "train") for _, d, _ in self.parts], self._blocked())
-        self.val_set = BlockDataset([str(d / "val") for _, d, _ in self.parts])
+        self.train_set = BlockDataset([c.split_dir(n, "train") for _, c, n, _ in self.parts], self._blocked())
+        self.val_set = BlockDataset([c.split_dir(n, "val") for _, c, n, _ in self.parts])
 
     def _blocked(self) -> dict[int, np.ndarray] | None:
         """Document ordinals per source whose ids are on the blocklist: their tokens get no loss."""
@@ -123,13 +124,13 @@ class LMDataModule(L.LightningDataModule):
     @property
     def document_files(self) -> list:
         """Per dataset source (the `source` index in batches), the file mapping document ordinals to ids."""
-        return [d / "documents.jsonl" for _, d, _ in self.parts]
+        return [c.root / n / "documents.jsonl" for _, c, n, _ in self.parts]
 
     def source_weights(self) -> list[list[float]]:
         """One weight list per phase (the sources' own weights first, then each curriculum phase's)."""
         phases = [[s.get("weight", 1.0) for s in self.sources]]
         phases += [[p["weights"].get(s["name"], 0.0) for s in self.sources] for p in self.phases]
-        return [[w[i] * share for i, _, share in self.parts] for w in phases]
+        return [[w[i] * share for i, _, _, share in self.parts] for w in phases]
 
     @property
     def tokenizer_vocab_size(self) -> int:

@@ -40,7 +40,8 @@ def read_source(
             raise ValueError(f"unknown builtin source {builtin!r}; allowed: {list(BUILTIN_SOURCES)}")
         yield from _read_stdlib(name)
         return
-    from .curate.readers import Reject, expand_inputs, read_inputs
+    from .curate.inputs import expand_inputs
+    from .curate.readers import Reject, read_inputs
 
     for item in read_inputs(expand_inputs(paths or []), name, text_field):
         if isinstance(item, Reject):
@@ -54,14 +55,14 @@ def read_source(
 
 def source_files(builtin: str | None, paths: list[str] | None) -> list[str]:
     """The files a configured source reads."""
-    from .curate.readers import expand_inputs
+    from .curate.inputs import expand_inputs
 
     return [str(p) for p in stdlib_files()] if builtin else expand_inputs(paths or [])
 
 
 def source_fingerprint(builtin: str | None, paths: list[str] | None) -> str:
     """Changes when the source's files change (paths, sizes, modification times, content hashes)."""
-    from .curate.readers import file_fingerprint
+    from .curate.inputs import file_fingerprint
 
     h = hashlib.sha256()
     for f in source_files(builtin, paths):

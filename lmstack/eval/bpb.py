@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +61,7 @@ def blocks_from_prepared(path: str, tokenizer_json: str, seq_len: int, split: st
             f"eval set {path} was tokenized with another tokenizer than the model's; prepare it "
             "again with prepare.tokenize.tokenizer=<the model's tokenizer.json>"
         )
-    dirs = [str(Path(corpus.root) / name / split) for name in corpus.meta["sources"]]
+    dirs = [corpus.split_dir(name, split) for name in corpus.meta["sources"]]
     data = BlockDataset(dirs)
     return [torch.cat([item["input_ids"], item["labels"][-1:]]) for item in (data[i] for i in range(len(data)))]
 

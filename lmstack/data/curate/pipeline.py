@@ -19,7 +19,7 @@ import json
 import logging
 
 from .build import build_dedup, build_filters, minhash_step
-from .readers import expand_inputs, file_fingerprint
+from .inputs import expand_inputs, file_fingerprint
 from .resume import RUN_ONLY_KEYS, changes, config_files
 from .steps import Sizer
 
@@ -46,10 +46,15 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     (read tasks are kept across config changes that leave them alone, e.g. an input file added)."""
     from lmstack.ownership import OwnedFolder
 
+    from .. import storage
     from .executors import executor
     from .job import PrepareJob
 
     check_config(cfg)
+    if storage.is_url(output_dir):  # object storage: prepared in a local folder, then uploaded
+        from .remote import prepare_to_url
+
+        return prepare_to_url(inputs, output_dir, cfg, run_prepare)
     files = expand_inputs(inputs)
     with OwnedFolder(output_dir, "prepare", files) as owned:
         out = owned.path

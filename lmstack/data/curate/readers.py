@@ -5,13 +5,11 @@ unreadable) is a reject that says what was lost.
 
 Formats: .jsonl / .jsonl.gz / .jsonl.zst / .json.gz (one object per line), .parquet, folders of .txt
 files, and WARC (.warc / .warc.gz) HTTP responses whose HTML goes through resiliparse's main-content
-extraction.
+extraction; local files or fsspec URLs (`lmstack.data.storage`). Which files: `inputs`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import gzip
 import io
 import json
@@ -20,6 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
+
+from .. import storage
 
 
 @dataclass
@@ -54,104 +54,6 @@ Item = Union[Document, Reject]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json")
 
 
-def _walk(root: str, parts: list[str]) -> Iterator[str]:
-    """Paths under `root` matching the glob components `parts` (`**`: any depth). Directory symlinks
-    are followed, but a folder already visited for the same remaining pattern (by its device and
-    inode) is not entered again, so a symlink loop ends. Hidden entries match only a pattern that
-    starts with a dot, as with glob."""
-    seen: set[tuple[int, int, tuple]] = set()
-
-    def visit(folder: str, rest: tuple):
-        try:
-            st = os.stat(folder)
-            entries = sorted(os.listdir(folder))
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino, rest) in seen:
-            return
-        seen.add((st.st_dev, st.st_ino, rest))
-        if rest[0] != "**":
-            yield from match(folder, rest, entries)
-            return
-        visible = [e for e in entries if not e.startswith(".")]
-        if rest[1:]:
-            yield from match(folder, rest[1:], entries)
-        else:
-            yield from (os.path.join(folder, e) for e in visible if not os.path.isdir(os.path.join(folder, e)))
-        for e in visible:
-            if os.path.isdir(os.path.join(folder, e)):
-                yield from visit(os.path.join(folder, e), rest)
-
-    def match(folder: str, rest: tuple, entries: list[str]):
-        head, tail = rest[0], rest[1:]
-        for e in entries:
-            if not fnmatch.fnmatchcase(e, head) or (e.startswith(".") and not head.startswith(".")):
-                continue
-            path = os.path.join(folder, e)
-            if not tail:
-                yield path
-            elif os.path.isdir(path):
-                yield from visit(path, tail)
-
-    yield from visit(root, tuple(parts))
-
-
-def _glob(pattern: str) -> list[str]:
-    if "**" not in pattern:
-        return sorted(glob.glob(pattern))
-    parts = Path(pattern).parts
-    first = next(i for i, p in enumerate(parts) if glob.has_magic(p))
-    root = str(Path(*parts[:first])) if first else "."
-    found = _walk(root, list(parts[first:]))
-    return sorted(found if first else (os.path.relpath(p) for p in found))
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by paths, globs (`**` recursive, safe from symlink loops) and folders (a folder's .txt
-    files count as one input); each file listed once, by its real path, in the order first named."""
-    files, seen = [], set()
-    for pat in patterns:
-        matched = _glob(os.path.expanduser(pat))
-        if not matched:
-            raise FileNotFoundError(f"input {pat!r} matches no file")
-        for f in matched:
-            real = os.path.realpath(f)
-            if real not in seen:
-                seen.add(real)
-                files.append(f)
-    return files
-
-
-def file_fingerprint(path: str, hash_below: int = 64 << 20) -> dict:
-    """What identifies an input's content: path, size, modification time, and (for files under
-    `hash_below` bytes, where it is cheap) an xxhash of the bytes. Folders: their .txt files."""
-    import xxhash
-
-    if os.path.isdir(path):
-        h = xxhash.xxh64()
-        for f in sorted(Path(path).rglob("*.txt")):
-            if f.is_file():
-                h.update(json.dumps(file_fingerprint(str(f), hash_below), sort_keys=True).encode())
-        return {"path": os.path.realpath(path), "folder": h.hexdigest()}
-    try:
-        st = os.stat(path)
-    except OSError as e:  # the reader makes it a reject; the fingerprint only records it
-        return {"path": os.path.realpath(path), "unreadable": type(e).__name__}
-    fp = {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if not os.path.isfile(path):
-        return fp | {"kind": "not a regular file"}
-    if st.st_size < hash_below:
-        h = xxhash.xxh64()
-        try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            fp["xxh64"] = h.hexdigest()
-        except OSError as e:
-            fp["unreadable"] = type(e).__name__
-    return fp
-
-
 def compressed(path: str) -> bool:
     return path.endswith((".zst", ".gz"))
 
@@ -163,11 +65,11 @@ def _binary_lines(path: str, start: int = 0, stop: int | None = None, first_line
     if path.endswith(".zst"):
         import zstandard
 
-        fh = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+        fh = zstandard.ZstdDecompressor().stream_reader(storage.open_binary(path))
     elif path.endswith(".gz"):
-        fh = gzip.open(path, "rb")
+        fh = gzip.GzipFile(fileobj=storage.open_binary(path))
     else:
-        fh = open(path, "rb")
+        fh = storage.open_binary(path)
     with fh:
         lines = io.BufferedReader(fh) if path.endswith(".zst") else fh
         offset, line_no = 0, 1
@@ -237,7 +139,8 @@ def read_parquet(path: str, source: str, text_field: str, max_bytes: int) -> Ite
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        with storage.open_binary(path) as fh:
+            table = pq.read_table(fh)
     except Exception as e:  # pyarrow raises ArrowInvalid and friends for damaged files
         yield Reject(path, None, f"unreadable parquet: {e}")
         return
@@ -255,6 +158,14 @@ def read_parquet(path: str, source: str, text_field: str, max_bytes: int) -> Ite
 
 def read_text_files(path: str, source: str, max_bytes: int) -> Iterator[Item]:
     """A .txt file, or every .txt file under a folder; the id is the path relative to the folder."""
+    if storage.is_url(path):  # one text object
+        try:
+            text = storage.read_text(path)
+        except (UnicodeDecodeError, OSError) as e:
+            yield Reject(path, None, f"unreadable: {type(e).__name__}: {e}")
+            return
+        yield _check(Document(path.rsplit("/", 1)[-1], text, source), path, None, max_bytes)
+        return
     root = Path(path)
     for txt in sorted(p for p in root.rglob("*.txt") if not p.is_dir()) if root.is_dir() else [root]:
         if not txt.is_file():
@@ -276,7 +187,7 @@ def _gzip_complete(path: str, start: int = 0) -> bool:
     """Whether a (multi-member) gzip file, read from the member at byte `start` on, ends with a complete
     member: a truncated one does not. (Only the tail after the last record read is decompressed again.)"""
     d = zlib.decompressobj(wbits=31)
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         f.seek(start)
         if f.read(2) != b"\x1f\x8b":  # not a member start (a file that is one gzip stream): from the beginning
             start = 0
@@ -302,10 +213,10 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-    n, size = 0, None if path.endswith(".gz") else os.path.getsize(path)  # .gz: checked at the end
+    n, size = 0, None if path.endswith(".gz") else storage.size(path)  # .gz: checked at the end
     last = 0  # where the last record read starts (in .gz: its gzip member)
     try:
-        with open(path, "rb") as fh:
+        with storage.open_binary(path) as fh:
             for n, record in enumerate(ArchiveIterator(fh, record_types=WarcRecordType.response), start=1):
                 last = record.stream_pos
                 url = record.headers.get("WARC-Target-URI", "").strip("<>")
@@ -352,7 +263,11 @@ def read_inputs(
     """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
     a reject. `span`: a byte range of a JSONL file (see `read_jsonl`), for a task that reads part of one."""
     for path in files:
-        if not os.path.isdir(path) and not os.path.isfile(path):  # a pipe or device would block, a dangling link fail
+        if storage.is_url(path):
+            if not storage.isfile(path):
+                yield Reject(path, None, "no such object: nothing read")
+                continue
+        elif not os.path.isdir(path) and not os.path.isfile(path):  # a pipe or device would block
             yield Reject(path, None, "not a regular file or folder (a dangling link, pipe or device): nothing read")
             continue
         if os.path.isdir(path) or path.endswith(".txt"):

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from .readers import file_fingerprint
+from .inputs import file_fingerprint
 
 log = logging.getLogger(__name__)
 

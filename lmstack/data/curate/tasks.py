@@ -7,10 +7,10 @@ the filters are most of it). Other formats (parquet, WARC, text folders) are one
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import storage
 from .readers import JSONL_SUFFIXES, compressed
 
 COMPRESSION_GUESS = 4  # decompressed bytes per compressed byte assumed when cutting a compressed file
@@ -45,7 +45,7 @@ def _line_start_after(f, offset: int) -> int:
 def count_newlines(job: tuple) -> int:
     path, start, stop = job
     n = 0
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         f.seek(start)
         left = stop - start
         while left > 0 and (chunk := f.read(min(left, 8 << 20))):
@@ -58,7 +58,7 @@ def plan_tasks(files: list[str], task_bytes: int, ex) -> list[InputTask]:
     """Every input file as one or more tasks, in input order; `ex` runs the line counts of plain files."""
     tasks, counts = [], []
     for path in files:
-        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        size = storage.size(path) if storage.isfile(path) else 0
         if not path.endswith(JSONL_SUFFIXES) or size * (COMPRESSION_GUESS if compressed(path) else 1) <= task_bytes:
             tasks.append([InputTask(path)])
             continue
@@ -68,7 +68,7 @@ def plan_tasks(files: list[str], task_bytes: int, ex) -> list[InputTask]:
                 [InputTask(path, i * task_bytes, None if i == n - 1 else (i + 1) * task_bytes) for i in range(n)]
             )
             continue
-        with open(path, "rb") as f:
+        with storage.open_binary(path) as f:
             cuts = sorted({_line_start_after(f, o) for o in range(0, size, task_bytes)} | {size})
         ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
         tasks.append([InputTask(path, a, b) for a, b in ranges])
