@@ -75,7 +75,10 @@ def whole_prepare_utilisation(rows: list[dict], workers: int) -> dict:
         cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/prepare/web.yaml"))
         cfg.update(num_workers=workers, tokenize=None)
         stats = run_prepare([f"{tmp}/part*.jsonl.gz"], f"{tmp}/out", cfg)
-    return {k: stats[k] for k in ("docs_in", "docs_out", "seconds", "docs_per_second", "cpu_utilisation")}
+        timing = json.loads(Path(f"{tmp}/out/timing.json").read_text())
+    return {k: stats[k] for k in ("docs_in", "docs_out")} | {
+        k: timing[k] for k in ("seconds", "docs_per_second", "cpu_utilisation")
+    }
 
 
 def main():

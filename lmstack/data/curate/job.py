@@ -134,7 +134,8 @@ class PrepareJob:
         if step.jaccard is not None:
             pairs = np.concatenate([np.load(Path(f) / "rows.npy") for f in edge_folders])
             pairs = np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
-            chunks = [pairs[i : i + VERIFY_PAIRS_PER_TASK] for i in range(0, len(pairs), VERIFY_PAIRS_PER_TASK)]
+            per_task = min(VERIFY_PAIRS_PER_TASK, max(500, -(-len(pairs) // (4 * self.workers))))
+            chunks = [pairs[i : i + per_task] for i in range(0, len(pairs), per_task)]  # any cut: the same pairs
             jobs = [
                 {"dir": str(base / f"verify{c}"), "pairs": ch.tolist(), "folders": folders, "ngram": step.ngram}
                 | {"threshold": step.jaccard}

@@ -10,15 +10,35 @@ from pathlib import Path
 
 import numpy as np
 
-from .dedup import shingles
+from .dedup import normalise
 from .docstore import read_some
 
-VERIFY_PAIRS_PER_TASK = 20_000
+VERIFY_PAIRS_PER_TASK = 20_000  # at most; fewer, so that every worker has some
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """The distinct word n-grams of `shingles` as sorted 64-bit hashes (a polynomial over the words' hashes:
+    equal n-grams hash alike; distinct ones collide with probability ~2^-64). Python's string hash is salted
+    per process, so hashes compare only within one process, as a verification task does."""
+    words = normalise(text).split()
+    if len(words) <= ngram:
+        return np.array([hash(" ".join(words))], dtype=np.int64).view(np.uint64)
+    w = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    n = len(words) - ngram + 1
+    h = np.zeros(n, dtype=np.uint64)
+    for k in range(ngram):
+        h = h * np.uint64(1099511628211) + w[k : k + n]  # wraps modulo 2^64
+    return np.unique(h)
 
 
 def jaccard(a: str, b: str, ngram: int) -> float:
-    x, y = set(shingles(a, ngram)), set(shingles(b, ngram))
-    return len(x & y) / max(len(x | y), 1)
+    """True Jaccard similarity of the two texts' word n-gram sets."""
+    return _jaccard(shingle_hashes(a, ngram), shingle_hashes(b, ngram))
+
+
+def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
+    both = len(np.intersect1d(x, y, assume_unique=True))
+    return both / max(len(x) + len(y) - both, 1)
 
 
 def verify_pairs(job: dict) -> np.ndarray:
@@ -31,7 +51,14 @@ def verify_pairs(job: dict) -> np.ndarray:
     for t in np.unique(tasks).tolist():
         local = wanted[tasks == t] - (t << 32)
         texts.update({(t << 32) + i: s for i, s in read_some(Path(folders[t]), local).items()})
-    keep = [jaccard(texts[a], texts[b], job["ngram"]) >= job["threshold"] for a, b in pairs.tolist()]
+    sets: dict[int, np.ndarray] = {}  # a document's shingles, once (the first of a bucket is in many pairs)
+
+    def of(i: int) -> np.ndarray:
+        if i not in sets:
+            sets[i] = shingle_hashes(texts[i], job["ngram"])
+        return sets[i]
+
+    keep = [_jaccard(of(a), of(b)) >= job["threshold"] for a, b in pairs.tolist()]
     return pairs[np.asarray(keep, dtype=bool)] if len(pairs) else pairs
 
 
