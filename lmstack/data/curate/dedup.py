@@ -18,13 +18,13 @@ import xxhash
 
 from .readers import Document
 
-_SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]")
 
 
 def normalise(text: str) -> str:
-    """Lower case, punctuation dropped, whitespace collapsed: formatting differences are not content."""
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
+    """Lower case, punctuation dropped, whitespace collapsed: formatting differences are not content.
+    (str.split and the regex class of whitespace agree on what it is; splitting is faster than a second regex.)"""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 @dataclass
