@@ -87,6 +87,15 @@ def _tokenize(job: dict, tmp: Path) -> dict:
     }
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (no copy), else a copy: the task's folder keeps its
+    chunks, so a job killed after this point merges them again."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def merge_tokenized(folders: list[Path], results: list[dict], out: Path, source: str, seq_len: int) -> dict:
     """The tasks' chunks moved into `out/<source>/<split>/` under one index each, their document rows joined,
     and meta.json (written last)."""
@@ -103,7 +112,7 @@ def merge_tokenized(folders: list[Path], results: list[dict], out: Path, source:
             config = config or meta["config"]
             for c in meta["chunks"]:
                 name = f"chunk-{t}-{len(chunks)}.bin"
-                shutil.move(str(folder / split / c["filename"]), root / split / name)
+                _link_or_copy(folder / split / c["filename"], root / split / name)
                 chunks.append({**c, "filename": name})
         if not chunks:
             raise ValueError(
