@@ -24,6 +24,7 @@ class LocalExecutor:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.terminate()
+            self.pool.join()  # its processes and their semaphores gone before the job returns
             self.pool = None
 
     def map(self, fn: Callable, jobs: list) -> Iterator:
