@@ -347,10 +347,10 @@ def run(cfg: DictConfig) -> dict:
             print(f"val/bpb before: {before:.4f}  after: {after:.4f}  ({(before - after) / before:.1%} lower)")
         else:
             print(f"val/bpb after: {after:.4f}")
-        if spec.train.sample_tokens:
-            text = sample_text(
-                module, dm.corpus.tokenizer(), spec.train.sample_prompt, spec.train.sample_tokens, spec.seed
-            )
+    if spec.train.sample_tokens:  # on every rank: a sharded (FSDP2) model's forward passes gather from all
+        text = sample_text(module, dm.corpus.tokenizer(), spec.train.sample_prompt, spec.train.sample_tokens, spec.seed)
+        if trainer.is_global_zero:
             print("sample:\n" + text)
+    if trainer.is_global_zero:
         print(f"run directory: {run_dir}")
     return result

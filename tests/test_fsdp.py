@@ -16,17 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
 
 
-def train(out: Path, cache: Path, *overrides: str) -> list[dict]:
-    """Runs 2 processes; returns each rank's report."""
+def train(out: Path, cache: Path, *overrides: str, timeout: int = 600) -> list[dict]:
+    """Runs 2 processes; returns each rank's report (and rank 0's output as `stdout`)."""
     out.mkdir(parents=True)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
-        check=True,
         cwd=ROOT,
-        timeout=600,
+        timeout=timeout,
         env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
+        capture_output=True,
+        text=True,
     )
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    reports[0]["stdout"] = done.stdout
+    return reports
 
 
 def losses(report: dict) -> dict[int, float]:
@@ -89,3 +93,11 @@ def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
     assert inloop["c4"]["tokens"] == alone["c4"]["tokens"]
     for t in tasks:
         assert inloop[t] == alone[t]
+
+
+@pytest.mark.slow
+def test_the_end_of_run_sample_works_on_two_fsdp_ranks(tmp_path):
+    """The default run ends with a sample; under FSDP2 every rank must join its forward passes (rank 0 alone
+    made the other rank's process group close under it: `Connection closed by peer`, exit code 1)."""
+    reports = train(tmp_path / "fsdp", tmp_path / "cache", "strategy=fsdp", "train.sample_tokens=12", timeout=300)
+    assert "sample:\n" in reports[0]["stdout"] and all(r["world_size"] == 2 for r in reports)
