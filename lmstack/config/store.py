@@ -50,12 +50,16 @@ def defaults_of(spec_cls, groups: set[str]) -> dict:
 @functools.cache
 def register() -> None:
     """Store `<config>_schema` in Hydra's ConfigStore for `train` (RunSpec) and every command's arguments
-    (`lmstack.config.commands`), once per process."""
+    (`lmstack.config.commands`), once per process; and the `lmstack_stamp` resolver (lmstack.config.launch)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     from .commands import COMMAND_ARGS
+    from .launch import launch_stamp
     from .schema import RunSpec
 
+    if not OmegaConf.has_resolver("lmstack_stamp"):  # the run directory's name, one per launch
+        OmegaConf.register_new_resolver("lmstack_stamp", launch_stamp, use_cache=True)
     store = ConfigStore.instance()
     groups = {p.name for p in Path(conf_dir()).iterdir() if p.is_dir()}
     for name, cls in {"train": RunSpec, **COMMAND_ARGS}.items():
