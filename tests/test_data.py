@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 
 import numpy as np
@@ -155,6 +156,24 @@ def test_curriculum_switches_at_the_configured_sample():
     assert len(set(first[:300].tolist())) == 300
 
 
+def test_the_stream_is_generated_in_windows_and_is_the_same_whatever_the_windows():
+    """The sampler holds no run-length array: the stream read in windows of any size, or resumed anywhere,
+    is the stream read at once; a plan of 10^10 samples is built and read at once."""
+    from lmstack.data.dataset import MixtureStream
+
+    args = ([40, 0, 60, 5], [[1, 1, 1, 0], [0, 0, 1, 3]], 7, [0, 1234])
+    whole = MixtureStream(*args).take(0, 5000)
+    for chunk in (1, 7, 4096):
+        assert np.array_equal(MixtureStream(*args).take(0, 5000, chunk=chunk), whole)
+    stream = MixtureStream(*args)
+    parts = [stream.take(a, b) for a, b in ((0, 10), (10, 1300), (2000, 2001), (4000, 5000))]
+    assert np.array_equal(np.concatenate(parts), np.concatenate([whole[:1300], whole[2000:2001], whole[4000:]]))
+    with pytest.raises(ValueError, match="passed already"):
+        stream.take(100, 200)
+    huge = ResumableSampler([200, 300], [0.5, 0.5], 16, 10**10 // 16)  # the old sampler allocated 80 GB here
+    assert len(huge) == (10**10 // 16) * 16 and len(list(itertools.islice(iter(huge), 1000))) == 1000
+
+
 def test_curriculum_phase_start_comes_from_tokens(small_cfg):
     from omegaconf import OmegaConf
 
@@ -169,8 +188,9 @@ def test_curriculum_phase_start_comes_from_tokens(small_cfg):
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
     brown_blocks = dm.train_set.lengths[0]
-    assert all(i < brown_blocks for i in sampler.stream[36:])
-    assert any(i >= brown_blocks for i in sampler.stream[:36])
+    stream = list(sampler)  # one rank: the global stream in order
+    assert all(i < brown_blocks for i in stream[36:])
+    assert any(i >= brown_blocks for i in stream[:36])
 
 
 def test_prepared_folders_sharing_a_tokenizer_mix_by_weight(prepared_dir, prepared_prose_dir, tmp_path):

@@ -52,36 +52,78 @@ class BlockDataset(Dataset):
         return {"input_ids": tokens[:-1], "labels": labels, "doc": doc[1:], "source": src}
 
 
-def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts: list[int] | None = None) -> np.ndarray:
-    """Global indices (into the concatenated sources) of the first n samples of the run.
+class MixtureStream:
+    """The global sample stream of a run, generated window by window from the seed: memory does not grow with
+    the run's length (a source's current permutation is the largest thing held).
 
-    `weights` is one weight per source, or one such list per phase; phase p covers samples
-    phase_starts[p] .. phase_starts[p+1] - 1 (the curriculum). Each source is walked in a fresh seeded
-    permutation per pass, continuing across phases.
-    """
-    lengths = np.asarray(lengths)
-    phases = [weights] if np.ndim(weights) == 1 else list(weights)
-    starts = list(phase_starts or [0]) + [n]
-    if len(starts) != len(phases) + 1:
-        raise ValueError(f"{len(phases)} weight lists but {len(starts) - 1} phase starts")
-    choice = np.zeros(n, dtype=np.int64)
-    for p, w in enumerate(phases):
-        lo, hi = min(starts[p], n), min(starts[p + 1], n)
-        w = np.where(lengths > 0, np.asarray(w, dtype=np.float64), 0.0)
-        if w.sum() <= 0:
-            raise ValueError(f"phase {p}: no source with data has a positive weight")
-        if len(lengths) > 1 and hi > lo:
-            choice[lo:hi] = np.random.default_rng([seed, 1_000 + p]).choice(len(lengths), size=hi - lo, p=w / w.sum())
-    out = np.empty(n, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    for s, length in enumerate(lengths):
-        where = np.flatnonzero(choice == s)
-        if not len(where):
-            continue
-        passes = (len(where) + length - 1) // length
-        order = np.concatenate([np.random.default_rng([seed, s, p]).permutation(length) for p in range(passes)])
-        out[where] = offsets[s] + order[: len(where)]
-    return out
+    Sample g comes from a source drawn with probability proportional to its weight in g's phase (phase p
+    covers samples phase_starts[p] .. phase_starts[p+1] - 1, drawn from the generator seeded [seed, 1000 + p]);
+    the k-th sample drawn from source s is block perm_j[k mod length] of that source, where perm_j is the
+    j = k // length-th seeded permutation [seed, s, j]: each source is walked in a fresh permutation per pass,
+    continuing across phases. `take(a, b)` returns samples a .. b-1; calls go forward (a skipped range is only
+    counted)."""
+
+    def __init__(self, lengths, weights, seed: int, phase_starts: list[int] | None = None):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        phases = [weights] if np.ndim(weights) == 1 else list(weights)
+        self.starts = list(phase_starts or [0])
+        if len(self.starts) != len(phases):
+            raise ValueError(f"{len(phases)} weight lists but {len(self.starts)} phase starts")
+        self.cdfs = []
+        for p, w in enumerate(phases):
+            w = np.where(self.lengths > 0, np.asarray(w, dtype=np.float64), 0.0)
+            if w.sum() <= 0:
+                raise ValueError(f"phase {p}: no source with data has a positive weight")
+            cdf = (w / w.sum()).cumsum()
+            self.cdfs.append(cdf / cdf[-1])
+        self.rngs = [np.random.default_rng([seed, 1_000 + p]) for p in range(len(phases))]
+        self.seed, self.offsets = seed, np.concatenate([[0], np.cumsum(self.lengths)])
+        self.drawn = np.zeros(len(self.lengths), dtype=np.int64)  # samples taken from each source so far
+        self.perms: dict[int, tuple[int, np.ndarray]] = {}  # source -> (pass, its permutation)
+        self.cursor = 0
+
+    def _choices(self, a: int, b: int) -> np.ndarray:
+        """The sources of samples a .. b-1 (a is the cursor)."""
+        choice = np.zeros(b - a, dtype=np.int64)
+        if len(self.lengths) > 1:
+            bounds = [*self.starts, max(b, self.starts[-1])]
+            for p, cdf in enumerate(self.cdfs):
+                lo, hi = max(a, bounds[p]), min(b, bounds[p + 1])
+                if hi > lo:  # numpy's choice with p: uniform draws placed on the cumulative weights
+                    choice[lo - a : hi - a] = cdf.searchsorted(self.rngs[p].random(hi - lo), side="right")
+        return choice
+
+    def _perm(self, s: int, j: int) -> np.ndarray:
+        if self.perms.get(s, (None,))[0] != j:
+            self.perms[s] = (j, np.random.default_rng([self.seed, s, j]).permutation(int(self.lengths[s])))
+        return self.perms[s][1]
+
+    def take(self, a: int, b: int, chunk: int = 1 << 16) -> np.ndarray:
+        if a < self.cursor:
+            raise ValueError(f"samples {a}.. were passed already (the stream is at {self.cursor})")
+        while self.cursor < a:  # skipped: only counted
+            n = min(chunk, a - self.cursor)
+            self.drawn += np.bincount(self._choices(self.cursor, self.cursor + n), minlength=len(self.lengths))
+            self.cursor += n
+        out = np.empty(max(b - a, 0), dtype=np.int64)
+        while self.cursor < b:
+            n = min(chunk, b - self.cursor)
+            choice, base = self._choices(self.cursor, self.cursor + n), self.cursor - a
+            for s in np.unique(choice).tolist():
+                where = np.flatnonzero(choice == s)
+                k = self.drawn[s] + np.arange(len(where))
+                length = int(self.lengths[s])
+                for j in np.unique(k // length).tolist():
+                    sel = k // length == j
+                    out[base + where[sel]] = self.offsets[s] + self._perm(s, j)[k[sel] % length]
+                self.drawn[s] += len(where)
+            self.cursor += n
+        return out
+
+
+def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts: list[int] | None = None) -> np.ndarray:
+    """Global indices (into the concatenated sources) of the first n samples of the run (`MixtureStream`)."""
+    return MixtureStream(lengths, weights, seed, phase_starts).take(0, n)
 
 
 class ResumableSampler(Sampler[int]):
@@ -101,13 +143,14 @@ class ResumableSampler(Sampler[int]):
     ):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.start, self.total = start_micro_step, total_micro_steps
-        self.stream = mixture_stream(lengths, weights, total_micro_steps * world_size * batch_size, seed, phase_starts)
+        self.plan = (lengths, weights, seed, phase_starts)  # the stream is generated as it is read
+        MixtureStream(*self.plan)  # checks the weights now
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0) * self.batch_size
 
     def __iter__(self):
-        b, w = self.batch_size, self.world_size
+        b, w, stream = self.batch_size, self.world_size, MixtureStream(*self.plan)
         for m in range(self.start, self.total):
             base = (m * w + self.rank) * b
-            yield from self.stream[base : base + b].tolist()
+            yield from stream.take(base, base + b).tolist()
