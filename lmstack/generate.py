@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -53,9 +53,14 @@ def generate_many(
     eos_id: Optional[int] = None,
     use_cache: bool = True,
     generator: Optional[torch.Generator] = None,
+    sync: Optional[Callable[[bool], bool]] = None,
 ) -> list[list[int]]:
     """n continuations of one prompt decoded as one batch (GRPO's group, several samples per prompt): each
-    row ends at its own EOS (kept) while the others go on. Returns each row's new tokens."""
+    row ends at its own EOS (kept) while the others go on. Returns each row's new tokens.
+
+    `sync(done_here) -> done_everywhere`, for a model sharded over ranks (FSDP2), whose every forward pass
+    gathers parameters from all of them: every rank then runs one forward pass per step until all ranks are
+    done; a rank done early runs a one-token pass that only joins the gathers."""
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token")
     device = next(model.parameters()).device
@@ -65,10 +70,17 @@ def generate_many(
     cache = model.new_cache(n, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
-    pos, step_input = 0, tokens
+    pos, step_input, finished = 0, tokens, False
     for _ in range(max_new_tokens):
         if tokens.shape[1] > limit or (cache is not None and tokens.shape[1] > cache.max_len):
+            finished = True
+        if sync is not None and sync(finished):
             break
+        if finished:
+            if sync is None:
+                break
+            model(tokens[:, :1])  # joins the other ranks' parameter gathers
+            continue
         logits = model(step_input, cache=cache, pos=pos)[:, -1].float()
         if temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)
@@ -80,7 +92,10 @@ def generate_many(
                 out[i].append(t)
                 done[i] = eos_id is not None and t == eos_id
         if all(done):
-            break
+            finished = True
+            if sync is None:
+                break
+            continue
         tokens = torch.cat([tokens, nxt], dim=1)
         if cache is not None:  # feed only the new tokens; the cache holds the rest
             pos, step_input = tokens.shape[1] - 1, nxt

@@ -65,7 +65,13 @@ class GRPOModule(PretrainModule):
         for ex in examples:
             prompt = prompt_ids(self.tok, ex.prompt, self.system)
             outs = generate_many(
-                self.model, prompt, self.group_size, self.max_new, temperature=self.temperature, eos_id=end
+                self.model,
+                prompt,
+                self.group_size,
+                self.max_new,
+                temperature=self.temperature,
+                eos_id=end,
+                sync=self._all_done if self.trainer.world_size > 1 else None,  # ranks decode in lockstep
             )
             rewards.append([self.tasks[ex.task].verify(self.tok.decode(out), ex) for out in outs])
             seqs += [(prompt, out) for out in outs]
@@ -79,6 +85,11 @@ class GRPOModule(PretrainModule):
             ids[i, : len(full) - 1] = full[:-1]
             labels[i, len(p) - 1 : len(full) - 1] = full[len(p) :]
         return ids.to(self.device), labels.to(self.device), torch.tensor(rewards, device=self.device), lengths
+
+    def _all_done(self, done: bool) -> bool:
+        """Whether every rank's group is done decoding (one all-reduce per decoding step)."""
+        left = self.trainer.strategy.reduce(torch.tensor(float(not done), device=self.device), reduce_op="sum")
+        return float(left) == 0.0
 
     def training_step(self, batch, batch_idx):
         ids, labels, rewards, lengths = self.rollout(batch)
