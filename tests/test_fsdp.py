@@ -50,6 +50,12 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
         *SMALL_EVALS,
         "evals.every_steps=5",
     )
+    from litdata import StreamingDataset
+
+    (blocks_dir,) = cache.glob("corpora/*/*/train")
+    blocks = len(StreamingDataset(str(blocks_dir)))  # one process: every block
+    for rank in range(2):  # both ranks sample from every block of the corpus (litdata's len() is a rank's share)
+        assert ddp[rank]["train_blocks"] == fsdp[rank]["train_blocks"] == [blocks]
     for rank in range(2):
         assert fsdp[rank]["world_size"] == 2 and len(fsdp[rank]["steps"]) == 10
         a, b = losses(ddp[rank]), losses(fsdp[rank])

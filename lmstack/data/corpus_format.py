@@ -243,6 +243,12 @@ def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
 SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only reinterpret bytes as an array
 
 
+def block_count(path: str) -> int:
+    """The number of blocks in a folder of token blocks (all of them, whichever rank asks)."""
+    check_block_format(path)
+    return sum(int(c["chunk_size"]) for c in json.loads(storage.read_text(storage.join(path, "index.json")))["chunks"])
+
+
 def check_block_format(path: str) -> None:
     """A folder of token blocks may name only numpy serializers: litdata also has a pickle serializer, and a
     crafted index.json naming it would run code from the chunks when training reads them."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .corpus_format import check_block_format
+from .corpus_format import block_count, check_block_format
 
 
 class BlockDataset(Dataset):
@@ -26,7 +26,9 @@ class BlockDataset(Dataset):
     def __init__(self, dirs: list[str], blocked: dict[int, np.ndarray] | None = None):
         self.dirs, self.blocked = dirs, blocked or {}
         self._datasets = None
-        self.lengths = [self._open(d).__len__() for d in dirs]
+        # every block of each source, from its index: litdata's len() is a rank's share under DDP / FSDP while
+        # its indices stay global, and the sampler defines one global stream for all ranks
+        self.lengths = [block_count(d) for d in dirs]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
     @staticmethod
