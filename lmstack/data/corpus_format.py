@@ -147,13 +147,17 @@ def _write_split(docs, out_dir: Path, tok: Tokenizer, seq_len: int, shard_bytes:
                 n += 1
             bar.update(len(shard))
     if n == 0:
-        raise ValueError(
-            f"{out_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
-            "add data, lower data.seq_len or change data.val_fraction"
-        )
+        raise too_few_tokens(out_dir, seq_len)
     writer.done()
     writer._merge_no_wait()  # one writer, so no need to wait for other workers' index files
     return n
+
+
+def too_few_tokens(split_dir: Path, seq_len: int) -> ValueError:
+    return ValueError(
+        f"{split_dir}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
+        "add data, lower data.seq_len or change data.val_fraction"
+    )
 
 
 def write_corpus(
@@ -175,55 +179,69 @@ def write_corpus(
         tok = Tokenizer.from_file(str(Path(os.path.expanduser(tokenizer))))
         eos_id(tok)  # refuses a tokenizer without an end-of-text token
     else:
-        sample, sample_bytes = [], 0
-        for docs in per_source.values():
-            for d in docs:
-                if sample_bytes < tokenizer_train_bytes and not is_validation(d["id"], val_fraction):
-                    sample.append(d["text"])
-                    sample_bytes += len(d["text"])
-        log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sample_bytes / 1e6)
+        pairs = ((d["id"], d["text"]) for docs in per_source.values() for d in docs)
+        sample = tokenizer_sample(pairs, val_fraction, tokenizer_train_bytes)
+        log.info("training a %d-token BPE tokenizer on %.1f MB", vocab_size, sum(map(len, sample)) / 1e6)
         tok = train_bpe(sample, vocab_size, min_frequency)
     tok.save(str(out / "tokenizer.json"))
 
-    meta = {
-        "key": key,
-        "seq_len": seq_len,
-        "vocab_size": tok.get_vocab_size(),
-        "tokenizer": tokenizer_digest(out / "tokenizer.json"),
-        "sources": {},
-    }
+    meta = corpus_meta(out, seq_len, key)
     for name, docs in per_source.items():
         (out / name).mkdir()
         splits = {"train": [], "val": []}
         with open(out / name / "documents.jsonl", "w") as f:
             for ordinal, d in enumerate(docs):
-                split = "val" if is_validation(d["id"], val_fraction) else "train"
-                splits[split].append((ordinal, d["text"]))
-                f.write(
-                    json.dumps(
-                        {
-                            "ordinal": ordinal,
-                            "id": d["id"],
-                            "source": name,
-                            "split": split,
-                            "bytes": len(d["text"].encode()),
-                        }
-                    )
-                    + "\n"
-                )
+                row = document_row(ordinal, d["id"], name, d["text"], val_fraction)
+                splits[row["split"]].append((ordinal, d["text"]))
+                f.write(json.dumps(row) + "\n")
         tally = {"document_tokens": 0}
         counts = {
             s: _write_split(splits[s], out / name / s, tok, seq_len, shard_bytes, tally) for s in ("train", "val")
         }
-        meta["sources"][name] = {
-            "documents": len(docs),
-            "blocks": counts,
-            "val_documents": len(splits["val"]),
-            "tokens": (counts["train"] + counts["val"]) * seq_len,
-            **tally,
-        }
+        meta["sources"][name] = source_meta(len(docs), counts, len(splits["val"]), tally["document_tokens"], seq_len)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def tokenizer_sample(docs, val_fraction: float, limit: int) -> list[str]:
+    """The texts a tokenizer is trained on: the first training documents (id, text), up to `limit` characters."""
+    sample, size = [], 0
+    for doc_id, text in docs:
+        if size >= limit:
+            break
+        if not is_validation(doc_id, val_fraction):
+            sample.append(text)
+            size += len(text)
+    return sample
+
+
+def document_row(ordinal: int, doc_id: str, source: str, text: str, val_fraction: float) -> dict:
+    """A line of `<source>/documents.jsonl`: where a document's tokens went (spike forensics, blocklists)."""
+    split = "val" if is_validation(doc_id, val_fraction) else "train"
+    return {"ordinal": ordinal, "id": doc_id, "source": source, "split": split, "bytes": len(text.encode())}
+
+
+def corpus_meta(out: Path, seq_len: int, key: str = "") -> dict:
+    """meta.json without its sources, for the tokenizer saved in `out`."""
+    vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size()
+    return {
+        "key": key,
+        "seq_len": seq_len,
+        "vocab_size": vocab,
+        "tokenizer": tokenizer_digest(out / "tokenizer.json"),
+        "sources": {},
+    }
+
+
+def source_meta(documents: int, blocks: dict, val_documents: int, document_tokens: int, seq_len: int) -> dict:
+    """meta.json's entry for one source."""
+    return {
+        "documents": documents,
+        "blocks": blocks,
+        "val_documents": val_documents,
+        "tokens": (blocks["train"] + blocks["val"]) * seq_len,
+        "document_tokens": document_tokens,
+    }
 
 
 def tokenize_stage(meta: dict, docs: int, size: int) -> StageStats:
@@ -245,18 +263,19 @@ SAFE_FORMATS = ("no_header_numpy", "numpy")  # litdata serializers that only rei
 
 def block_count(path: str) -> int:
     """The number of blocks in a folder of token blocks (all of them, whichever rank asks)."""
-    check_block_format(path)
-    return sum(int(c["chunk_size"]) for c in json.loads(storage.read_text(storage.join(path, "index.json")))["chunks"])
+    return sum(int(c["chunk_size"]) for c in check_block_format(path)["chunks"])
 
 
-def check_block_format(path: str) -> None:
+def check_block_format(path: str) -> dict:
     """A folder of token blocks may name only numpy serializers: litdata also has a pickle serializer, and a
-    crafted index.json naming it would run code from the chunks when training reads them."""
+    crafted index.json naming it would run code from the chunks when training reads them. Returns the index."""
     index = storage.join(path, "index.json")
     try:
-        formats = json.loads(storage.read_text(index))["config"]["data_format"]
+        meta = json.loads(storage.read_text(index))
+        formats = meta["config"]["data_format"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{index}: not a folder of token blocks lmstack wrote ({type(e).__name__}: {e})") from None
     bad = [f for f in formats if not isinstance(f, str) or f.split(":")[0] not in SAFE_FORMATS]
     if bad:
         raise ValueError(f"{index}: serializer {bad[0]!r} refused; lmstack reads only numpy token blocks")
+    return meta

@@ -83,13 +83,14 @@ class PrepareJob:
             for stale in self.work.glob("job-*"):  # an earlier job's, with other inputs or config
                 if stale != self.job_dir:
                     shutil.rmtree(stale, ignore_errors=True)
-            folders, results = [j["dir"] for j in jobs], [read]
+            folders, results = [[j["dir"] for j in jobs]], [read]  # per stage: its task folders, its results
             steps = dedup_steps(self.cfg)
             for k in range(len(steps)) or [None]:
-                folders, res = self.dedup_step(k, steps, folders, results[-1])
+                stage_folders, res = self.dedup_step(k, steps, folders[-1], results[-1])
+                folders.append(stage_folders)
                 results.append(res)
             acct = self.accounting(results, len(tasks))
-            self.outputs(jobs, folders, results, acct)
+            self.outputs(folders, results, acct)
         me = resource.getrusage(resource.RUSAGE_SELF)
         total = time.time() - self.t0
         timing = {
@@ -166,32 +167,24 @@ class PrepareJob:
         acct.extra.update(files=len(self.files), tasks=tasks)
         return acct
 
-    def outputs(self, read_jobs: list[dict], final: list[str], results: list[list[dict]], acct: Accounting) -> None:
-        """documents.jsonl.gz, rejects.jsonl, removed/ and the token corpus, from the tasks' folders."""
+    def outputs(self, folders: list[list[str]], results: list[list[dict]], acct: Accounting) -> None:
+        """documents.jsonl.gz, rejects.jsonl, removed/ and the token corpus, from the tasks' folders (`folders`:
+        each stage's, read first, the outputs' last)."""
         t0 = time.time()
-        out = self.out
-        finals = [Path(f) for f in final]
+        out, finals = self.out, [Path(f) for f in folders[-1]]
         concat_members(finals, "documents.jsonl.gz", out / "documents.jsonl.gz")
         with open(out / "rejects.jsonl", "wb") as f:
-            for j in read_jobs:
-                f.write((Path(j["dir"]) / "rejects.jsonl").read_bytes())
+            for folder in folders[0]:
+                f.write((Path(folder) / "rejects.jsonl").read_bytes())
         if self.cfg.get("keep_removed"):
             names = sorted({m for rs in results for r in rs for m in r["members"] if m != "documents.jsonl.gz"})
-            owners = [Path(f) for folders in self._all_folders(read_jobs) for f in folders]
+            owners = [Path(f) for stage in folders for f in stage]
             for name in names:
                 concat_members(owners, name, out / "removed" / name)
         self.timing["write"] = {"wall": time.time() - t0}
         tok_cfg = self.cfg.get("tokenize")
-        kept = sum(r["kept"] for r in results[-1])
-        if tok_cfg and kept:
+        if tok_cfg and sum(r["kept"] for r in results[-1]):
             self.tokenize(finals, results[-1], tok_cfg, acct)
-
-    def _all_folders(self, read_jobs: list[dict]) -> list[list[str]]:
-        """Every stage's task folders that hold documents, in stage order (read, then each pass)."""
-        folders = [[j["dir"] for j in read_jobs]]
-        for sub in sorted(self.job_dir.glob("step*"), key=lambda p: int(p.name[4:])):
-            folders.append([str(sub / f"t{t}") for t in range(len(read_jobs))])
-        return folders
 
     def tokenize(self, finals: list[Path], last: list[dict], tok_cfg: dict, acct: Accounting) -> None:
         from ..corpus_format import tokenize_stage

@@ -20,7 +20,7 @@ import logging
 
 from .build import build_dedup, build_filters, minhash_step
 from .inputs import expand_inputs, file_fingerprint
-from .resume import RUN_ONLY_KEYS, changes, config_files
+from .resume import changes, config_files, produced_by
 from .steps import Sizer
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
         out = owned.path
         fps = [file_fingerprint(f) for f in files]
         named = config_files(cfg)
-        fingerprint = {"inputs": fps + named, "config": {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}}
+        fingerprint = {"inputs": fps + named, "config": produced_by(cfg)}
         if owned.complete and (out / "stats.json").is_file():
             if owned.marker.get("fingerprint") == fingerprint:
                 log.info("%s is complete already, from the same inputs and config", out)

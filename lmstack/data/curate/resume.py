@@ -24,22 +24,26 @@ def config_files(cfg: dict) -> list[dict]:
     return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
 
 
+def _digest(value) -> str:
+    import xxhash
+
+    return xxhash.xxh64(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def produced_by(cfg: dict) -> dict:
+    """The config without the keys that say only where tasks run."""
+    return {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
+
+
 def task_key(fingerprint: dict, span: dict, cfg: dict, named: list[dict]) -> str:
     """A finished read task is reused only for the same input content and byte range, the same config (what
     is not where-to-run) and the same files the config names."""
-    import xxhash
-
-    per_file = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
-    blob = json.dumps([fingerprint, span, per_file, named], sort_keys=True, default=str)
-    return xxhash.xxh64(blob.encode()).hexdigest()
+    return _digest([fingerprint, span, produced_by(cfg), named])
 
 
 def job_key(task_keys: list[str], cfg: dict) -> str:
     """The stages after reading depend on every read task and the whole config."""
-    import xxhash
-
-    per_job = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
-    return xxhash.xxh64(json.dumps([task_keys, per_job], sort_keys=True, default=str).encode()).hexdigest()
+    return _digest([task_keys, produced_by(cfg)])
 
 
 def changes(old: dict | None, new: dict) -> str:

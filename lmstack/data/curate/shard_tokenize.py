@@ -11,8 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..corpus_format import _blocks, _shards, tokenizer_digest
-from ..sources import is_validation
+from ..corpus_format import _blocks, _shards, corpus_meta, document_row, source_meta, tokenizer_sample, too_few_tokens
 from ..tokenizer import eos_id, train_bpe
 from .docstore import read_docs
 from .workdir import committed
@@ -30,14 +29,8 @@ def make_tokenizer(folders: list[Path], tok_cfg: dict, out: Path) -> Path:
         tok = Tokenizer.from_file(os.path.expanduser(tok_cfg["tokenizer"]))
         eos_id(tok)  # refuses a tokenizer without an end-of-text token
     else:
-        sample, size, val = [], 0, tok_cfg.get("val_fraction", 0.02)
-        for folder in folders:
-            for _, d in read_docs(folder):
-                if size >= TOKENIZER_TRAIN_BYTES:
-                    break
-                if not is_validation(d.id, val):
-                    sample.append(d.text)
-                    size += len(d.text)
+        pairs = ((d.id, d.text) for folder in folders for _, d in read_docs(folder))
+        sample = tokenizer_sample(pairs, tok_cfg.get("val_fraction", 0.02), TOKENIZER_TRAIN_BYTES)
         tok = train_bpe(sample, tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
     tok.save(str(out / "tokenizer.json"))
     return out / "tokenizer.json"
@@ -56,15 +49,8 @@ def _tokenize(job: dict, tmp: Path) -> dict:
     splits: dict[str, list] = {s: [] for s in SPLITS}
     with open(tmp / "documents.jsonl", "w") as f:
         for ordinal, (_, d) in enumerate(read_docs(Path(job["folder"])), start=job["first_ordinal"]):
-            split = "val" if is_validation(d.id, job["val_fraction"]) else "train"
-            splits[split].append((ordinal, d.text))
-            row = {
-                "ordinal": ordinal,
-                "id": d.id,
-                "source": job["source"],
-                "split": split,
-                "bytes": len(d.text.encode()),
-            }
+            row = document_row(ordinal, d.id, job["source"], d.text, job["val_fraction"])
+            splits[row["split"]].append((ordinal, d.text))
             f.write(json.dumps(row) + "\n")
     counts, tally = {}, {"document_tokens": 0}
     for split, docs in splits.items():
@@ -115,31 +101,19 @@ def merge_tokenized(folders: list[Path], results: list[dict], out: Path, source:
                 _link_or_copy(folder / split / c["filename"], root / split / name)
                 chunks.append({**c, "filename": name})
         if not chunks:
-            raise ValueError(
-                f"{root / split}: the documents hold fewer than seq_len + 1 = {seq_len + 1} tokens; "
-                "add data, lower data.seq_len or change data.val_fraction"
-            )
+            raise too_few_tokens(root / split, seq_len)
         (root / split / "index.json").write_text(json.dumps({"chunks": chunks, "config": config, "updated_at": "0"}))
     with open(root / "documents.jsonl", "wb") as f:
         for folder in folders:
             f.write((folder / "documents.jsonl").read_bytes())
     blocks = {s: sum(r["blocks"][s] for r in results) for s in SPLITS}
-    from tokenizers import Tokenizer
-
-    meta = {
-        "key": "",
-        "seq_len": seq_len,
-        "vocab_size": Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(),
-        "tokenizer": tokenizer_digest(out / "tokenizer.json"),
-        "sources": {
-            source: {
-                "documents": sum(r["documents"] for r in results),
-                "blocks": blocks,
-                "val_documents": sum(r["val_documents"] for r in results),
-                "tokens": (blocks["train"] + blocks["val"]) * seq_len,
-                "document_tokens": sum(r["document_tokens"] for r in results),
-            }
-        },
-    }
+    meta = corpus_meta(out, seq_len)
+    meta["sources"][source] = source_meta(
+        sum(r["documents"] for r in results),
+        blocks,
+        sum(r["val_documents"] for r in results),
+        sum(r["document_tokens"] for r in results),
+        seq_len,
+    )
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -36,10 +36,9 @@ def _result(part: StepResults, members: Members, kept: int, extra: dict | None =
     }
 
 
-def _finish(tmp: Path, docs: list, cfg: dict, step_index: int, members: Members) -> dict:
-    """What every task that holds documents ends with: its documents, then the next step's keys, or (after
-    the last step) the documents' output member."""
-    steps = dedup_steps(cfg)
+def _finish(tmp: Path, docs: list, steps: list, step_index: int, members: Members) -> dict:
+    """What every task that holds documents ends with: its documents, then the keys of dedup step
+    `step_index`, or (after the last step) the documents' output member."""
     write_docs(tmp, docs)
     if step_index < len(steps):
         parts.write_keys(tmp, steps[step_index], docs)
@@ -59,7 +58,6 @@ def _read(job: dict, tmp: Path) -> dict:
     part, members = StepResults(), Members(tmp)
     read = part.stages.setdefault("read", StageStats("read"))
     sizer = Sizer.from_cfg(cfg)
-    rejects = open(tmp / "rejects.jsonl", "w")
 
     def documents():
         items = read_inputs(
@@ -86,9 +84,7 @@ def _read(job: dict, tmp: Path) -> dict:
     steps = build_filters(cfg)
     kept = apply_steps(steps, documents(), part, bool(cfg.get("keep_removed")), sizer)
     read.bytes_in, read.tokens_in = read.bytes_out, read.tokens_out  # unreadable input has no size
-    for r in part.rejects:
-        rejects.write(json.dumps(r) + "\n")
-    rejects.close()
+    (tmp / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part.rejects))
     for rule, doc in part.removed:
         if doc is not None:
             members.write(f"{rule.replace('/', '.')}.jsonl.gz", removed_row(doc))
@@ -96,7 +92,7 @@ def _read(job: dict, tmp: Path) -> dict:
     for s in steps:
         if isinstance(s, PiiMasker):
             pii.update(s.counts)
-    extra = _finish(tmp, list(enumerate(kept)), cfg, 0, members)
+    extra = _finish(tmp, list(enumerate(kept)), dedup_steps(cfg), 0, members)
     return _result(part, members, len(kept), {**extra, "pii": dict(pii)})
 
 
@@ -157,9 +153,9 @@ def _pass(job: dict, tmp: Path) -> dict:
     dedup), then the next step's keys or the outputs."""
     cfg, k = job["cfg"], job["step"]
     part, members, sizer = StepResults(), Members(tmp), Sizer.from_cfg(cfg)
-    docs = list(read_docs(Path(job["prev"])))
+    docs, steps = list(read_docs(Path(job["prev"]))), dedup_steps(cfg)
     if k is not None:
-        step, rows = dedup_steps(cfg)[k], _decided(job)
+        step, rows = steps[k], _decided(job)
         if step.name == "paragraph_dedup":
             drop: dict[int, set] = {}
             for i, j in rows.tolist():
@@ -185,5 +181,5 @@ def _pass(job: dict, tmp: Path) -> dict:
             st.count_out(sizer(d))
             kept.append((i, d))
         docs = kept
-    extra = _finish(tmp, docs, cfg, (k + 1) if k is not None else len(dedup_steps(cfg)), members)
+    extra = _finish(tmp, docs, steps, (k + 1) if k is not None else len(steps), members)
     return _result(part, members, len(docs), extra)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,36 +45,15 @@ class Sizer:
         return doc.cached("size" if self.tok is None else "size+tokens", self._measure)
 
 
-class Removed:
-    """Writes removed documents per rule, when asked to."""
-
-    def __init__(self, out: Path | None):
-        self.out, self.files = out, {}
-
-    def add(self, rule: str, doc: Document) -> None:
-        if self.out is None:
-            return
-        if rule not in self.files:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.files[rule] = gzip.open(self.out / f"{rule.replace('/', '.')}.jsonl.gz", "wt", encoding="utf-8")
-        self.files[rule].write(json.dumps({"id": doc.id, "source": doc.source, "text": doc.text}) + "\n")
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
 @dataclass
 class StepResults:
-    """What documents gave after a list of steps: the kept ones, and the accounting (per rule, per stage)."""
+    """The accounting of documents run through a list of steps (per rule, per stage), and its rejects."""
 
-    kept: list = field(default_factory=list)
     rejects: list = field(default_factory=list)
     removed: list = field(default_factory=list)  # (rule, document); documents only with keep_removed
     counts: Counter = field(default_factory=Counter)  # rule -> documents removed
     stages: dict = field(default_factory=dict)
     docs_in: int = 0
-    pii: Counter = field(default_factory=Counter)
 
 
 def apply_steps(steps: list, docs, part: StepResults, keep_removed: bool, sizer: Sizer | None = None) -> list[Document]:
