@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
+from lmstack.train.elastic import keep_global_batch
 from lmstack.train.hooks import step_plugins
 from lmstack.train.module import PretrainModule, module_args
 from lmstack.train.schedules import tokens_of
@@ -286,6 +287,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(spec.seed, workers=True)
     trainer = build_trainer(spec)
     record = read_resume_record(ckpt)
+    keep_global_batch(spec, trainer, record)  # resumed on another world size: the same global batch
     module, dm = build(spec, trainer, config, record)
     if ckpt:
         check_resume(record, module.run_identity, spec.train.resume_changes, ckpt)
@@ -305,7 +307,9 @@ def run(cfg: DictConfig) -> dict:
         ckpt = signal.checkpoint
         log.warning("rewinding to %s; steps skipped on the way forward: %s", ckpt, sorted(signal.skip_steps))
         trainer = build_trainer(spec)
-        module, dm = build(spec, trainer, config, read_resume_record(ckpt))
+        record = read_resume_record(ckpt)
+        keep_global_batch(spec, trainer, record)
+        module, dm = build(spec, trainer, config, record)
         for plugin in step_plugins(trainer):
             plugin.on_rewind(signal)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)

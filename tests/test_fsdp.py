@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED_DATA, SMALL_EVALS, clean_env
+from .helpers import SHARED_DATA, SMALL, SMALL_EVALS, clean_env, compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
 
 
-def train(out: Path, cache: Path, *overrides: str, timeout: int = 600) -> list[dict]:
-    """Runs 2 processes; returns each rank's report (and rank 0's output as `stdout`)."""
+def train(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
+    """Runs 2 processes (or `ranks`); returns each rank's report (and rank 0's output as `stdout`)."""
     out.mkdir(parents=True)
+    launch = TWO_RANKS if ranks == 2 else [f"trainer.devices={ranks}", TWO_RANKS[1]]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *TWO_RANKS, *overrides],
+        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *launch, *overrides],
         cwd=ROOT,
         timeout=timeout,
         env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
@@ -28,7 +29,7 @@ def train(out: Path, cache: Path, *overrides: str, timeout: int = 600) -> list[d
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
     reports[0]["stdout"] = done.stdout
     return reports
 
@@ -78,6 +79,31 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
         for step in b:
             assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
     assert fsdp[0]["result"]["val/bpb"] == pytest.approx(resumed[0]["result"]["val/bpb"], abs=1e-5)
+    check_elastic_resume(tmp_path, cache, ckpt, fsdp)
+
+
+def check_elastic_resume(tmp_path: Path, cache: Path, ckpt: Path, uninterrupted: list[dict]) -> None:
+    """The 2-process checkpoint resumed on 1 process: accumulation 2 keeps the global batch, micro-batch k of
+    step s is what rank k drew at step s, and the losses and the final val/bpb are the uninterrupted run's."""
+    from lmstack.config.schema import ConfigError
+
+    one = train(tmp_path / "elastic", cache, "strategy=fsdp", f"ckpt_path={ckpt}", ranks=1)[0]
+    assert one["world_size"] == 1 and len(one["steps"]) == 10  # 5 steps of 2 micro-batches
+    assert one["steps"][-1]["step"] == 10
+    for i, micro in enumerate(one["steps"]):
+        step, rank = 6 + i // 2, i % 2
+        assert micro["loss"] == pytest.approx(losses(uninterrupted[rank])[step], abs=1e-5), (step, rank)
+    assert one["result"]["val/bpb"] == pytest.approx(uninterrupted[0]["result"]["val/bpb"], abs=1e-5)
+    from lmstack.run import run
+
+    cfg = compose_cfg(  # 8 sequences a step cannot be kept with micro-batches of 3
+        [*SMALL, "train.max_tokens=5120", "data.batch_size=3", f"ckpt_path={ckpt}"],
+        run_dir=tmp_path / "refused",
+        cache_dir=cache,
+    )
+    refused = r"global batch is 8 sequences .*data.batch_size values that can: \[1, 2, 4, 8\]"
+    with pytest.raises(ConfigError, match=refused):
+        run(cfg)
 
 
 def check_inloop_evals(reports: list[dict], model, tok, state) -> None:

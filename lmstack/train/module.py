@@ -21,6 +21,7 @@ import torch
 from lmstack.checkpoint import add_extras, extras
 from lmstack.model import ModelConfig, Transformer
 
+from .elastic import rescale_loop_progress
 from .hooks import RewindRequested, StepRecord, step_plugins
 from .losses import lm_loss, token_losses
 from .optim import build_adamw
@@ -215,7 +216,12 @@ class PretrainModule(L.LightningModule):
     # ---- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         guard = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
-        record = {"identity": self.run_identity, "tokens": self.tokens_at(checkpoint["global_step"])}
+        record = {
+            "identity": self.run_identity,
+            "tokens": self.tokens_at(checkpoint["global_step"]),
+            "world_size": self.trainer.world_size,  # for an elastic resume (lmstack.train.elastic)
+            "accumulate": self.trainer.accumulate_grad_batches,
+        }
         add_extras(checkpoint, self.tokenizer_json, self.token_bytes.cpu(), guard, record)
 
     def on_load_checkpoint(self, checkpoint):
@@ -225,5 +231,7 @@ class PretrainModule(L.LightningModule):
         self.nonfinite.total = saved["step_guard"].get("nonfinite_steps", 0)
         if "tokens" in saved["record"]:
             self.token_base = (checkpoint["global_step"], saved["record"]["tokens"])
+        if "accumulate" in saved["record"] and self._trainer is not None:  # resumed with another accumulation
+            rescale_loop_progress(checkpoint, saved["record"]["accumulate"], self.trainer.accumulate_grad_batches)
         if saved["token_bytes"] is not None:
             self.token_bytes = saved["token_bytes"].to(self.token_bytes.device)

@@ -1,8 +1,8 @@
 """Run by the multi-process tests: `python tests/workers/run_worker.py OUT_DIR [overrides...]` trains with
 lmstack's own `run` (Lightning Trainer; the DDP / FSDP launcher starts the other rank by running this
-same command) and writes OUT_DIR/rank<r>.json: per step, the training loss and whether automatic garbage
-collection was on; the steps at which GC sync collected; gc state after fit; the in-loop evals; the
-run's result."""
+same command) and writes OUT_DIR/rank<r>.json: per micro-batch, the step after it, its training loss
+and whether automatic garbage collection was on; the steps at which GC sync collected; gc state after fit;
+the in-loop evals; the run's result."""
 
 import gc
 import json
@@ -21,7 +21,8 @@ class Probe(L.Callback):
         self.steps = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.steps.append({"step": trainer.global_step, "loss": float(outputs["loss"]), "gc_enabled": gc.isenabled()})
+        loss = float(outputs["loss"]) * trainer.accumulate_grad_batches  # Lightning divides it by the accumulation
+        self.steps.append({"step": trainer.global_step, "loss": loss, "gc_enabled": gc.isenabled()})
 
 
 def main(out: Path, overrides: list[str]) -> None:
