@@ -266,6 +266,25 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: the bytes
+        shutil.copy2(src, dst)
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """`dst` (lmstack's own, e.g. last.ckpt) becomes the finished checkpoint `src` of the same step, file or
+    folder: hard links where the file system allows (nothing rewritten), published like a write."""
+    src, dst = Path(src), Path(dst)
+    tmp = temp_sibling(dst)
+    if src.is_dir():
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, tmp)
+    publish_folder(tmp, dst)
+
+
 def write_manifest(folder: Path) -> None:
     """Marks a sharded checkpoint folder as lmstack's (called once its `.metadata` is written)."""
     import time

@@ -62,6 +62,13 @@ def build_trainer(spec: RunSpec, extra_callbacks=(), adaptation: bool = False) -
         callbacks.append(hydra.utils.instantiate(spec.evals))
     logger = hydra.utils.instantiate(spec.logger) if spec.logger else False
     strategy = hydra.utils.instantiate(spec.strategy) if "_target_" in spec.strategy else spec.strategy["name"]
+    if spec.train.async_checkpoint:
+        if not getattr(strategy, "_save_distributed_checkpoint", False) or not hasattr(strategy, "async_checkpoint"):
+            raise ConfigError(
+                "train.async_checkpoint=true writes sharded checkpoints in the background: it needs strategy=fsdp "
+                "with strategy.save_distributed_checkpoint=true"
+            )
+        strategy.async_checkpoint = True
     accum = spec.trainer.get("accumulate_grad_batches", 1)
     return L.Trainer(
         **spec.trainer,

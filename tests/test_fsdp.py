@@ -133,3 +133,44 @@ def test_the_end_of_run_sample_works_on_two_fsdp_ranks(tmp_path):
     made the other rank's process group close under it: `Connection closed by peer`, exit code 1)."""
     reports = train(tmp_path / "fsdp", tmp_path / "cache", "strategy=fsdp", "train.sample_tokens=12", timeout=300)
     assert "sample:\n" in reports[0]["stdout"] and all(r["world_size"] == 2 for r in reports)
+
+
+@pytest.mark.slow
+def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(tmp_path):
+    """train.async_checkpoint=true: the shards are written in the background (DCP async_save) while training
+    goes on; each checkpoint holds the state of its step (the weights equal a synchronous run's), is published
+    whole, and resumes to the uninterrupted run's losses; the stall per checkpoint is reported."""
+    import torch
+
+    from lmstack.checkpoint import load_checkpoint
+
+    cache, every = tmp_path / "cache", "callbacks.checkpoint.every_n_train_steps=5"
+    sync = train(tmp_path / "sync", cache, "strategy=fsdp", every)
+    async_ = train(tmp_path / "async", cache, "strategy=fsdp", every, "train.async_checkpoint=true")
+    for rank in range(2):
+        assert losses(async_[rank]) == losses(sync[rank])  # writing in the background changes nothing
+        assert [step for step, _ in async_[rank]["checkpoint_stalls"]] == [5, 5, 10, 10]  # step and last
+    folder = tmp_path / "async" / "run" / "checkpoints"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # every write finished and published
+    for name in ("step000005.ckpt", "step000010.ckpt", "last.ckpt"):
+        a, _, state = load_checkpoint(str(folder / name))
+        b, _, _ = load_checkpoint(str(tmp_path / "sync" / "run" / "checkpoints" / name))
+        assert state["global_step"] == (10 if name != "step000005.ckpt" else 5)
+        for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), (name, key)
+    for f in (folder / "step000010.ckpt").iterdir():  # last.ckpt of that step: the same files, not a second write
+        assert (folder / "last.ckpt" / f.name).stat().st_ino == f.stat().st_ino
+    resumed = train(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={folder / 'step000005.ckpt'}")
+    for rank in range(2):
+        a, b = losses(async_[rank]), losses(resumed[rank])
+        assert sorted(b) == list(range(6, 11))
+        for step in b:
+            assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
+    from lmstack.config.schema import ConfigError
+    from lmstack.run import run
+
+    cfg = compose_cfg(
+        [*SMALL, "strategy=ddp", "train.async_checkpoint=true"], run_dir=tmp_path / "ddp", cache_dir=cache
+    )
+    with pytest.raises(ConfigError, match="train.async_checkpoint=true .* needs strategy=fsdp"):
+        run(cfg)

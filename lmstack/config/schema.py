@@ -84,6 +84,7 @@ class TrainSection:
     max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
     batch_guard: str = "warn"  # warn | fail
     resume_changes: Literal["refuse", "allow"] = "refuse"  # resuming with another batch, seed, mix, model, ...
+    async_checkpoint: bool = False  # strategy=fsdp: shards written in the background (torch DCP async_save)
     elastic: bool = True  # resumed on another world size: accumulation set to keep the global batch (train.elastic)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     compile: bool = False  # torch.compile each transformer block

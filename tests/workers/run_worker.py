@@ -49,7 +49,10 @@ def main(out: Path, overrides: list[str]) -> None:
         "gc_collected_at": gc_cb.collected_at if gc_cb else None,
         "gc_enabled_after": gc.isenabled(),
         "evals": evals,
-        "train_blocks": trainer.datamodule.train_set.lengths,  # what the sampler draws from, per source
+        "train_blocks": trainer.datamodule.train_set.lengths,
+        "checkpoint_stalls": next(
+            (cb.stalls for cb in trainer.callbacks if hasattr(cb, "stalls")), None
+        ),  # what the sampler draws from, per source
         "result": {k: v for k, v in result.items() if k != "run_dir"},
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
