@@ -65,3 +65,4 @@ def test_a_wheel_in_a_fresh_venv_plans_and_trains_from_another_directory(tmp_pat
     (run_dir,) = (elsewhere / "out" / "runs").glob("*/*")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "train.log").is_file()
     assert Path(ROOT / "conf" / "train.yaml").read_text() == next(venv_site.glob("lmstack/conf/train.yaml")).read_text()
+    assert (venv_site / "lmstack" / "conf" / "hydra" / "launcher" / "slurm.yaml").is_file()  # nested config groups

@@ -4,6 +4,11 @@ folder as its run directory) and waits. A job that crashes or diverges is record
 `result.json` and the sweep goes on to the next job; the next job starts in a fresh process, with nothing
 left over from the last one (memory, threads, compiled kernels). On Linux the child is tied to the sweep
 process: when that dies, however it dies (Ctrl-C, kill, the OOM killer), the running job gets SIGTERM.
+
+The same task runs under Hydra's submitit launcher (`hydra/launcher=submitit_local`, `submitit_slurm`, or
+conf/hydra/launcher/slurm.yaml): there each job is a submitit job of its own (all of them at once, or as
+Slurm schedules them), and on Slurm one task per GPU starts its training process, which takes its rank from the
+SLURM_* variables; only the task of global rank 0 records how the job ended.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ def start_job(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
 
 
+def task_rank() -> int:
+    """This process's global rank among a submitit job's tasks; 0 outside submitit."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return 0
+    import submitit
+
+    return submitit.JobEnvironment().global_rank
+
+
 def run_job_process(command: list[str]) -> float:
     """Run this job's training in a child process; its final val/bpb, or NaN when it failed or diverged
     (so a sweeper that minimises, such as Optuna's, treats it as a failed trial)."""
@@ -64,6 +78,8 @@ def run_job_process(command: list[str]) -> float:
         proc.wait()
         raise
     result_file = out / "result.json"
+    if task_rank() != 0:  # rank 0 of the same job records it
+        return float("nan")
     result = json.loads(result_file.read_text()) if result_file.exists() else {}
     if proc.returncode != 0 and result.get("status") != "diverged":
         result = {**result, "status": "failed", "returncode": proc.returncode}

@@ -81,6 +81,16 @@ def _tokens_per_step(job_dir: Path) -> int:
     return cfg["data"]["seq_len"] * cfg["data"]["batch_size"] * trainer.get("accumulate_grad_batches", 1) * world
 
 
+def _started_at(job_dir: Path) -> float | None:
+    """When the job's training process last updated its run-directory marker (status running), if it did."""
+    from lmstack.ownership import read_marker
+
+    marker = read_marker(job_dir) or {}
+    if marker.get("status") != "running":
+        return None
+    return float(marker.get("updated") or marker.get("created") or 0.0)
+
+
 def read_job(job_dir: Path) -> Job:
     over_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = {}
@@ -89,10 +99,12 @@ def read_job(job_dir: Path) -> Job:
         overrides[key.lstrip("+~")] = value
     result = json.loads((job_dir / "result.json").read_text()) if (job_dir / "result.json").exists() else {}
     curves, first, last = _scalars(job_dir)
+    started = _started_at(job_dir)  # the run claimed its folder: it began, events or not
     if result.get("status"):
         status = result["status"]
-    elif last is not None:
-        status = "running" if time.time() - last < RUNNING_WINDOW_S else "interrupted"
+    elif last is not None or started is not None:
+        recent = max(t for t in (last, started) if t is not None)
+        status = "running" if time.time() - recent < RUNNING_WINDOW_S else "interrupted"
     else:
         status = "not started"
     wall = result.get("wall_s") or ((last - first) if first is not None and last is not None else None)
