@@ -3,54 +3,39 @@ that resume exactly. Each run is `tests/workers/run_worker.py` in a subprocess (
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED_DATA, SMALL, SMALL_EVALS, clean_env, compose_cfg
+from .helpers import SHARED_DATA, SMALL, SMALL_EVALS, compose_cfg, losses, train_on_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
 
 
-def train(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
-    """Runs 2 processes (or `ranks`); returns each rank's report (and rank 0's output as `stdout`)."""
-    out.mkdir(parents=True)
-    launch = TWO_RANKS if ranks == 2 else [f"trainer.devices={ranks}", TWO_RANKS[1]]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *launch, *overrides],
-        cwd=ROOT,
-        timeout=timeout,
-        env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
-    reports[0]["stdout"] = done.stdout
-    return reports
-
-
-def losses(report: dict) -> dict[int, float]:
-    return {s["step"]: s["loss"] for s in report["steps"]}
-
-
-@pytest.mark.slow
-def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
-    cache = tmp_path / "cache"
-    ddp = train(tmp_path / "ddp", cache, "strategy=ddp")
-    fsdp = train(
-        tmp_path / "fsdp",
-        cache,
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """10 steps of FSDP2 on 2 ranks with a sharded checkpoint at step 5 and in-loop evals every 5 steps: the
+    run the FSDP tests compare against and start from (its folder, with the corpus cache, and its reports)."""
+    out = tmp_path_factory.mktemp("fsdp")
+    reports = train_on_ranks(
+        out / "fsdp",
+        out / "cache",
         "strategy=fsdp",
         "train.activation_checkpointing=true",  # applied before sharding (lmstack.train.parallelize): same math
         "callbacks.checkpoint.every_n_train_steps=5",
         *SMALL_EVALS,
         "evals.every_steps=5",
+        "train.sample_tokens=12",  # the default run's end-of-run sample
     )
+    return out, reports
+
+
+@pytest.mark.slow
+def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(fsdp_run, tmp_path, capsys):
+    out, fsdp = fsdp_run
+    cache = out / "cache"
+    ddp = train_on_ranks(tmp_path / "ddp", cache, "strategy=ddp")
     from litdata import StreamingDataset
 
     (blocks_dir,) = cache.glob("corpora/*/*/train")
@@ -62,7 +47,7 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
         a, b = losses(ddp[rank]), losses(fsdp[rank])
         for step in range(1, 6):  # the first 5 steps, on each rank's own micro-batches
             assert b[step] == pytest.approx(a[step], abs=1e-5), (rank, step)
-    ckpt = tmp_path / "fsdp" / "run" / "checkpoints" / "step000005.ckpt"
+    ckpt = out / "fsdp" / "run" / "checkpoints" / "step000005.ckpt"
     assert ckpt.is_dir() and any(ckpt.glob("*.distcp"))  # sharded: each rank wrote its part
     assert (ckpt / "lmstack-checkpoint.json").is_file()  # published whole, under lmstack's manifest
     assert not [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -72,7 +57,8 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(tmp_path):
     assert state["global_step"] == 5 and tok is not None
     assert all(p.isfinite().all() for p in model.parameters())
     check_inloop_evals(fsdp, model, tok, state)
-    resumed = train(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={ckpt}")
+    check_commands_read_sharded(ckpt, fsdp[0]["evals"][0], model, tok, tmp_path, capsys)
+    resumed = train_on_ranks(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={ckpt}")
     for rank in range(2):
         a, b = losses(fsdp[rank]), losses(resumed[rank])
         assert sorted(b) == list(range(6, 11))
@@ -87,7 +73,7 @@ def check_elastic_resume(tmp_path: Path, cache: Path, ckpt: Path, uninterrupted:
     step s is what rank k drew at step s, and the losses and the final val/bpb are the uninterrupted run's."""
     from lmstack.config.schema import ConfigError
 
-    one = train(tmp_path / "elastic", cache, "strategy=fsdp", f"ckpt_path={ckpt}", ranks=1)[0]
+    one = train_on_ranks(tmp_path / "elastic", cache, "strategy=fsdp", f"ckpt_path={ckpt}", ranks=1)[0]
     assert one["world_size"] == 1 and len(one["steps"]) == 10  # 5 steps of 2 micro-batches
     assert one["steps"][-1]["step"] == 10
     for i, micro in enumerate(one["steps"]):
@@ -104,6 +90,25 @@ def check_elastic_resume(tmp_path: Path, cache: Path, ckpt: Path, uninterrupted:
     refused = r"global batch is 8 sequences .*data.batch_size values that can: \[1, 2, 4, 8\]"
     with pytest.raises(ConfigError, match=refused):
         run(cfg)
+
+
+def check_commands_read_sharded(ckpt: Path, inloop: dict, model, tok, tmp_path: Path, capsys) -> None:
+    """`lmstack eval` of the sharded checkpoint scores what the 2 ranks scored in the loop at that step, and
+    `lmstack generate` continues as the gathered model does."""
+    import json
+
+    from lmstack.cli import main
+    from lmstack.generate import generate
+
+    tasks = ",".join(str(SHARED_DATA / "evals" / t) for t in ("arc_easy", "copa"))
+    main(["eval", f"ckpt={ckpt}", f"tasks=[{tasks}]", "limit=15", f"out={tmp_path / 'eval'}"])
+    scored = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    for t in ("arc_easy", "copa"):
+        assert scored[t] == pytest.approx(inloop[t], rel=1e-6), t
+    capsys.readouterr()
+    main(["generate", f"ckpt={ckpt}", "prompt='def main('", "max_new_tokens=12", "temperature=0"])
+    expected = "def main(" + tok.decode(generate(model, tok.encode("def main(").ids, 12, temperature=0))
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
@@ -128,15 +133,15 @@ def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
 
 
 @pytest.mark.slow
-def test_the_end_of_run_sample_works_on_two_fsdp_ranks(tmp_path):
+def test_the_end_of_run_sample_works_on_two_fsdp_ranks(fsdp_run):
     """The default run ends with a sample; under FSDP2 every rank must join its forward passes (rank 0 alone
     made the other rank's process group close under it: `Connection closed by peer`, exit code 1)."""
-    reports = train(tmp_path / "fsdp", tmp_path / "cache", "strategy=fsdp", "train.sample_tokens=12", timeout=300)
+    _, reports = fsdp_run
     assert "sample:\n" in reports[0]["stdout"] and all(r["world_size"] == 2 for r in reports)
 
 
 @pytest.mark.slow
-def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(tmp_path):
+def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(fsdp_run, tmp_path):
     """train.async_checkpoint=true: the shards are written in the background (DCP async_save) while training
     goes on; each checkpoint holds the state of its step (the weights equal a synchronous run's), is published
     whole, and resumes to the uninterrupted run's losses; the stall per checkpoint is reported."""
@@ -144,9 +149,9 @@ def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(tmp_pa
 
     from lmstack.checkpoint import load_checkpoint
 
-    cache, every = tmp_path / "cache", "callbacks.checkpoint.every_n_train_steps=5"
-    sync = train(tmp_path / "sync", cache, "strategy=fsdp", every)
-    async_ = train(tmp_path / "async", cache, "strategy=fsdp", every, "train.async_checkpoint=true")
+    cache, every = fsdp_run[0] / "cache", "callbacks.checkpoint.every_n_train_steps=5"
+    sync = train_on_ranks(tmp_path / "sync", cache, "strategy=fsdp", every)
+    async_ = train_on_ranks(tmp_path / "async", cache, "strategy=fsdp", every, "train.async_checkpoint=true")
     for rank in range(2):
         assert losses(async_[rank]) == losses(sync[rank])  # writing in the background changes nothing
         assert [step for step, _ in async_[rank]["checkpoint_stalls"]] == [5, 5, 10, 10]  # step and last
@@ -160,7 +165,7 @@ def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(tmp_pa
             assert torch.equal(x, y), (name, key)
     for f in (folder / "step000010.ckpt").iterdir():  # last.ckpt of that step: the same files, not a second write
         assert (folder / "last.ckpt" / f.name).stat().st_ino == f.stat().st_ino
-    resumed = train(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={folder / 'step000005.ckpt'}")
+    resumed = train_on_ranks(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={folder / 'step000005.ckpt'}")
     for rank in range(2):
         a, b = losses(async_[rank]), losses(resumed[rank])
         assert sorted(b) == list(range(6, 11))
@@ -174,3 +179,49 @@ def test_async_sharded_checkpoints_hold_the_same_state_and_resume_exactly(tmp_pa
     )
     with pytest.raises(ConfigError, match="train.async_checkpoint=true .* needs strategy=fsdp"):
         run(cfg)
+
+
+ADAPT = {  # each stage a few steps on 2 ranks, from the FSDP run's last (sharded) checkpoint
+    "sft": ["stage=sft", "stage.train_examples=32", "stage.test_examples=8", "data.batch_size=4"],
+    "dpo": ["stage=dpo", "stage.train_examples=32", "stage.test_examples=8", "data.batch_size=4"]
+    + ["stage.rejected_samples=2"],
+    "rlvr": ["stage=rlvr", "stage.train_examples=16", "stage.test_examples=4", "data.batch_size=2"]
+    + ["stage.group_size=4", "stage.eval_samples=2"],
+}
+
+
+def adapt(fsdp_run, out: Path, stage: str, strategy: str) -> list[dict]:
+    root, _ = fsdp_run
+    init = f"init_from={root / 'fsdp' / 'run' / 'checkpoints' / 'last.ckpt'}"
+    return train_on_ranks(out, root / "cache", f"strategy={strategy}", init, *ADAPT[stage], timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_sft_and_dpo_on_two_ranks_take_the_same_steps_under_ddp_and_fsdp(stage, fsdp_run, tmp_path):
+    """Each rank trains on its own rows, FSDP2 and DDP compute the same losses, the held-out numbers are
+    rank 0's alone (one recipe.json), and DPO's preference accuracy is the same under both."""
+    import json
+
+    runs = {s: adapt(fsdp_run, tmp_path / s, stage, s) for s in ("ddp", "fsdp")}
+    steps = runs["fsdp"][0]["result"]["steps"]
+    for rank in range(2):
+        a, b = losses(runs["ddp"][rank]), losses(runs["fsdp"][rank])
+        assert sorted(a) == sorted(b) == list(range(1, steps + 1)) and all(map(math.isfinite, a.values()))
+        for step in a:
+            assert b[step] == pytest.approx(a[step], abs=1e-5), (stage, rank, step)
+    assert losses(runs["fsdp"][0]) != losses(runs["fsdp"][1])  # the ranks' rows differ
+    recipe = json.loads((tmp_path / "fsdp" / "run" / "recipe.json").read_text())[stage]
+    assert recipe["held_out"] == 8 and recipe["steps"] == steps and "exact_match" not in runs["fsdp"][1]["result"]
+    assert runs["fsdp"][0]["result"]["exact_match"] == recipe["exact_match"]
+    if stage == "dpo":
+        assert recipe["preference_accuracy"] == runs["ddp"][0]["result"]["preference_accuracy"]
+
+
+@pytest.mark.slow
+def test_grpo_on_two_fsdp_ranks_runs_every_step(fsdp_run, tmp_path):
+    """GRPO's rollouts decode a different group on each rank through the sharded model: every rank runs the
+    same forward passes until all groups are done, so no rank waits alone in a parameter gather."""
+    reports = adapt(fsdp_run, tmp_path / "rlvr", "rlvr", "fsdp")
+    assert [len(r["steps"]) for r in reports] == [reports[0]["result"]["steps"]] * 2 == [4, 4]  # 16 / (2 x 2)
+    assert "mean sampled reward" in reports[0]["stdout"]

@@ -93,3 +93,34 @@ TINY_LLAMA_CONFIG = {
     "intermediate_size": 128,
     "vocab_size": 100,
 }
+
+
+TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
+
+
+def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
+    """Every multi-process test's runner: `tests/workers/run_worker.py` (lmstack's own `run`, whose strategy
+    starts the other ranks) on 2 processes, or `ranks`; returns each rank's report (rank 0's output as `stdout`)."""
+    import json
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True)
+    launch = TWO_RANKS if ranks == 2 else [f"trainer.devices={ranks}", TWO_RANKS[1]]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *launch, *overrides],
+        cwd=ROOT,
+        timeout=timeout,
+        env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+    reports[0]["stdout"] = done.stdout
+    return reports
+
+
+def losses(report: dict) -> dict[int, float]:
+    """step -> training loss of a rank's report (the last micro-batch of each step)."""
+    return {s["step"]: s["loss"] for s in report["steps"]}

@@ -30,8 +30,8 @@ def main(out: Path, overrides: list[str]) -> None:
 
     probe, build, trainers = Probe(), run_mod.build_trainer, []
 
-    def build_with_probe(spec):  # keeps the trainer, to read its callbacks after the run
-        trainers.append(build(spec, [probe]))
+    def build_with_probe(spec, **kwargs):  # keeps the trainer, to read its callbacks after the run
+        trainers.append(build(spec, [probe], **kwargs))
         return trainers[-1]
 
     run_mod.build_trainer = build_with_probe
@@ -49,7 +49,7 @@ def main(out: Path, overrides: list[str]) -> None:
         "gc_collected_at": gc_cb.collected_at if gc_cb else None,
         "gc_enabled_after": gc.isenabled(),
         "evals": evals,
-        "train_blocks": trainer.datamodule.train_set.lengths,
+        "train_blocks": getattr(getattr(trainer.datamodule, "train_set", None), "lengths", None),
         "checkpoint_stalls": next(
             (cb.stalls for cb in trainer.callbacks if hasattr(cb, "stalls")), None
         ),  # what the sampler draws from, per source
