@@ -15,7 +15,7 @@ from lmstack.data.sources import is_validation
 from lmstack.run import run
 from lmstack.train.hooks import StepHooks, StepRecord
 
-from .helpers import SHARED_DATA, clean_env
+from .helpers import SHARED_DATA, train_on_ranks
 
 STEPS, SPIKE_STEP, TPS = 40, 30, 4 * 64
 
@@ -36,15 +36,16 @@ def planted_corpus(tmp_path: Path) -> tuple[Path, Path, str]:
     return tmp_path / "prose.jsonl", tmp_path / "planted.jsonl", train_id
 
 
-def spike_overrides(tmp_path: Path, mode: str) -> list[str]:
-    """Prose only, except that step SPIKE_STEP's batch is drawn from the planted source alone."""
+def spike_overrides(tmp_path: Path, mode: str, tps: int = TPS) -> list[str]:
+    """Prose only, except that step SPIKE_STEP's batch is drawn from the planted source alone (tps: the
+    tokens of a step, over all ranks)."""
     prose, planted, _ = planted_corpus(tmp_path)
     return [
         "data_mix=prose_curriculum",
         f"data_mix.sources=[{{name:prose,paths:[{prose}]}},{{name:planted,paths:[{planted}],weight:0}}]",
-        f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * TPS},weights:{{planted:1}}}},"
-        f"{{start_tokens:{(SPIKE_STEP + 1) * TPS},weights:{{prose:1}}}}]",
-        f"train.max_tokens={STEPS * TPS}",
+        f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * tps},weights:{{planted:1}}}},"
+        f"{{start_tokens:{(SPIKE_STEP + 1) * tps},weights:{{prose:1}}}}]",
+        f"train.max_tokens={STEPS * tps}",
         "callbacks.spike.window=20",
         "callbacks.spike.min_history=10",
         f"callbacks.spike.mode={mode}",
@@ -116,6 +117,26 @@ def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(
     state = torch.load(tmp_path / "skip_step" / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     spike_state = next(v for k, v in state["callbacks"].items() if "SpikeDetection" in k)
     assert len(spike_state["windows"]["loss"]) == 20 and spike_state["spikes"] >= 1
+
+
+@pytest.mark.slow
+def test_rewind_on_two_fsdp_ranks_equals_skipping(tmp_path, cache_dir):
+    """Both ranks decide on the reduced loss, rewind together to the same sharded checkpoint and skip the
+    step on the way forward: the same end as `skip_step` on 2 ranks; the spike is recorded once."""
+    runs = {}
+    for mode in ("skip_step", "rewind"):
+        (tmp_path / mode).mkdir()
+        over = spike_overrides(tmp_path / mode, mode, tps=2 * TPS)  # 2 ranks x 4 x 64 tokens a step
+        runs[mode] = train_on_ranks(tmp_path / mode / "out", cache_dir, "strategy=fsdp", *over, timeout=600)
+    skip, rewind = runs["skip_step"], runs["rewind"]
+    for rank in range(2):
+        assert skip[rank]["result"]["steps"] == rewind[rank]["result"]["steps"] == STEPS
+        assert rewind[rank]["steps"][-1]["step"] == STEPS
+    assert rewind[0]["result"]["val/bpb"] == pytest.approx(skip[0]["result"]["val/bpb"], abs=1e-5)
+    spikes = spikes_of(tmp_path / "rewind" / "out" / "run")
+    assert [s["step"] for s in spikes] == [SPIKE_STEP]  # written once, by rank 0
+    assert spikes[0]["action"].startswith("rewind to ") and spikes[0]["action"].endswith("step000030.ckpt")
+    assert spikes[0]["documents"][0]["source"] == "planted"
 
 
 def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(tmp_path, small_cfg):
@@ -202,24 +223,11 @@ def test_stability_and_throughput_scalars_reach_tensorboard(small_cfg):
 
 
 @pytest.mark.slow
-def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path):
+def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path, cache_dir):
     import gc
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [
-        sys.executable,
-        str(root / "tests" / "workers" / "run_worker.py"),
-        str(tmp_path),
-        "strategy=ddp",
-        "trainer.devices=2",
-        "train.max_tokens=3072",
-        "callbacks.gc.every_n_steps=2",
-        "callbacks.gc.generation=2",
-    ]
-    subprocess.run(cmd, check=True, cwd=root, timeout=600, env=clean_env())
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
+    ranks = train_on_ranks(tmp_path / "out", cache_dir, "strategy=ddp", "train.max_tokens=3072", *gc_every)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["gc_collected_at"] == ranks[1]["gc_collected_at"] == [2, 4, 6]  # 3072 / (2 x 4 x 64) = 6 steps
     for r in ranks:
