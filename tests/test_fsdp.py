@@ -133,11 +133,13 @@ def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
 
 
 @pytest.mark.slow
-def test_the_end_of_run_sample_works_on_two_fsdp_ranks(fsdp_run):
+def test_the_end_of_run_sample_and_the_validation_metrics_on_two_fsdp_ranks(fsdp_run):
     """The default run ends with a sample; under FSDP2 every rank must join its forward passes (rank 0 alone
-    made the other rank's process group close under it: `Connection closed by peer`, exit code 1)."""
+    made the other rank's process group close under it: `Connection closed by peer`, exit code 1). Validation
+    metrics are logged as reduced over the ranks (Lightning warned that val/bpb was not)."""
     _, reports = fsdp_run
     assert "sample:\n" in reports[0]["stdout"] and all(r["world_size"] == 2 for r in reports)
+    assert "sync_dist=True" not in reports[0]["stderr"]
 
 
 @pytest.mark.slow
@@ -211,6 +213,7 @@ def test_sft_and_dpo_on_two_ranks_take_the_same_steps_under_ddp_and_fsdp(stage, 
         for step in a:
             assert b[step] == pytest.approx(a[step], abs=1e-5), (stage, rank, step)
     assert losses(runs["fsdp"][0]) != losses(runs["fsdp"][1])  # the ranks' rows differ
+    assert not [s for s, r in runs.items() if "sync_dist=True" in r[0]["stderr"]]  # epoch metrics logged as reduced
     recipe = json.loads((tmp_path / "fsdp" / "run" / "recipe.json").read_text())[stage]
     assert recipe["held_out"] == 8 and recipe["steps"] == steps and "exact_match" not in runs["fsdp"][1]["result"]
     assert runs["fsdp"][0]["result"]["exact_match"] == recipe["exact_match"]

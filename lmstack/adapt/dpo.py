@@ -95,4 +95,4 @@ class DPOModule(PretrainModule):
             "val/loss": loss / max(n, 1),
             "val/preference_accuracy": acc / max(n, 1),
         }
-        self.log("val/preference_accuracy", acc / max(n, 1), sync_dist=False)
+        self.log("val/preference_accuracy", acc / max(n, 1), sync_dist=True)  # equal on all ranks already

@@ -49,5 +49,5 @@ class SFTModule(PretrainModule):
 
     def on_validation_epoch_end(self):
         nats, n = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
-        self.log("val/loss", nats / max(n, 1), prog_bar=True, sync_dist=False)
+        self.log("val/loss", nats / max(n, 1), prog_bar=True, sync_dist=True)  # equal on all ranks already
         self.last_val = {"step": self.trainer.global_step, "val/loss": nats / max(n, 1)}

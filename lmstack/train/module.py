@@ -209,8 +209,10 @@ class PretrainModule(L.LightningModule):
     def on_validation_epoch_end(self):
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         nats, tokens, nbytes = sums.tolist()
-        self.log("val/loss", nats / max(tokens, 1), sync_dist=False)
-        self.log("val/bpb", nats / math.log(2) / max(nbytes, 1), prog_bar=True, sync_dist=False)
+        # reduced over ranks above, so equal on all; sync_dist (a mean of equal values) keeps Lightning's epoch
+        # aggregation in step with that, without its warning about unsynced epoch metrics
+        self.log("val/loss", nats / max(tokens, 1), sync_dist=True)
+        self.log("val/bpb", nats / math.log(2) / max(nbytes, 1), prog_bar=True, sync_dist=True)
         self.last_val = {"step": self.trainer.global_step, "val/bpb": nats / math.log(2) / max(nbytes, 1)}
 
     # ---- checkpoints ------------------------------------------------------------------------------

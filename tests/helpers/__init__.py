@@ -100,7 +100,8 @@ TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 rank
 
 def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
     """Every multi-process test's runner: `tests/workers/run_worker.py` (lmstack's own `run`, whose strategy
-    starts the other ranks) on 2 processes, or `ranks`; returns each rank's report (rank 0's output as `stdout`)."""
+    starts the other ranks) on 2 processes, or `ranks`; returns each rank's report (rank 0's with the output
+    of all, as `stdout` and `stderr`)."""
     import json
     import subprocess
     import sys
@@ -117,7 +118,7 @@ def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
-    reports[0]["stdout"] = done.stdout
+    reports[0]["stdout"], reports[0]["stderr"] = done.stdout, done.stderr
     return reports
 
 
