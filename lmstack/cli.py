@@ -14,6 +14,7 @@ from .config.commands import (
     PlanArgs,
     PrepareArgs,
     ReportArgs,
+    SoupArgs,
 )
 
 
@@ -164,6 +165,15 @@ def import_hf_cmd(a: ImportHFArgs) -> None:
     print(f"imported {r['architecture']} ({r['params'] / 1e6:.2f}M parameters) to {r['out']}")
 
 
+def soup_cmd(a: SoupArgs) -> None:
+    """The weighted average of checkpoints of one model, as DIR/soup.ckpt (lmstack.soup)."""
+    from lmstack.soup import write_soup
+
+    with refusals():
+        path = write_soup(a.ckpts, a.out, a.weights)
+    print(f"averaged {len(a.ckpts)} checkpoints into {path}")
+
+
 def report_cmd(a: ReportArgs) -> None:
     """A sweep folder's jobs ranked, with report.md, report.csv, loss_curves.png; fit=true: a scaling law."""
     from lmstack.sweep.report import fit_report, write_report
@@ -228,6 +238,7 @@ COMMANDS = {
     "plan": plan_cmd,
     "report": report_cmd,
     "chat": chat_cmd,
+    "soup": soup_cmd,
 }
 
 

@@ -16,6 +16,7 @@ USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every comm
   lmstack chat ckpt=PATH [system=TEXT max_new_tokens=128 temperature=0 top_k=50]   chat with an SFT/DPO/RLVR model
   lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
   lmstack import-hf dir=DIR [out=DIR/lmstack.ckpt] a Hugging Face Llama / OLMo 2 folder as a checkpoint
+  lmstack soup ckpts='[CKPT,...]' out=DIR [weights='[W,...]']   average checkpoints of one model (DIR/soup.ckpt)
 Values with spaces or Hydra's special characters are quoted inside the argument: "prompt='def main('".
 """
 

@@ -88,6 +88,13 @@ class PrepareArgs:
     prepare: dict  # the pipeline (conf/prepare/): checked by lmstack.data.curate.pipeline.check_config
 
 
+@dataclass
+class SoupArgs:
+    ckpts: list[str]  # checkpoints of one model (files or sharded folders)
+    out: str  # the folder that gets soup.ckpt
+    weights: Optional[list[float]] = None  # null: uniform; else one per checkpoint (normalised to sum 1)
+
+
 # command -> its arguments; each composes conf/<command>.yaml
 COMMAND_ARGS = {
     "generate": GenerateArgs,
@@ -98,4 +105,5 @@ COMMAND_ARGS = {
     "report": ReportArgs,
     "plan": PlanArgs,
     "prepare": PrepareArgs,
+    "soup": SoupArgs,
 }
