@@ -155,12 +155,19 @@ def run_identity(spec: RunSpec, tps: int, dm: LMDataModule, mcfg: ModelConfig) -
         "seed": spec.seed,
         "data_mix": asdict(spec.data_mix),
         "blocklist": spec.data.blocklist,
+        **({"instance_filter": list(instance_filter(spec))} if instance_filter(spec) else {}),
         "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
         "tokenizer": dm.corpus.meta.get("tokenizer"),
         "model": model_identity(mcfg),
         "optimizer": asdict(spec.optimizer),
         "schedule": asdict(spec.schedule),
     }  # not the budget: extending train.max_tokens to train on is what a resume is often for
+
+
+def instance_filter(spec: RunSpec) -> tuple[int, int] | None:
+    """(max period, min count) of the instance filter when it is on."""
+    d = spec.data
+    return (d.instance_filter_max_period, d.instance_filter_min_count) if d.instance_filter else None
 
 
 def model_identity(mcfg: ModelConfig) -> dict:
@@ -221,6 +228,7 @@ def build(
             for p in spec.data_mix.phases
         ],
         blocklist=spec.data.blocklist,
+        instance_filter=instance_filter(spec),
         tokenizer=init["tokenizer"] if init else None,
     )
     dm.prepare_data()

@@ -44,7 +44,6 @@ def test_nan_inf_bad_betas_and_negative_seeds_are_refused(override, key):
 
 
 def test_a_nan_learning_rate_fails_before_any_data_work(tmp_path):
-    t0 = time.time()
     out = subprocess.run(
         [
             sys.executable,
@@ -59,7 +58,7 @@ def test_a_nan_learning_rate_fails_before_any_data_work(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "optimizer.lr=nan is not a finite number" in out.stderr
-    assert time.time() - t0 < 10 and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache").exists()  # refused before the corpus cache was even created
     out = subprocess.run(
         [sys.executable, "-m", "lmstack.cli", "generate", "ckpt=x", "prompt=a", "seed=-3"],
         capture_output=True,

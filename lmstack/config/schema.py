@@ -71,6 +71,11 @@ class DataSection:
     max_docs: Optional[int] = field_(None, min=1)  # per source; null: all
     num_workers: int = field_(0, min=0)
     blocklist: list[str] = field_([])  # files of document ids left out of the loss (spike_blocklist.txt)
+    # OLMo-core's instance filter: a training block with an n-gram of <= max_period tokens repeated back to back
+    # >= min_count times gets no loss (counted as data/filtered_instances, listed in filtered_instances.jsonl)
+    instance_filter: bool = False
+    instance_filter_max_period: int = field_(13, min=1)
+    instance_filter_min_count: int = field_(32, min=2)
 
 
 @dataclass

@@ -42,6 +42,7 @@ class LMDataModule(L.LightningDataModule):
         total_micro_steps: int | None = None,
         phases: list[dict] | None = None,
         blocklist: list[str] | None = None,
+        instance_filter: tuple[int, int] | None = None,
         tokenizer: str | None = None,
     ):
         super().__init__()
@@ -53,6 +54,7 @@ class LMDataModule(L.LightningDataModule):
         # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
         self.phases = phases or []
         self.blocklist = list(blocklist or [])  # files of document ids (e.g. spike_blocklist.txt)
+        self.instance_filter = instance_filter  # (max period, min count) for training blocks, or None
         self.tokenizer = tokenizer  # a tokenizer.json every source must use (init_from's), or None
         self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
         # (index of the configured source, its corpus, the source's name in it, share of the source's weight)
@@ -104,7 +106,9 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
-        self.train_set = BlockDataset([c.split_dir(n, "train") for _, c, n, _ in self.parts], self._blocked())
+        self.train_set = BlockDataset(
+            [c.split_dir(n, "train") for _, c, n, _ in self.parts], self._blocked(), self.instance_filter
+        )
         self.val_set = BlockDataset([c.split_dir(n, "val") for _, c, n, _ in self.parts])
 
     def _blocked(self) -> dict[int, np.ndarray] | None:

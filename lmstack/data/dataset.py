@@ -20,11 +20,19 @@ class BlockDataset(Dataset):
 
     Items: `input_ids` [T], `labels` [T] (the next tokens), `doc` [T] (document ordinal of each label)
     and `source` (index of the source). Labels of `blocked` documents (source index -> ordinals) are
-    IGNORE_INDEX: a blocklisted document still fills its block but is not learned from.
+    IGNORE_INDEX: a blocklisted document still fills its block but is not learned from. With an
+    `instance_filter` (max period, min count: lmstack.data.instance_filter), a block of pathological
+    repetition gets IGNORE_INDEX throughout, and items carry `filtered` (0 or 1) and its `repetition`
+    (period, start, times; zeros when not filtered).
     """
 
-    def __init__(self, dirs: list[str], blocked: dict[int, np.ndarray] | None = None):
-        self.dirs, self.blocked = dirs, blocked or {}
+    def __init__(
+        self,
+        dirs: list[str],
+        blocked: dict[int, np.ndarray] | None = None,
+        instance_filter: tuple[int, int] | None = None,
+    ):
+        self.dirs, self.blocked, self.instance_filter = dirs, blocked or {}, instance_filter
         self._datasets = None
         # every block of each source, from its index: litdata's len() is a rank's share under DDP / FSDP while
         # its indices stay global, and the sampler defines one global stream for all ranks
@@ -51,7 +59,16 @@ class BlockDataset(Dataset):
         labels = tokens[1:].clone()
         if len(self.blocked.get(src, ())):
             labels[torch.from_numpy(np.isin(doc[1:].numpy(), self.blocked[src]))] = -100
-        return {"input_ids": tokens[:-1], "labels": labels, "doc": doc[1:], "source": src}
+        item = {"input_ids": tokens[:-1], "labels": labels, "doc": doc[1:], "source": src}
+        if self.instance_filter:
+            from .instance_filter import repetition
+
+            found = repetition(tokens.numpy(), *self.instance_filter)
+            if found:
+                labels[:] = -100
+            item["filtered"] = int(found is not None)
+            item["repetition"] = torch.tensor([found[k] if found else 0 for k in ("period", "start", "times")])
+        return item
 
 
 class MixtureStream:

@@ -84,6 +84,8 @@ class PretrainModule(L.LightningModule):
         # what an exact resume needs unchanged (set by the run; saved in checkpoints, checked on resume)
         self.run_identity: dict | None = None
         self.token_base = (0, 0)  # (step, tokens trained before it): from the checkpoint a run resumed
+        self.filtered_instances = 0  # training blocks the instance filter took out of the loss, on all ranks
+        self._doc_index = None  # lmstack.data.documents.DocumentIndex, for listing filtered blocks
 
     def tokens_at(self, step: int) -> int:
         """Tokens trained after `step` optimizer steps (counted from the checkpoint when resumed, so a
@@ -104,6 +106,8 @@ class PretrainModule(L.LightningModule):
         logits = self.model(batch["input_ids"])
         ce, z, per_token = lm_loss(logits, batch["labels"], self.z_loss, per_token=True)
         self.micro.append({"batch": batch, "token_losses": per_token, "loss": ce.detach()})
+        if "filtered" in batch and int(batch["filtered"].sum()):
+            self._list_filtered(batch)
         self.log("train/loss", ce, prog_bar=True)
         self.log("train/z_loss", z)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -134,10 +138,15 @@ class PretrainModule(L.LightningModule):
     def _decide(self, grad_norm: torch.Tensor) -> None:
         """Whether this step's update is taken: the same decision on every rank."""
         loss = torch.stack([m["loss"] for m in self.micro]).mean() if self.micro else torch.zeros(())
+        filtered = sum(float(m["batch"]["filtered"].sum()) for m in self.micro if "filtered" in m["batch"])
         stats = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device)])
+        stats = torch.cat([stats, torch.tensor([filtered], device=stats.device)])
         if self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="mean")
-        loss_v, norm_v = stats.tolist()
+        loss_v, norm_v, filtered_v = stats.tolist()
+        if "filtered" in (self.micro[0]["batch"] if self.micro else {}):  # the instance filter is on
+            self.filtered_instances += round(filtered_v * self.trainer.world_size)
+            self.log("data/filtered_instances", float(self.filtered_instances))
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)
         skip = not finite
         plugins = step_plugins(self.trainer)
@@ -159,6 +168,32 @@ class PretrainModule(L.LightningModule):
         self._must_stop = self.nonfinite.update(finite) or self._must_stop
         self.log("train/skipped_steps", float(self.skipped_steps))
         self.log("train/nonfinite_steps", float(self.nonfinite.total))
+
+    def _list_filtered(self, batch) -> None:
+        """This rank's filtered blocks, with their documents, in RUN_DIR/filtered_instances.jsonl."""
+        import json
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        from lmstack.data.documents import DocumentIndex
+
+        if self._doc_index is None:
+            self._doc_index = DocumentIndex(self.document_files)
+        tok = Tokenizer.from_str(self.tokenizer_json) if self.tokenizer_json else None
+        sources = torch.as_tensor(batch["source"]).tolist()
+        lines = []
+        for row in torch.nonzero(batch["filtered"]).flatten().tolist():
+            period, start, times = batch["repetition"][row].tolist()
+            ids = batch["input_ids"][row].tolist()
+            docs = [self._doc_index.describe(sources[row], o) for o in batch["doc"][row].unique().tolist()]
+            record = {"step": self.trainer.global_step, "rank": self.trainer.global_rank, "documents": docs}
+            record.update(period=period, times=times, preview=tok.decode(ids[start : start + 64]) if tok else "")
+            lines.append(json.dumps(record) + "\n")
+        run_dir = Path(self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "filtered_instances.jsonl", "a") as f:  # one append per rank and micro-batch
+            f.write("".join(lines))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if not self._must_stop or self.stop_reason:
@@ -218,6 +253,8 @@ class PretrainModule(L.LightningModule):
     # ---- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         guard = {"skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite.total}
+        if self.filtered_instances:
+            guard["filtered_instances"] = self.filtered_instances
         record = {
             "identity": self.run_identity,
             "tokens": self.tokens_at(checkpoint["global_step"]),
@@ -231,6 +268,7 @@ class PretrainModule(L.LightningModule):
         self.tokenizer_json = saved["tokenizer_json"]
         self.skipped_steps = saved["step_guard"].get("skipped_steps", 0)
         self.nonfinite.total = saved["step_guard"].get("nonfinite_steps", 0)
+        self.filtered_instances = saved["step_guard"].get("filtered_instances", 0)
         if "tokens" in saved["record"]:
             self.token_base = (checkpoint["global_step"], saved["record"]["tokens"])
         if "accumulate" in saved["record"] and self._trainer is not None:  # resumed with another accumulation

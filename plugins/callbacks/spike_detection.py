@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from lmstack.plugins.callbacks import log_metrics
 
+from lmstack.data.documents import DocumentIndex
 from lmstack.train.hooks import RewindRequested, StepHooks, StepRecord, request_rewind
 
 log = logging.getLogger("lmstack")
@@ -77,7 +78,7 @@ class SpikeDetection(StepHooks, L.Callback):
         self.skip_steps: set[int] = set()  # steps whose update is skipped on the way forward after a rewind
         self.rewinds = 0
         self.spikes = 0
-        self._documents: dict[int, dict[int, dict]] = {}
+        self._documents: DocumentIndex | None = None
 
     # ---- the decision, called by the module after backward --------------------------------------
     def on_step_stats(self, trainer, module, record: StepRecord) -> bool:
@@ -157,15 +158,10 @@ class SpikeDetection(StepHooks, L.Callback):
 
     def _describe(self, record: StepRecord, d: dict) -> dict:
         """Id and source of a document from its data source's documents.jsonl."""
-        files = record.document_files
-        src = d["source_index"]
-        if src not in self._documents and src < len(files) and Path(files[src]).exists():
-            with open(files[src]) as f:
-                self._documents[src] = {row["ordinal"]: row for row in map(json.loads, f)}
-        row = self._documents.get(src, {}).get(d["ordinal"], {})
+        if self._documents is None or self._documents.files != [str(f) for f in record.document_files]:
+            self._documents = DocumentIndex(record.document_files)
         return {
-            "id": row.get("id", f"{src}:{d['ordinal']}"),
-            "source": row.get("source", str(src)),
+            **self._documents.describe(d["source_index"], d["ordinal"]),
             "loss": d["nats"] / d["tokens"],
             "tokens": d["tokens"],
             "preview": d["preview"],
