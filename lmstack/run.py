@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
 from lmstack.model import ModelConfig
+from lmstack.train.anneal import anneal_spec, is_anneal
 from lmstack.train.elastic import keep_global_batch
 from lmstack.train.hooks import step_plugins
 from lmstack.train.module import PretrainModule, module_args
@@ -128,7 +129,14 @@ def load_init(spec: RunSpec) -> dict:
     cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
     if spec.data.seq_len > cfg["max_seq_len"]:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds init_from's max_seq_len={cfg['max_seq_len']}")
-    return {"state": model.state_dict(), "model_cfg": cfg, "tokenizer": str(path), "step": ckpt.get("global_step", 0)}
+    return {
+        "state": model.state_dict(),
+        "model_cfg": cfg,
+        "tokenizer": str(path),
+        "step": ckpt.get("global_step", 0),
+        "optimizer_states": ckpt.get("optimizer_states") or [],  # what stage=anneal keeps
+        "tokens": extras(ckpt)["record"].get("tokens"),
+    }
 
 
 def read_resume_record(ckpt: str | None) -> dict:
@@ -242,6 +250,9 @@ def build(
     module = PretrainModule(*module_args(spec, mcfg.to_dict(), tps, max_steps * tps, config, spec.loss.z_loss))
     if init:
         module.model.load_state_dict(init["state"])
+    if init and is_anneal(spec):
+        module.optimizer_state = init["optimizer_states"][0]
+        module.origin = {"init_from": spec.init_from, "step": init["step"], "tokens": init["tokens"]}
     module.set_token_bytes(dm.token_bytes())
     module.tokenizer_json = dm.corpus.tokenizer_path.read_text()
     module.document_files = dm.document_files
@@ -293,10 +304,12 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(spec.run_dir)
     claim_run_dir(run_dir, status="running", init_from=spec.init_from, ckpt_path=spec.ckpt_path)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    if spec.stage is not None:  # adaptation: SFT (lmstack/adapt)
+    if spec.stage is not None and not is_anneal(spec):  # adaptation: SFT, DPO, GRPO (lmstack/adapt)
         from lmstack.adapt.run import run_stage
 
         return run_stage(spec, config, build_trainer)
+    if is_anneal(spec):  # mid-training: the checkpoint's optimizer and learning rate, decayed to zero
+        spec = anneal_spec(spec)
     ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
     started = time.time()
     L.seed_everything(spec.seed, workers=True)
@@ -346,6 +359,8 @@ def run(cfg: DictConfig) -> dict:
     else:
         after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpb"]
     result = {"val/bpb": after, "val/bpb_before": before, "steps": trainer.global_step, "run_dir": str(run_dir)}
+    if module.origin:  # an anneal: where it started, and the learning rate it started at
+        result["anneal"] = {**module.origin, "start_lr": spec.optimizer.lr}
     if trainer.is_global_zero:
         worse = not math.isfinite(after) or (before is not None and after > before)
         claim_run_dir(run_dir, status="diverged" if worse else "completed")

@@ -1,5 +1,6 @@
-"""The schema of an adaptation stage (`conf/stage/`, `stage=sft|dpo|rlvr`): one section for the three stages,
-checked by `to_dataclass` like every other section. The options a stage does not use are ignored by it."""
+"""The schema of a stage that starts from a checkpoint (`conf/stage/`, `stage=sft|dpo|rlvr|anneal`): one
+section for the adaptation stages and mid-training (anneal, which uses only `name`), checked by
+`to_dataclass` like every other section. The options a stage does not use are ignored by it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from .validate import field_
 
 @dataclass
 class StageSection:
-    name: Literal["sft", "dpo", "rlvr"]
-    train_examples: int = field_(min=1)  # per task
-    test_examples: int = field_(min=1)  # per task, held out (prompts never in train)
+    name: Literal["sft", "dpo", "rlvr", "anneal"]  # anneal: mid-training (lmstack/train/anneal.py)
+    train_examples: int = field_(1000, min=1)  # per task
+    test_examples: int = field_(200, min=1)  # per task, held out (prompts never in train)
     tasks: dict = field_({})  # name (arithmetic, reverse, sort, count, constraints) or a .jsonl -> its options
     test_fraction: float = field_(0.2, min=0.0, max=1.0)  # the share of all prompts in the test split
     system: Optional[str] = None  # a system prompt for every conversation

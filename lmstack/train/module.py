@@ -85,6 +85,8 @@ class PretrainModule(L.LightningModule):
         self.run_identity: dict | None = None
         self.token_base = (0, 0)  # (step, tokens trained before it): from the checkpoint a run resumed
         self.filtered_instances = 0  # training blocks the instance filter took out of the loss, on all ranks
+        self.optimizer_state: dict | None = None  # stage=anneal: the checkpoint's AdamW state, loaded at fit start
+        self.origin: dict | None = None  # stage=anneal: the checkpoint it started from (kept in its checkpoints)
         self._doc_index = None  # lmstack.data.documents.DocumentIndex, for listing filtered blocks
 
     def tokens_at(self, step: int) -> int:
@@ -119,6 +121,11 @@ class PretrainModule(L.LightningModule):
         self.log("train/moe_lb_loss", lb)
         self.log("train/moe_router_z_loss", router_z)
         return ce + z + self.model_cfg.moe.lb_coef * lb + self.model_cfg.moe.z_coef * router_z
+
+    def on_fit_start(self):
+        if self.optimizer_state is not None:  # stage=anneal: AdamW's moments and step counts carry on
+            self.trainer.optimizers[0].load_state_dict(self.optimizer_state)
+            self.optimizer_state = None
 
     def configure_model(self):
         """Sharding strategies (FSDP2) shard the model here, on every rank, before optimizers exist."""
@@ -260,6 +267,7 @@ class PretrainModule(L.LightningModule):
             "tokens": self.tokens_at(checkpoint["global_step"]),
             "world_size": self.trainer.world_size,  # for an elastic resume (lmstack.train.elastic)
             "accumulate": self.trainer.accumulate_grad_batches,
+            **({"anneal_from": self.origin} if self.origin else {}),
         }
         add_extras(checkpoint, self.tokenizer_json, self.token_bytes.cpu(), guard, record)
 

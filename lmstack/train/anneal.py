@@ -1,0 +1,46 @@
+"""`stage=anneal`: mid-training from a pretraining checkpoint, as OLMo 2's stage 2. The run keeps the
+checkpoint's weights and its AdamW state (moments and step counts: allenai/OLMo#758), starts the learning
+rate at the value the checkpoint would have used for its next step and decays it linearly to zero over this
+run's `train.max_tokens`, on the `data_mix` given (usually a small high-quality mix). A sweep over anneal
+mixes or seeds is an ordinary `-m` sweep; `lmstack soup` averages the anneals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from lmstack.config import ConfigError
+
+
+def is_anneal(spec) -> bool:
+    return spec.stage is not None and spec.stage.name == "anneal"
+
+
+def start_lr(path: str) -> float:
+    """The learning rate the checkpoint's optimizer holds for its next step (refusing checkpoints whose
+    optimizer state an anneal cannot take over)."""
+    from lmstack.checkpoint import read_metadata
+
+    if Path(path).is_dir():
+        raise ConfigError(
+            f"init_from={path}: stage=anneal takes over the optimizer state of a single-file checkpoint "
+            "(strategy=auto or ddp); a sharded FSDP checkpoint's optimizer state is not supported yet"
+        )
+    states = read_metadata(path).get("optimizer_states") or []
+    groups = states[0].get("param_groups") if states and isinstance(states[0], dict) else None
+    if not groups:
+        raise ConfigError(
+            f"init_from={path} holds no optimizer state (a soup or an imported model holds weights only); "
+            "stage=anneal keeps the optimizer: start it from a training checkpoint, or train from these "
+            "weights with init_from= and a schedule of your own"
+        )
+    return float(groups[0]["lr"])
+
+
+def anneal_spec(spec):
+    """The run's spec for an anneal: the optimizer's learning rate at the checkpoint's current value and a
+    schedule from it linearly to zero over the run's budget, without warmup."""
+    lr = start_lr(spec.init_from)
+    schedule = replace(spec.schedule, name="wsd", warmup_tokens=0.0, decay_tokens=1.0, min_lr=0.0)
+    return replace(spec, optimizer=replace(spec.optimizer, lr=lr), schedule=schedule)
