@@ -122,7 +122,7 @@ class RunSpec:
     seed: int = 1234
     run_dir: str = "outputs/run"
     ckpt_path: Optional[str] = None  # resume: a checkpoint, a run directory, or `last` (the newest run's)
-    init_from: Optional[str] = None  # weights (and tokenizer) of a checkpoint; a fresh optimizer and schedule (stage=anneal: its optimizer too)
+    init_from: Optional[str] = None  # a checkpoint's weights, tokenizer (stage=anneal: optimizer too)
     imports: list[str] = field_([])  # modules imported at start-up, e.g. plugins registering attention backends
     trainer: dict = field_({})
     strategy: dict = field_({"name": "auto"})
