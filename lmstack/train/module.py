@@ -145,13 +145,13 @@ class PretrainModule(L.LightningModule):
     def _decide(self, grad_norm: torch.Tensor) -> None:
         """Whether this step's update is taken: the same decision on every rank."""
         loss = torch.stack([m["loss"] for m in self.micro]).mean() if self.micro else torch.zeros(())
-        filtered = sum(float(m["batch"]["filtered"].sum()) for m in self.micro if "filtered" in m["batch"])
-        stats = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device)])
-        stats = torch.cat([stats, torch.tensor([filtered], device=stats.device)])
+        filter_on = bool(self.micro) and "filtered" in self.micro[0]["batch"]  # the instance filter
+        filtered = sum(float(m["batch"]["filtered"].sum()) for m in self.micro) if filter_on else 0.0
+        stats = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device), loss.new_tensor(filtered)])
         if self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="mean")
         loss_v, norm_v, filtered_v = stats.tolist()
-        if "filtered" in (self.micro[0]["batch"] if self.micro else {}):  # the instance filter is on
+        if filter_on:
             self.filtered_instances += round(filtered_v * self.trainer.world_size)
             self.log("data/filtered_instances", float(self.filtered_instances))
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)
