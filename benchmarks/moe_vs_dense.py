@@ -12,7 +12,6 @@ validation curve at the shorter run's duration, interpolated), and the active/to
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -22,25 +21,13 @@ from omegaconf import OmegaConf
 
 
 def train(model: str, tokens: int, out: Path, extra: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from lmstack.config.store import compose
     from lmstack.run import run
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"model={model}",
-                "data_mix=prose",
-                f"train.max_tokens={tokens}",
-                "train.val_every_steps=20",
-                "train.sample_tokens=0",
-                "trainer.enable_progress_bar=false",
-                *extra,
-            ],
-        )
+    overrides = [f"model={model}", "data_mix=prose", f"train.max_tokens={tokens}", "train.val_every_steps=20"]
+    cfg = compose("train", [*overrides, "train.sample_tokens=0", "trainer.enable_progress_bar=false", *extra])
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = str(out / model)
     result = run(cfg)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from lmstack.config.schema import model_config, validate
+from lmstack.config.schema import validate
 from lmstack.data.corpus_cache import prepare_corpus
 from lmstack.data.dataset import BlockDataset
 from lmstack.model import Transformer
@@ -38,30 +39,24 @@ def _rates(tokens: int, start, end) -> tuple[float, float]:
     return tokens / (end[0] - start[0]), tokens * torch.get_num_threads() / (end[1] - start[1])
 
 
-def build(args):
-    import os
-
-    from hydra import compose, initialize_config_dir
-
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"model={args.model}",
-                "run_dir=/tmp/lmstack-bench",
-                f"data.seq_len={args.seq_len}",
-                f"data.batch_size={args.batch_size}",
-            ],
-        )
-    spec = validate(OmegaConf.to_container(cfg, resolve=True))
-    corpus = prepare_corpus(
+def stdlib_corpus(spec):
+    """The default corpus at the spec's block size (prepared once, then read from the cache)."""
+    return prepare_corpus(
         [{"name": "python_stdlib", "builtin": "python_stdlib"}],
         spec.paths.cache_dir,
         spec.data.seq_len,
         spec.data.val_fraction,
         spec.data.vocab_size,
     )
+
+
+def build(args):
+    from lmstack.config.store import compose
+
+    overrides = [f"model={args.model}", "run_dir=/tmp/lmstack-bench", f"data.seq_len={args.seq_len}"]
+    cfg = compose("train", [*overrides, f"data.batch_size={args.batch_size}"])
+    spec = validate(OmegaConf.to_container(cfg, resolve=True))
+    corpus = stdlib_corpus(spec)
     vocab = -(-corpus.meta["vocab_size"] // 64) * 64
     ds = BlockDataset([str(corpus.split_dir("python_stdlib", "train"))])
     g = torch.Generator().manual_seed(0)
@@ -70,7 +65,7 @@ def build(args):
         torch.utils.data.default_collate([ds[i] for i in idx[k : k + args.batch_size]])
         for k in range(0, len(idx), args.batch_size)
     ]
-    return spec, model_config(spec, vocab), batches
+    return spec, replace(spec.model, vocab_size=vocab), batches
 
 
 def plain_round(spec, mcfg, batches, warmup: int, model=None):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmstack.config.schema import ConfigError, RunSpec, validate
 from lmstack.data.datamodule import LMDataModule
+from lmstack.data.tokenizer import eos_id
 from lmstack.model import ModelConfig
 from lmstack.train.anneal import anneal_spec, is_anneal
 from lmstack.train.elastic import keep_global_batch
@@ -247,6 +248,8 @@ def build(
         mcfg = ModelConfig.from_dict(init["model_cfg"])
     else:
         mcfg = replace(spec.model, vocab_size=spec.model.vocab_size or int(math.ceil(tok_vocab / 64) * 64))
+        if mcfg.attention.document_mask:  # documents end with the tokenizer's end-of-text token
+            mcfg = replace(mcfg, attention=replace(mcfg.attention, document_token=eos_id(dm.corpus.tokenizer())))
     module = PretrainModule(*module_args(spec, mcfg.to_dict(), tps, max_steps * tps, config, spec.loss.z_loss))
     if init:
         module.model.load_state_dict(init["state"])

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from lmstack.adapt.chat import END, add_chat_tokens, prompt_ids, render, resize_vocab
-from lmstack.adapt.sft import IGNORE, doc_attention_mask, pack, sft_loss
+from lmstack.adapt.sft import IGNORE, pack, sft_loss
 from lmstack.adapt.tasks import JsonlTask, make_task
 from lmstack.data.tokenizer import train_bpe
-from lmstack.model import ModelConfig, Transformer
+from lmstack.model import Documents, ModelConfig, Transformer
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_packed_conversations_do_not_attend_across(tok):
     batch = pack([a, b], seq_len=48)
     assert batch["input_ids"].shape == (1, 48) and batch["doc"][0, : len(a[0])].eq(1).all()
     with torch.no_grad():
-        packed = model(batch["input_ids"], mask=doc_attention_mask(batch["doc"]))
+        packed = model(batch["input_ids"], docs=Documents(batch["doc"]))
         alone = model(torch.tensor([b[0]]))
     start = len(a[0])
     assert (packed[0, start : start + len(b[0])] - alone[0]).abs().max() < 1e-5

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from lmstack.model import Documents
 from lmstack.train.module import PretrainModule
 
-from .sft import doc_attention_mask, sft_loss
+from .sft import sft_loss
 
 
 class SFTModule(PretrainModule):
@@ -22,7 +23,7 @@ class SFTModule(PretrainModule):
         self.reduction = reduction  # saved with the other arguments by save_hyperparameters
 
     def training_step(self, batch, batch_idx):
-        logits = self.model(batch["input_ids"], mask=doc_attention_mask(batch["doc"]))
+        logits = self.model(batch["input_ids"], docs=Documents(batch["doc"]))
         loss, n = sft_loss(logits, batch["labels"], self.reduction)
         self.micro.append({"batch": batch, "loss": loss.detach(), "trainable": n})
         self.log("train/loss", loss, prog_bar=True)
@@ -43,7 +44,7 @@ class SFTModule(PretrainModule):
         self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        logits = self.model(batch["input_ids"], mask=doc_attention_mask(batch["doc"]))
+        logits = self.model(batch["input_ids"], docs=Documents(batch["doc"]))
         loss, n = sft_loss(logits, batch["labels"], "mean")
         self._val_sums += torch.tensor([float(loss) * n, n], dtype=torch.float64, device=self.device)
 

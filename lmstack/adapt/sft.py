@@ -3,8 +3,9 @@ sequences without attention across conversations, and a loss on the assistant's 
 
 Packing: conversations are placed whole, in order, into rows of `seq_len + 1` tokens (a conversation longer
 than that is cut to its first seq_len + 1 tokens); each token carries its conversation's number in the row
-(`doc`, 0 for padding), and attention is restricted to the same conversation (see `doc_attention_mask`).
-RoPE is relative, so a conversation's scores do not depend on where it sits in the row.
+(`doc`, 0 for padding), and the model keeps attention inside each conversation with the document-aware
+attention of pretraining (`lmstack.model.documents.Documents`). RoPE is relative, so a conversation's scores
+do not depend on where it sits in the row.
 
 Loss reduction (`sft_loss`):
 - `mean`: the mean over the batch's trainable tokens (each batch weighs the same however many it has);
@@ -52,16 +53,6 @@ def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int 
     same_doc = (out_doc[:, 1:] == out_doc[:, :-1]) & (out_doc[:, 1:] > 0)
     labels[~(same_doc & (out_mask[:, 1:] == 1))] = IGNORE
     return {"input_ids": out_ids[:, :-1], "labels": labels, "doc": out_doc[:, :-1]}
-
-
-def doc_attention_mask(doc: torch.Tensor) -> torch.Tensor:
-    """Boolean [B, 1, T, T]: query i may attend key j when j <= i and both are in the same conversation
-    (padding attends to itself only, so no row of the softmax is empty)."""
-    t = doc.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=doc.device).tril()
-    same = doc[:, :, None] == doc[:, None, :]
-    diag = torch.eye(t, dtype=torch.bool, device=doc.device)
-    return ((causal & same) | diag)[:, None]
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:

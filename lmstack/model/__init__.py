@@ -2,6 +2,15 @@
 
 from .attention import ATTENTION_BACKENDS, KVCache, register_attention_backend
 from .config import ModelConfig
+from .documents import Documents
 from .transformer import Block, Transformer
 
-__all__ = ["ATTENTION_BACKENDS", "Block", "KVCache", "ModelConfig", "Transformer", "register_attention_backend"]
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "Block",
+    "Documents",
+    "KVCache",
+    "ModelConfig",
+    "Transformer",
+    "register_attention_backend",
+]

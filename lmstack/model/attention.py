@@ -3,6 +3,10 @@
 A backend is a function `(q, k, v, q_offset) -> out` on tensors laid out [batch, heads, time, head_dim];
 k and v may have fewer heads than q (GQA/MQA) and cover positions 0..q_offset+T-1. Backends are chosen by
 name from `ATTENTION_BACKENDS`; plugins add their own with `register_attention_backend`.
+
+Packed rows with document boundaries (`lmstack.model.documents.Documents`) go to a backend registered with
+`varlen=True` as a fifth argument (e.g. flash-attn's variable-length kernel); every other backend's
+batches are run through SDPA with the documents' block-diagonal causal mask instead.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .documents import Documents
 from .norms import make_norm
 from .rope import apply_rope
 
@@ -21,10 +26,12 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Te
 ATTENTION_BACKENDS: dict[str, AttentionFn] = {}
 
 
-def register_attention_backend(name: str):
-    """Decorator: make `fn` selectable as `attention.backend=<name>`."""
+def register_attention_backend(name: str, varlen: bool = False):
+    """Decorator: make `fn` selectable as `attention.backend=<name>`; `varlen`: it also takes the batch's
+    `Documents` as a fifth argument and keeps attention inside each document itself."""
 
     def wrap(fn: AttentionFn) -> AttentionFn:
+        fn.varlen = varlen
         ATTENTION_BACKENDS[name] = fn
         return fn
 
@@ -72,7 +79,7 @@ def sdpa_attention(q, k, v, q_offset: int = 0):
 
 def masked_attention(q, k, v, mask: torch.Tensor):
     """SDPA with an explicit boolean mask [B, 1, T, S] (True: may attend), e.g. causal within each packed
-    conversation. Used for masked batches whatever the configured backend, which assume plain causality."""
+    document. Used for such batches by every backend that is not registered `varlen`."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -120,10 +127,15 @@ class CausalSelfAttention(nn.Module):
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, docs: Optional[Documents] = None):
         b, t, _ = x.shape
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, pos, k, v)
-        y = self.backend(q, k, v, pos) if mask is None else masked_attention(q, k, v, mask)
+        if docs is None:
+            y = self.backend(q, k, v, pos)
+        elif self.backend.varlen:
+            y = self.backend(q, k, v, pos, docs)
+        else:
+            y = masked_attention(q, k, v, docs.mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

@@ -20,6 +20,10 @@ class AttentionConfig:
     n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
     heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
     backend: str = "sdpa"  # a registered attention backend (lmstack.model.attention.ATTENTION_BACKENDS)
+    # Attend only within each packed document (split after each end-of-text token, lmstack.model.documents)
+    document_mask: bool = False
+    document_positions: bool = False  # with document_mask: RoPE positions restart at each document
+    document_token: Optional[int] = field_(None, min=0)  # the token ending a document: set from the tokenizer
 
     @classmethod
     def for_heads(cls, n_heads: int, n_kv_heads: int, backend: str = "sdpa") -> "AttentionConfig":
@@ -98,6 +102,8 @@ class ModelConfig:
         kv = self.attention.kv_heads(self.n_heads)
         if self.n_heads % kv:
             problems.append(f"model.n_heads={self.n_heads} is not divisible by attention.n_kv_heads={kv}")
+        if self.attention.document_positions and not self.attention.document_mask:
+            problems.append("attention.document_positions=true needs attention.document_mask=true")
         if (self.d_model // self.n_heads) % 2:
             problems.append(f"head_dim={self.d_model // self.n_heads} must be even for RoPE")
         if self.moe.experts:

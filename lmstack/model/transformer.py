@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
+from .documents import Documents
 from .init import init_weights
 from .mlp import SwiGLU
 from .moe import MoE
@@ -31,11 +32,11 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg.norm, cfg.d_model)
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model)
 
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, mask=None):
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, pos: int = 0, docs: Optional[Documents] = None):
         if self.reordered:
-            x = x + self.attn_norm(self.attn(x, cos, sin, cache, pos, mask))
+            x = x + self.attn_norm(self.attn(x, cos, sin, cache, pos, docs))
             return x + self.mlp_norm(self.mlp(x))
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos, mask)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos, docs)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -44,6 +45,8 @@ class Transformer(nn.Module):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is null: set it, or let the run take the tokenizer's")
+        if cfg.attention.document_mask and cfg.attention.document_token is None:
+            raise ValueError("attention.document_mask=true needs attention.document_token (the end-of-text id)")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
@@ -64,19 +67,31 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = rope_cache(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device)
 
     def forward(
-        self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0, mask: Optional[torch.Tensor] = None
+        self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0, docs: Optional[Documents] = None
     ) -> torch.Tensor:
-        """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab]. `mask` [B, 1, T, T]
-        (True: may attend) replaces plain causal attention, e.g. for packed conversations."""
+        """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab].
+
+        `docs` (the packed documents of each row, e.g. SFT's conversations) keeps attention inside each
+        document. Without it, a model with `attention.document_mask` splits full rows (no KV cache) after
+        each end-of-text token itself, so training, validation and evaluation all see the same attention;
+        KV-cache decoding treats its sequence as one document."""
         t = idx.shape[1]
         if pos + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        attn = self.cfg.attention
+        if docs is None and attn.document_mask and cache is None:
+            docs = Documents.from_tokens(idx, attn.document_token)
+        if docs is not None and cache is not None:
+            raise ValueError("document-aware attention is for whole rows; KV-cache decoding is one document")
         if self.rope_cos.device != idx.device:
             self._build_rope(idx.device)
-        cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
+        if docs is not None and attn.document_positions:  # RoPE positions restart at each document
+            cos, sin = self.rope_cos[docs.positions][:, None], self.rope_sin[docs.positions][:, None]
+        else:
+            cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
         x = self.embed(idx)
         for block in self.blocks:  # activation checkpointing, sharding, compile: lmstack.train.parallelize
-            x = block(x, cos, sin, cache, pos, mask)
+            x = block(x, cos, sin, cache, pos, docs)
         return self.lm_head(self.norm(x))
 
     def moe_layers(self) -> list[MoE]:

@@ -20,10 +20,10 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             continue
         plain = block.forward
 
-        def forward(x, cos, sin, cache=None, pos=0, mask=None, plain=plain, block=block):
+        def forward(x, cos, sin, cache=None, pos=0, docs=None, plain=plain, block=block):
             if block.training and cache is None and torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(plain, x, cos, sin, None, 0, mask, use_reentrant=False)
-            return plain(x, cos, sin, cache, pos, mask)
+                return torch.utils.checkpoint.checkpoint(plain, x, cos, sin, None, 0, docs, use_reentrant=False)
+            return plain(x, cos, sin, cache, pos, docs)
 
         block.forward = forward
         block._lmstack_ac = True
