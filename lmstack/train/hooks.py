@@ -1,6 +1,8 @@
 """The contract between the training module and its step plugins (spike detection and the like).
 
-A Lightning callback that also derives from `StepHooks` is asked, once per optimizer step after backward,
+A Lightning callback that also derives from `StepHooks` sees each micro-batch's per-token losses before
+backward (`on_token_losses`, which may take sequences out of that micro-batch's loss), and is asked, once per
+optimizer step after backward,
 whether the update should be skipped: `on_step_stats(trainer, module, record)` gets a `StepRecord` with the
 step's loss and gradient norm (reduced over ranks, so every rank decides the same), this rank's micro-batches
 with their per-token losses, the tokenizer and the documents behind each data source. Nothing else of the
@@ -45,6 +47,11 @@ class StepHooks:
     """Base of plugins that take part in the step decision; mix into a `lightning.Callback`."""
 
     pretraining_only = False  # True: left out of adaptation stages (e.g. it traces pretraining documents)
+
+    def on_token_losses(self, trainer, module, batch: dict, token_losses):
+        """A micro-batch's detached per-token losses [rows, T] (0 where not learned), before backward:
+        return a bool [rows] of sequences to leave out of this micro-batch's loss, or None to keep all."""
+        return None
 
     def on_step_stats(self, trainer, module, record: StepRecord) -> bool:
         """True: skip this step's update (on every rank: the inputs are the same everywhere)."""

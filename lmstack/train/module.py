@@ -23,7 +23,7 @@ from lmstack.model import ModelConfig, Transformer
 
 from .elastic import rescale_loop_progress
 from .hooks import RewindRequested, StepRecord, step_plugins
-from .losses import lm_loss, token_losses
+from .losses import IGNORE_INDEX, lm_loss, token_losses
 from .optim import build_adamw
 from .parallelize import parallelize
 from .schedules import Schedule
@@ -107,6 +107,9 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         logits = self.model(batch["input_ids"])
         ce, z, per_token = lm_loss(logits, batch["labels"], self.z_loss, per_token=True)
+        drop = self._sequences_to_drop(batch, per_token)
+        if drop is not None:  # a step plugin took these sequences out of the loss (e.g. loss anomalies)
+            ce, z = lm_loss(logits, batch["labels"].masked_fill(drop[:, None], IGNORE_INDEX), self.z_loss)
         self.micro.append({"batch": batch, "token_losses": per_token, "loss": ce.detach()})
         if "filtered" in batch and int(batch["filtered"].sum()):
             self._list_filtered(batch)
@@ -121,6 +124,15 @@ class PretrainModule(L.LightningModule):
         self.log("train/moe_lb_loss", lb)
         self.log("train/moe_router_z_loss", router_z)
         return ce + z + self.model_cfg.moe.lb_coef * lb + self.model_cfg.moe.z_coef * router_z
+
+    def _sequences_to_drop(self, batch, per_token: torch.Tensor) -> torch.Tensor | None:
+        """The rows some step plugin asked to leave out of this micro-batch's loss (None: none)."""
+        drop = None
+        for plugin in step_plugins(self.trainer):
+            rows = plugin.on_token_losses(self.trainer, self, batch, per_token)
+            if rows is not None:
+                drop = rows if drop is None else drop | rows
+        return drop if drop is not None and bool(drop.any()) else None
 
     def on_fit_start(self):
         if self.optimizer_state is not None:  # stage=anneal: AdamW's moments and step counts carry on
@@ -181,13 +193,13 @@ class PretrainModule(L.LightningModule):
         import json
         from pathlib import Path
 
-        from tokenizers import Tokenizer
-
         from lmstack.data.documents import DocumentIndex
+
+        from .forensics import tokenizer_from_json
 
         if self._doc_index is None:
             self._doc_index = DocumentIndex(self.document_files)
-        tok = Tokenizer.from_str(self.tokenizer_json) if self.tokenizer_json else None
+        tok = tokenizer_from_json(self.tokenizer_json) if self.tokenizer_json else None
         sources = torch.as_tensor(batch["source"]).tolist()
         lines = []
         for row in torch.nonzero(batch["filtered"]).flatten().tolist():

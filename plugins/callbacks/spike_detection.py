@@ -26,10 +26,10 @@ from collections import deque
 from pathlib import Path
 
 import lightning as L
-import torch
 from lmstack.plugins.callbacks import log_metrics
 
 from lmstack.data.documents import DocumentIndex
+from lmstack.train.forensics import append_blocklist, describe, gather, step_documents
 from lmstack.train.hooks import RewindRequested, StepHooks, StepRecord, request_rewind
 
 log = logging.getLogger("lmstack")
@@ -126,62 +126,14 @@ class SpikeDetection(StepHooks, L.Callback):
         self.spikes = signal.state.get("spikes", self.spikes)
 
     # ---- forensics ------------------------------------------------------------------------------
-    def _batch_documents(self, record: StepRecord) -> list[dict]:
-        """This rank's documents in the step's micro-batches: loss summed over their tokens, token count,
-        and a preview of the tokens."""
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(record.tokenizer_json) if record.tokenizer_json else None
-        docs: dict[tuple[int, int], dict] = {}
-        for micro in record.micro_batches:
-            batch, losses = micro["batch"], micro["token_losses"].float().cpu()
-            labels, ordinals = batch["labels"].cpu(), batch["doc"].cpu()
-            sources = torch.as_tensor(batch["source"]).cpu()
-            for row in range(labels.shape[0]):
-                for ordinal in ordinals[row].unique().tolist():
-                    mask = (ordinals[row] == ordinal) & (labels[row] >= 0)
-                    key = (int(sources[row]), int(ordinal))
-                    d = docs.setdefault(
-                        key, {"source_index": key[0], "ordinal": key[1], "nats": 0.0, "tokens": 0, "ids": []}
-                    )
-                    d["nats"] += float(losses[row][mask].sum())
-                    d["tokens"] += int(mask.sum())
-                    d["ids"] += labels[row][mask].tolist()
-        out = []
-        for d in docs.values():
-            if not d["tokens"]:
-                continue
-            ids = d.pop("ids")
-            d["preview"] = tok.decode(ids)[: self.preview_chars] if tok else ""
-            out.append(d)
-        return out
-
-    def _describe(self, record: StepRecord, d: dict) -> dict:
-        """Id and source of a document from its data source's documents.jsonl."""
-        if self._documents is None or self._documents.files != [str(f) for f in record.document_files]:
-            self._documents = DocumentIndex(record.document_files)
-        return {
-            **self._documents.describe(d["source_index"], d["ordinal"]),
-            "loss": d["nats"] / d["tokens"],
-            "tokens": d["tokens"],
-            "preview": d["preview"],
-        }
-
     def _record(self, trainer, step_record: StepRecord, values: dict, z: dict, action: str) -> None:
         step = step_record.step
-        docs = self._batch_documents(step_record)
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, docs)
-            docs = [d for rank_docs in gathered for d in rank_docs]
+        pieces = [d for rank_docs in gather(trainer, step_documents(step_record.micro_batches)) for d in rank_docs]
         if not trainer.is_global_zero:
             return
-        merged: dict[tuple, dict] = {}
-        for d in docs:  # a document split over ranks or micro-batches: one entry
-            m = merged.setdefault((d["source_index"], d["ordinal"]), {**d, "nats": 0.0, "tokens": 0})
-            m["nats"] += d["nats"]
-            m["tokens"] += d["tokens"]
-        described = sorted((self._describe(step_record, d) for d in merged.values()), key=lambda r: -r["loss"])
+        if self._documents is None or self._documents.files != [str(f) for f in step_record.document_files]:
+            self._documents = DocumentIndex(step_record.document_files)
+        described = describe(pieces, self._documents, step_record.tokenizer_json, self.preview_chars)
         record = {
             "step": step,
             "loss": values["loss"],
@@ -194,10 +146,8 @@ class SpikeDetection(StepHooks, L.Callback):
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "spikes.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        with open(run_dir / "spike_blocklist.txt", "a") as f:
-            f.write(f"# step {step}: loss {values['loss']:.4f}, grad norm {values['grad_norm']:.4f}\n")
-            for d in described[: self.blocklist_top]:
-                f.write(f"{d['id']}\n")
+        header = f"step {step}: loss {values['loss']:.4f}, grad norm {values['grad_norm']:.4f}"
+        append_blocklist(run_dir, header, [d["id"] for d in described[: self.blocklist_top]])
         log.warning(
             "loss spike at step %d (%s); worst document %s (loss %.3f); %s",
             step,
