@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import USAGE, command_args, eval_sets, load_model, owned_output, refusals
+from .cli_args import USAGE, command_args, eval_sets, eval_task_paths, load_model, owned_output, refusals
 from .config.commands import (
     ChatArgs,
     EvalArgs,
     ExportArgs,
     GenerateArgs,
     ImportHFArgs,
+    OverlapArgs,
     PlanArgs,
     PrepareArgs,
     ReportArgs,
@@ -213,12 +214,48 @@ def prepare_cmd(a: PrepareArgs) -> None:
 
     from lmstack.data.curate.pipeline import run_prepare
 
+    decont = a.prepare.get("decontaminate") or {}
+    if decont.get("tasks"):  # names of conf/evals tasks, as paths
+        a.prepare["decontaminate"] = {**decont, "tasks": eval_task_paths(list(decont["tasks"]))}
     with refusals():
         stats = run_prepare(a.inputs, a.output_dir, a.prepare)
     print(
         f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
         f"{stats['rejected']:,} rejected; report: {os.path.join(a.output_dir, 'report.md')}"
     )
+
+
+def overlap_cmd(a: OverlapArgs) -> None:
+    """Documents of a corpus that share n-grams with eval sets, and the eval items found in it: the check
+    of prepare.decontaminate, reporting only (the corpus is read, never changed)."""
+    import json
+    import os
+
+    from lmstack.data.curate.decontaminate import EvalNgrams, overlap
+    from lmstack.data.curate.inputs import expand_inputs
+    from lmstack.data.curate.readers import Document, read_inputs
+
+    if a.out and os.path.exists(a.out):
+        raise SystemExit(f"out={a.out} exists; lmstack writes the report only to a new file")
+    prepared = [os.path.join(c, "documents.jsonl.gz") for c in a.corpus]  # a prepare output: its documents
+    paths = [d if os.path.isfile(d) else c for c, d in zip(a.corpus, prepared)]
+    with refusals():
+        table = EvalNgrams(eval_task_paths(a.tasks, a.suite), a.ngram, a.min_words)
+        docs = read_inputs(expand_inputs(paths), "corpus", a.text_field, 10_000_000)
+        report = overlap(((d.id, d.text) for d in docs if isinstance(d, Document)), table)
+    print(f"{report['documents']:,} documents of {', '.join(a.corpus)}; {a.ngram}-grams (shorter items whole)")
+    print("| eval set | items | too short | items found in the corpus | documents with a match |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in report["tasks"].items():
+        share = r["documents"] / max(report["documents"], 1)
+        found = f"{r['items_found']:,} | {r['documents']:,} ({share:.2%})"
+        print(f"| {name} | {r['items']:,} | {r['too_short']:,} | {found} |")
+    for name, r in report["tasks"].items():
+        for e in r["examples"]:
+            print(f'  {name} item {e["item"]} in document {e["document"]}: "{e["ngram"]}"')
+    if a.out:
+        with open(a.out, "x") as f:
+            json.dump(report, f, indent=2)
 
 
 def train_cmd(argv: list[str]) -> None:
@@ -239,6 +276,7 @@ COMMANDS = {
     "report": report_cmd,
     "chat": chat_cmd,
     "soup": soup_cmd,
+    "overlap": overlap_cmd,
 }
 
 

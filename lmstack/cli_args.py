@@ -17,6 +17,7 @@ USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every comm
   lmstack export ckpt=PATH format=hf out=DIR       a Hugging Face folder (Llama or OLMo 2)
   lmstack import-hf dir=DIR [out=DIR/lmstack.ckpt] a Hugging Face Llama / OLMo 2 folder as a checkpoint
   lmstack soup ckpts='[CKPT,...]' out=DIR [weights='[W,...]']   average checkpoints of one model (DIR/soup.ckpt)
+  lmstack overlap corpus='[DIR_OR_FILE,...]' tasks='[NAME_OR_PATH,...]' [ngram=13 out=FILE]   eval n-grams in a corpus
 Values with spaces or Hydra's special characters are quoted inside the argument: "prompt='def main('".
 """
 
@@ -91,6 +92,23 @@ def eval_sets(evals: str) -> dict:
             out[key] = OmegaConf.to_container(node[key], resolve=True) if node.get(key) is not None else {}
         except Exception:  # noqa: BLE001 - an interpolation only a Hydra run defines
             out[key] = {}
+    return out
+
+
+def eval_task_paths(names: list[str], suite: str = "olmes") -> list[str]:
+    """Eval sets to decontaminate against, as paths: a name of a conf/evals task becomes its folder."""
+    import os
+
+    known = None
+    out = []
+    for name in names:
+        if os.path.exists(os.path.expanduser(name)):
+            out.append(name)
+            continue
+        known = eval_sets(suite)["tasks"] if known is None else known
+        if name not in known:
+            raise SystemExit(f"eval set {name!r} is neither a task of evals={suite} ({', '.join(known)}) nor a path")
+        out.append(known[name]["path"])
     return out
 
 

@@ -95,6 +95,17 @@ class SoupArgs:
     weights: Optional[list[float]] = None  # null: uniform; else one per checkpoint (normalised to sum 1)
 
 
+@dataclass
+class OverlapArgs:
+    corpus: list[str]  # prepared folders (their documents.jsonl.gz) or document files (JSONL, parquet, WARC)
+    tasks: list[str]  # eval sets: names from conf/evals, OLMES task folders or request files, JSONL files
+    ngram: int = field_(13, min=1)  # the same options as prepare.decontaminate
+    min_words: int = field_(8, min=1)
+    suite: str = "olmes"  # the conf/evals option whose task names `tasks` may use
+    text_field: str = "text"
+    out: Optional[str] = None  # also write the report as JSON to this new file
+
+
 # command -> its arguments; each composes conf/<command>.yaml
 COMMAND_ARGS = {
     "generate": GenerateArgs,
@@ -106,4 +117,5 @@ COMMAND_ARGS = {
     "plan": PlanArgs,
     "prepare": PrepareArgs,
     "soup": SoupArgs,
+    "overlap": OverlapArgs,
 }

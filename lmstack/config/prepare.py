@@ -28,6 +28,15 @@ class TokenizeSection:
 
 
 @dataclass
+class DecontaminateSection:
+    """Documents sharing an n-gram with an eval set go (lmstack/data/curate/decontaminate.py)."""
+
+    tasks: list[str] = field_([])  # OLMES task folders or request files, JSONL files; `lmstack prepare` takes names too
+    ngram: int = field_(13, min=1)  # words per n-gram (GPT-3, datatrove)
+    min_words: int = field_(8, min=1)  # shorter eval items are matched whole from this many words, else only counted
+
+
+@dataclass
 class RaySection:
     address: Optional[str] = None  # null: start a Ray on this machine; `auto` or HOST:PORT: join that cluster
 
@@ -46,5 +55,6 @@ class PrepareSection:
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
     filters: dict = field_({})  # name -> its options, in order; null skips one
     pii: bool = False  # mask e-mail addresses, IP addresses and phone numbers
+    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
     dedup: DedupSection = field(default_factory=DedupSection)
     tokenize: Optional[TokenizeSection] = None  # null: stop after writing documents.jsonl.gz

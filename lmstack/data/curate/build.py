@@ -1,9 +1,11 @@
 """The configured steps of `lmstack prepare`, built from the `prepare` section: the filters (in config order,
-then PII masking), the exact dedup steps and MinHash. Every task builds its own from the config it is given."""
+then PII masking, then decontamination against eval sets), the exact dedup steps and MinHash. Every task
+builds its own from the config it is given."""
 
 from __future__ import annotations
 
 from .blocklists import IdBlocklist, UrlBlocklist
+from .decontaminate import Decontaminate
 from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup
 from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
@@ -28,7 +30,7 @@ def _tuples(kw: dict) -> dict:
 
 
 def build_filters(cfg: dict) -> list:
-    """The per-document steps, in order: filters (config order), then PII masking."""
+    """The per-document steps, in order: filters (config order), PII masking, decontamination."""
     steps = []
     for name, kw in (cfg.get("filters") or {}).items():
         if kw is None or kw is False:
@@ -38,6 +40,9 @@ def build_filters(cfg: dict) -> list:
         steps.append(FILTERS[name](**_tuples(kw or {})))
     if cfg.get("pii"):
         steps.append(PiiMasker())
+    decont = cfg.get("decontaminate") or {}
+    if decont.get("tasks"):
+        steps.append(Decontaminate(**decont))
     return steps
 
 

@@ -87,7 +87,11 @@ def document_row(d: Document) -> dict:
 
 
 def removed_row(d: Document) -> dict:
-    return {"id": d.id, "source": d.source, "text": d.text}
+    """A removed document for removed/RULE.jsonl.gz, with what matched when a rule says (decontamination)."""
+    row = {"id": d.id, "source": d.source, "text": d.text}
+    if "decontamination" in d.metadata:
+        row["matched"] = d.metadata["decontamination"]
+    return row
 
 
 def concat_members(folders: Iterable[Path], name: str, out: Path) -> None:

@@ -17,10 +17,12 @@ RUN_ONLY_KEYS = ("num_workers", "executor", "ray")  # where tasks run, not what 
 
 
 def config_files(cfg: dict) -> list[dict]:
-    """Fingerprints of the files the config names (blocklists, a given tokenizer): a changed blocklist
-    changes the results as much as a changed input."""
+    """Fingerprints of the files the config names (blocklists, a given tokenizer, eval sets to decontaminate
+    against): a changed blocklist changes the results as much as a changed input."""
     named = [f for kw in (cfg.get("filters") or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
     named += [(cfg.get("tokenize") or {}).get("tokenizer")]
+    for task in (cfg.get("decontaminate") or {}).get("tasks") or []:  # an eval set is a file or a task folder
+        named.append(os.path.join(task, "requests.jsonl.gz") if os.path.isdir(os.path.expanduser(task)) else task)
     return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
 
 

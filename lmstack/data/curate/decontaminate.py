@@ -1,0 +1,219 @@
+"""Decontamination: a training document that shares a long word n-gram with an eval item goes (GPT-3's
+13-gram overlap, as datatrove's `pipeline/decont`), as the rule `decontamination/<task>`.
+
+Text on both sides is compared as lowercase word sequences (`\\w+` runs: punctuation and spacing never
+matter). An eval item is its question with the right answer: for OLMES request files, each question's
+longest context followed by its gold continuation, with the prompt's template taken off, which raw training
+text would not carry (labels that start a line, such as `Question:` and `Answer:`, and the words that start
+or end at least 90% of the task's contexts); for any other JSONL, each row's `text`, or its string fields
+joined. An item of at least
+`ngram` words contributes every `ngram`-gram; a shorter one of at least `min_words` words is matched whole
+(GPT-3 lowered N for short tasks the same way); a shorter one still cannot be told from chance and is only
+counted. N-grams are hashed with xxhash (64 bits, the same in every process) and looked up with numpy, so a
+document costs one pass over its words per n-gram length.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .readers import Document
+
+WORD = re.compile(r"\w+")
+PRIME = np.uint64(1_099_511_628_211)  # FNV's 64-bit prime, for the rolling n-gram hash
+TEMPLATE_SHARE = 0.9  # a start or end word at least this common among a task's contexts is the template
+LABEL = re.compile(r"^[A-Z][a-z]*:", re.M)  # a prompt's line label: `Question:`, `Answer:`, `Goal:`
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def word_hashes(ws: list[str]) -> np.ndarray:
+    import xxhash
+
+    return np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in ws), dtype=np.uint64, count=len(ws))
+
+
+def ngram_hashes(h: np.ndarray, n: int) -> np.ndarray:
+    """The hash of every run of n consecutive word hashes (uint64 arithmetic wraps, as intended)."""
+    if len(h) < n:
+        return np.zeros(0, dtype=np.uint64)
+    out = h[: len(h) - n + 1].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, n):
+            out = out * PRIME + h[k : len(h) - n + 1 + k]
+    return out
+
+
+def task_name(path: str) -> str:
+    """A task folder's name, or a requests file's folder, or a JSONL file's name without its suffixes."""
+    p = Path(path)
+    if p.is_dir() or p.name.startswith("requests.jsonl"):
+        return (p if p.is_dir() else p.parent).name
+    return p.name.split(".")[0]
+
+
+def _strip_template(items: list[list[str]]) -> list[list[str]]:
+    """Take off the leading and trailing words that (nearly) every item shares: the prompt's template."""
+    for end in (0, -1):
+        while items and all(items):
+            first = [ws[end] for ws in items]
+            common = max(set(first), key=first.count)
+            if first.count(common) < TEMPLATE_SHARE * len(items):
+                break
+            items = [(ws[1:] if end == 0 else ws[:-1]) if ws[end] == common else ws for ws in items]
+    return items
+
+
+def _question_items(path: Path) -> list[tuple[str, list[str], list[str]]]:
+    """OLMES requests as questions: one per `native_id` (else `doc_id`), the longest of its contexts (an
+    unconditional request, context `Answer:` alone, is not the question) with the gold choice's
+    continuation (the gold index from `label`, else `doc.gold`)."""
+    questions: dict[str, dict] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            key = str(r.get("native_id", r.get("doc_id")))
+            gold = r.get("label", (r.get("doc") or {}).get("gold"))
+            q = questions.setdefault(key, {"context": "", "answer": ""})
+            context, continuation = r["request"]["context"], r["request"]["continuation"]
+            if len(context) > len(q["context"]):
+                q["context"] = context
+            if r.get("idx") == gold:
+                q["answer"] = continuation
+    contexts = _strip_template([words(LABEL.sub(" ", q["context"])) for q in questions.values()])
+    return [(key, c, words(q["answer"])) for (key, q), c in zip(questions.items(), contexts)]
+
+
+def eval_items(path: str) -> list[tuple[str, list[str], list[str]]]:
+    """(item id, question words, answer words) of one eval set: OLMES requests (a task folder or its
+    requests.jsonl.gz) or a JSONL file (rows' `text`, else their string fields; no separate answer)."""
+    p = Path(os.path.expanduser(path))
+    requests = p / "requests.jsonl.gz" if p.is_dir() else p
+    if not requests.is_file():
+        raise FileNotFoundError(f"prepare.decontaminate.tasks: {path} is neither a task folder nor a file")
+    if requests.name.startswith("requests.jsonl"):
+        return _question_items(requests)
+    opener = gzip.open if requests.suffix == ".gz" else open
+    out = []
+    with opener(requests, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            text = (
+                row["text"]
+                if isinstance(row.get("text"), str)
+                else " ".join(v for k, v in row.items() if isinstance(v, str) and k != "id")
+            )
+            out.append((str(row.get("id", n)), words(text), []))
+    return out
+
+
+class EvalNgrams:
+    """The n-grams of a list of eval sets, for looking documents up against them."""
+
+    def __init__(self, tasks: list[str], ngram: int = 13, min_words: int = 8):
+        if not 1 <= min_words <= ngram:
+            raise ValueError(f"prepare.decontaminate: need 1 <= min_words ({min_words}) <= ngram ({ngram})")
+        self.names = [task_name(t) for t in tasks]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"prepare.decontaminate.tasks: two eval sets share a name: {self.names}")
+        self.summary: dict[str, dict] = {}
+        table: dict[int, dict[int, tuple[int, str]]] = {}  # n -> hash -> (task index, item id)
+        for t, path in enumerate(tasks):
+            items = eval_items(path)
+            short = 0
+            for item_id, question, answer in items:
+                ws = question + answer
+                if len(ws) < min_words:
+                    short += 1
+                    continue
+                n = min(ngram, len(ws))
+                for hsh in ngram_hashes(word_hashes(ws), n).tolist():
+                    table.setdefault(n, {}).setdefault(hsh, (t, item_id))
+            self.summary[self.names[t]] = {"items": len(items), "too_short": short, "path": str(path)}
+        self.lengths = sorted(table)
+        self.sorted = {n: np.array(sorted(table[n]), dtype=np.uint64) for n in self.lengths}
+        self.owner = table
+
+    def find(self, text: str) -> Optional[dict]:
+        """The first eval item the text shares an n-gram with: {task, item, ngram} (None: clean)."""
+        return next(self.matches(text), None)
+
+    def matches(self, text: str):
+        """Every (task, item) the text shares an n-gram with, once each, with the first such n-gram."""
+        ws = words(text)
+        if not ws or not self.lengths:
+            return
+        h, seen = word_hashes(ws), set()
+        for n in self.lengths:
+            grams, known = ngram_hashes(h, n), self.sorted[n]
+            if not len(grams):
+                continue
+            at = np.searchsorted(known, grams).clip(max=len(known) - 1)
+            for i in np.nonzero(known[at] == grams)[0].tolist():
+                t, item = self.owner[n][int(grams[i])]
+                if (t, item) not in seen:
+                    seen.add((t, item))
+                    yield {"task": self.names[t], "item": item, "ngram": " ".join(ws[i : i + n])}
+
+
+def overlap(texts, table: EvalNgrams, examples: int = 3) -> dict:
+    """Per eval set: the documents of `texts` ((id, text) pairs) that share an n-gram with it, the eval items
+    found in them, and the first few matches; the corpus is only read."""
+    report = {
+        name: {**info, "documents": 0, "items_found": set(), "examples": []} for name, info in table.summary.items()
+    }
+    docs = 0
+    for doc_id, text in texts:
+        docs += 1
+        hit: set[str] = set()
+        for m in table.matches(text):
+            r = report[m["task"]]
+            r["items_found"].add(m["item"])
+            if m["task"] not in hit:
+                hit.add(m["task"])
+                r["documents"] += 1
+                if len(r["examples"]) < examples:
+                    r["examples"].append({"document": doc_id, **m})
+    for r in report.values():
+        r["items_found"] = len(r["items_found"])
+    return {"documents": docs, "tasks": report}
+
+
+@lru_cache(maxsize=2)
+def eval_ngrams(tasks: tuple[str, ...], ngram: int, min_words: int) -> EvalNgrams:
+    """One table per process for the same eval sets (every read task builds its own steps)."""
+    return EvalNgrams(list(tasks), ngram, min_words)
+
+
+@dataclass
+class Decontaminate:
+    """A filter step: a document sharing an n-gram with an eval set is removed as `decontamination/<task>`,
+    and the match (task, item id, the n-gram) is kept with it for `removed/`."""
+
+    tasks: list = field(default_factory=list)
+    ngram: int = 13
+    min_words: int = 8
+    name: str = "decontamination"
+
+    def __post_init__(self):
+        self.table = eval_ngrams(tuple(str(t) for t in self.tasks), self.ngram, self.min_words)
+
+    def __call__(self, doc: Document) -> Optional[str]:
+        match = self.table.find(doc.text)
+        if match is None:
+            return None
+        doc.metadata["decontamination"] = match
+        return match["task"]
