@@ -109,3 +109,55 @@ def test_eval_cli_writes_eval_json(tmp_path, small_cfg):
         cwd=ROOT,
     )
     assert bad.returncode != 0 and "eval '/nonexistent' is neither a configured set or task" in bad.stderr
+
+
+def write_requests(path: Path, rows: list[dict]) -> Path:
+    import gzip
+
+    path.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path / "requests.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def request(doc_id, idx, context, continuation, **extra) -> dict:
+    return {"request_type": "loglikelihood", "doc_id": doc_id, "idx": idx, **extra,
+            "request": {"context": context, "continuation": continuation}}  # fmt: skip
+
+
+def test_the_format_is_read_from_the_requests_label_partial_scoring_and_unconditional(tmp_path):
+    """Gold only in the top-level `label` (no doc.gold: the old loader's KeyError 'gold'); a different
+    context per choice with one shared continuation (partial scoring) scored per context; OLMES's
+    unconditional requests (another doc_id, same native_id, context `Answer:`) are not questions."""
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)).eval()
+    labelled = [
+        request(0, i, "the quick brown", c, label=1, native_id="q0", doc={}) for i, c in enumerate([" fox", " dog"])
+    ]
+    labelled += [
+        request(1000000, i, "Answer:", c, label=1, native_id="q0", doc={}) for i, c in enumerate([" fox", " dog"])
+    ]
+    contexts = ["the lazy dog jumps over the", "the quick fox jumps over the"]
+    partial = [request(7, i, c, " lazy dog", label=0, native_id=7) for i, c in enumerate(contexts)]
+    qs = load_requests(write_requests(tmp_path / "labelled", labelled))
+    assert [(q.doc_id, q.gold, q.choices, q.contexts) for q in qs] == [(0, 1, [" fox", " dog"], None)]
+    (q,) = load_requests(write_requests(tmp_path / "partial", partial))
+    assert q.pairs() == [(contexts[0], " lazy dog"), (contexts[1], " lazy dog")] and q.gold == 0
+    by_hand = []
+    for context, cont in q.pairs():
+        ctx, cont = encode_pair(tok, context, cont)
+        ids = torch.tensor([ctx + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1]), -1)[0]
+        by_hand.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+    assert by_hand[0] != by_hand[1]  # the contexts, not the shared continuation, decide
+    assert score_task(model, tok, [q])["acc"] == float(by_hand.index(max(by_hand)) == 0)
+    with pytest.raises(ValueError, match=r"line 1: no gold choice \(neither an integer `label` nor `doc.gold`\)"):
+        load_requests(write_requests(tmp_path / "nogold", [request(0, 0, "a", " b", doc={})]))
+    with pytest.raises(ValueError, match="request_type 'generate_until'"):
+        load_requests(
+            write_requests(tmp_path / "gen", [{**request(0, 0, "a", " b", label=0), "request_type": "generate_until"}])
+        )
+    arc = load_requests(SHARED_DATA / "evals" / "arc_easy")
+    assert len(arc) == 570 and all(q.doc_id < 1000000 for q in arc)  # 1,140 doc_ids, half of them unconditional

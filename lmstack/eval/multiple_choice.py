@@ -1,11 +1,17 @@
 """Multiple-choice tasks scored by ranked classification, from OLMES request files.
 
-A task folder holds `requests.jsonl.gz`: one line per (question, choice) with `doc_id`, `idx` (the choice),
-`request.context`, `request.continuation` and `doc.gold`. Each choice is scored by the sum of its
-continuation tokens' log-probabilities given the context. `acc` picks the largest sum; `len_norm` the
-largest sum per character of the continuation (OLMES's per-character normalisation). Ties go to the
-lowest choice index (`argmax`'s first maximum), so a model that gives every token the same probability
-picks the choice with the fewest tokens, the first of them on a tie.
+A task folder holds `requests.jsonl.gz`: one line per (question, choice) with `doc_id`, `idx` (the choice)
+and `request.context` / `request.continuation`. The format is read from the requests themselves, never from
+a task's own doc fields: the gold index is the top-level `label` (else `doc.gold`); each choice is scored as
+its own (context, continuation) pair, so a task that puts the choices in the context and scores one shared
+continuation (partial scoring, as Winogrande does) scores each choice's context; the unconditional requests
+OLMES adds for PMI scoring (another `doc_id` of the same `native_id` whose contexts are a bare `Answer:`)
+are not questions and are left out. A request other than `loglikelihood` is refused, naming the type.
+
+Each choice is scored by the sum of its continuation tokens' log-probabilities given its context. `acc`
+picks the largest sum; `len_norm` the largest sum per character of the continuation (OLMES's per-character
+normalisation). Ties go to the lowest choice index (`argmax`'s first maximum), so a model that gives every
+token the same probability picks the choice with the fewest tokens, the first of them on a tie.
 
 Context and continuation are tokenized separately and joined (a trailing space of the context moves to
 the continuation), as lm-evaluation-harness does; a sequence longer than the model's context keeps its
@@ -18,6 +24,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +33,21 @@ import torch.nn.functional as F
 @dataclass
 class Question:
     doc_id: int
-    context: str
+    context: str  # the context of every choice (of choice 0 when `contexts` is set)
     gold: int
     choices: list[str] = field(default_factory=list)  # continuations, by choice index
+    contexts: Optional[list[str]] = None  # partial scoring: one context per choice
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(context, continuation) of each choice."""
+        return list(zip(self.contexts or [self.context] * len(self.choices), self.choices))
+
+
+def _gold(r: dict, where: str) -> int:
+    gold = r["label"] if isinstance(r.get("label"), int) else (r.get("doc") or {}).get("gold")
+    if not isinstance(gold, int):
+        raise ValueError(f"{where}: no gold choice (neither an integer `label` nor `doc.gold`)")
+    return gold
 
 
 def load_requests(path: str | Path) -> list[Question]:
@@ -40,16 +59,36 @@ def load_requests(path: str | Path) -> list[Question]:
         raise FileNotFoundError(f"no OLMES requests at {path}")
     by_doc: dict[int, dict] = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             r = json.loads(line)
-            q = by_doc.setdefault(
-                r["doc_id"], {"context": r["request"]["context"], "gold": r["doc"]["gold"], "choices": {}}
-            )
-            q["choices"][r["idx"]] = r["request"]["continuation"]
-    return [
-        Question(d, q["context"], q["gold"], [q["choices"][i] for i in sorted(q["choices"])])
-        for d, q in sorted(by_doc.items())
-    ]
+            kind = r.get("request_type", "loglikelihood")
+            if kind != "loglikelihood":
+                raise ValueError(f"{path} line {n}: request_type {kind!r}; multiple choice needs loglikelihood")
+            q = by_doc.setdefault(r["doc_id"], {"native": r.get("native_id"), "pairs": {}})
+            q["gold"] = _gold(r, f"{path} line {n}")
+            q["pairs"][r["idx"]] = (r["request"]["context"], r["request"]["continuation"])
+    questions = []
+    for doc_id in _conditional(by_doc):
+        pairs = [by_doc[doc_id]["pairs"][i] for i in sorted(by_doc[doc_id]["pairs"])]
+        contexts = [c for c, _ in pairs]
+        partial = len(set(contexts)) > 1
+        q = Question(doc_id, contexts[0], by_doc[doc_id]["gold"], [c for _, c in pairs], contexts if partial else None)
+        if not 0 <= q.gold < len(q.choices):
+            raise ValueError(f"{path}: doc_id {doc_id} has gold {q.gold} but {len(q.choices)} choices")
+        questions.append(q)
+    return questions
+
+
+def _conditional(by_doc: dict[int, dict]) -> list[int]:
+    """The doc_ids that are questions, sorted: of several doc_ids sharing a native_id, the one with the
+    longest contexts (the others are OLMES's unconditional requests)."""
+    keep: dict = {}
+    for doc_id, q in sorted(by_doc.items()):
+        key = ("native", q["native"]) if q["native"] is not None else ("doc", doc_id)
+        length = sum(len(c) for c, _ in q["pairs"].values())
+        if key not in keep or length > keep[key][0]:
+            keep[key] = (length, doc_id)
+    return sorted(d for _, d in keep.values())
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -59,7 +98,7 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
 
 
 def encode_question(tok, q: Question) -> list[tuple[list[int], list[int]]]:
-    return [encode_pair(tok, q.context, c) for c in q.choices]
+    return [encode_pair(tok, context, c) for context, c in q.pairs()]
 
 
 @torch.no_grad()

@@ -3,10 +3,10 @@
 
 Text on both sides is compared as lowercase word sequences (`\\w+` runs: punctuation and spacing never
 matter). An eval item is its question with the right answer: for OLMES request files, each question's
-longest context followed by its gold continuation, with the prompt's template taken off, which raw training
-text would not carry (labels that start a line, such as `Question:` and `Answer:`, and the words that start
-or end at least 90% of the task's contexts); for any other JSONL, each row's `text`, or its string fields
-joined. An item of at least
+gold context and continuation (as the multiple-choice scorer reads them), with the prompt's template taken
+off, which raw training text would not carry (labels that start a line, such as `Question:` and `Answer:`,
+and the words that start or end at least 90% of the task's contexts); for any other JSONL, each row's
+`text`, or its string fields joined. An item of at least
 `ngram` words contributes every `ngram`-gram; a shorter one of at least `min_words` words is matched whole
 (GPT-3 lowered N for short tasks the same way); a shorter one still cannot be told from chance and is only
 counted. N-grams are hashed with xxhash (64 bits, the same in every process) and looked up with numpy, so a
@@ -76,23 +76,14 @@ def _strip_template(items: list[list[str]]) -> list[list[str]]:
 
 
 def _question_items(path: Path) -> list[tuple[str, list[str], list[str]]]:
-    """OLMES requests as questions: one per `native_id` (else `doc_id`), the longest of its contexts (an
-    unconditional request, context `Answer:` alone, is not the question) with the gold choice's
-    continuation (the gold index from `label`, else `doc.gold`)."""
-    questions: dict[str, dict] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            key = str(r.get("native_id", r.get("doc_id")))
-            gold = r.get("label", (r.get("doc") or {}).get("gold"))
-            q = questions.setdefault(key, {"context": "", "answer": ""})
-            context, continuation = r["request"]["context"], r["request"]["continuation"]
-            if len(context) > len(q["context"]):
-                q["context"] = context
-            if r.get("idx") == gold:
-                q["answer"] = continuation
-    contexts = _strip_template([words(LABEL.sub(" ", q["context"])) for q in questions.values()])
-    return [(key, c, words(q["answer"])) for (key, q), c in zip(questions.items(), contexts)]
+    """OLMES requests as questions (`lmstack.eval.multiple_choice.load_requests`: unconditional requests
+    left out), each its gold choice's context and continuation."""
+    from lmstack.eval.multiple_choice import load_requests
+
+    questions = load_requests(path)
+    golds = [q.pairs()[q.gold] for q in questions]
+    contexts = _strip_template([words(LABEL.sub(" ", context)) for context, _ in golds])
+    return [(str(q.doc_id), c, words(answer)) for q, c, (_, answer) in zip(questions, contexts, golds)]
 
 
 def eval_items(path: str) -> list[tuple[str, list[str], list[str]]]:
