@@ -312,7 +312,10 @@ def test_count_tokens_without_a_tokenizer_is_refused(tmp_path):
     [
         ({"num_workers": 0}, "prepare.num_workers=0 is too small; it must be >= 1"),
         ({"tokenize.seq_len": "long"}, "prepare.tokenize.seq_len='long' has the wrong type; expected an integer"),
-        ({"+dedupe": "true"}, "unknown key prepare.dedupe; allowed keys in prepare: count_tokens, decontaminate, dedup,"),
+        (
+            {"+dedupe": "true"},
+            "unknown key prepare.dedupe; allowed keys in prepare: count_tokens, decontaminate, dedup,",
+        ),
         ({"task_bytes": 0}, "prepare.task_bytes=0 is too small; it must be >= 1"),
         ({"dedup.minhash.jaccard": 1.5}, r"prepare.dedup.minhash.jaccard=1.5 must be in \(0, 1\]"),
     ],

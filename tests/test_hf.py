@@ -32,12 +32,14 @@ def cli(*args) -> subprocess.CompletedProcess:
     )
 
 
-def trained_checkpoint(small_cfg, tmp_path, *overrides) -> Path:
+def trained_checkpoint(small_cfg, tmp_path, *overrides, run_dir: Path | None = None) -> Path:
     """A real 2-step run's checkpoint with its weights spread out (std 0.3, norm gains 1 +- 0.3), so that
     a wrong name or norm placement shows in the logits."""
     from lmstack.run import run
 
     cfg = small_cfg(*overrides)
+    if run_dir is not None:
+        cfg.run_dir = str(run_dir)
     run(cfg)
     ckpt = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     g = torch.Generator().manual_seed(0)
@@ -202,3 +204,53 @@ def test_an_adapted_model_exports_its_chat_template_and_end_marker(small_cfg, tm
     x = torch.tensor([render(tok, full)[0]])
     with torch.no_grad():
         assert (model(x) - hf(x).logits).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_an_moe_model_exports_to_olmoe_with_our_logits_and_greedy_continuation(small_cfg, tmp_path):
+    """moe-tiny with QK-norm: OlmoeForCausalLM loads the folder and computes our logits and our greedy
+    continuation; moe-tiny as it is (no QK-norm) is refused naming the option, before anything is written."""
+    from lmstack.checkpoint import load_checkpoint
+    from lmstack.generate import generate
+
+    ckpt = trained_checkpoint(small_cfg, tmp_path, "model=moe-tiny", "model.norm.qk_norm=true")
+    out = cli("export", f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'hf'}")
+    assert out.returncode == 0, out.stderr
+    assert "wrote OlmoeForCausalLM" in out.stdout
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert type(hf).__name__ == "OlmoeForCausalLM" and hf.config.num_experts == 8 and hf.config.num_experts_per_tok == 2
+    model, tok, _ = load_checkpoint(str(ckpt))
+    model.eval()
+    import gzip
+
+    with gzip.open(SHARED_DATA / "prose" / "brown.jsonl.gz", "rt") as f:
+        text = json.loads(f.readline())["text"][:2000]
+    ids = tok.encode(text).ids[:48]
+    with torch.no_grad():
+        mine, theirs = model(torch.tensor([ids])), hf(torch.tensor([ids])).logits
+    assert mine.abs().max() > 1.0 and (mine - theirs).abs().max() < 1e-4
+    prompt = ids[:16]
+    ours = generate(model, prompt, 16, temperature=0)
+    with torch.no_grad():
+        hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None)
+    assert hf_ids[0, 16:].tolist() == ours
+
+    plain = trained_checkpoint(small_cfg, tmp_path / "plain", "model=moe-tiny", run_dir=tmp_path / "plain" / "run")
+    refused = cli("export", f"ckpt={plain}", "format=hf", f"out={tmp_path / 'refused'}")
+    assert refused.returncode != 0 and "norm.qk_norm=false (OLMoE always normalises queries and keys" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+def test_moe_configs_olmoe_cannot_compute_are_refused_naming_the_option():
+    from lmstack.model.config import MoEConfig
+
+    qk = NormConfig(qk_norm=True)
+    assert hf_architecture(ModelConfig(norm=qk, moe=MoEConfig(experts=4))) == "olmoe"
+    for moe, option in [
+        (MoEConfig(experts=4, shared_expert=True), "moe.shared_expert=true"),
+        (MoEConfig(experts=4, layers=[1, 3]), r"moe.layers=\[1, 3\]"),
+    ]:
+        with pytest.raises(NoHFEquivalent, match=option):
+            hf_architecture(ModelConfig(norm=qk, moe=moe))
+    with pytest.raises(NoHFEquivalent, match="norm.placement=reordered"):
+        hf_architecture(ModelConfig(norm=NormConfig(qk_norm=True, placement="reordered"), moe=MoEConfig(experts=4)))

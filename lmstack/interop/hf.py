@@ -1,10 +1,14 @@
-"""Hugging Face format, both ways: an lmstack model as a `transformers` Llama (pre-norm presets) or OLMo 2
-(reordered norm + QK-norm) folder, and such a folder back into an lmstack checkpoint.
+"""Hugging Face format, both ways: an lmstack model as a `transformers` Llama (pre-norm presets), OLMo 2
+(reordered norm + QK-norm) or OLMoE (a Mixture of Experts: pre-norm, QK-norm, an MoE feed-forward in every
+layer) folder, and a Llama or OLMo 2 folder back into an lmstack checkpoint.
 
-The two layouts are the same computation: RMSNorm in fp32, RoPE in the rotate-half convention on the
-un-split query/key projections, QK-norm over the whole projection (OLMo 2), SwiGLU. Only the parameter
-names differ (`NAMES`). Export writes `config.json`, `generation_config.json`, `model.safetensors`,
-`tokenizer.json` and `tokenizer_config.json`; it needs no `transformers` (loading the folder does).
+The layouts are the same computation: RMSNorm in fp32, RoPE in the rotate-half convention on the
+un-split query/key projections, QK-norm over the whole projection (OLMo 2, OLMoE), SwiGLU, softmax top-k
+routing. Only the parameter names differ (`NAMES`); OLMoE's experts are written one by one
+(`mlp.experts.{e}.gate_proj.weight`, the layout of allenai's OLMoE checkpoints, which transformers fuses on
+load) from lmstack's stacked [E, D, H]. Export writes `config.json`, `generation_config.json`,
+`model.safetensors`, `tokenizer.json` and `tokenizer_config.json`; it needs no `transformers` (loading the
+folder does).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from lmstack.model.config import AttentionConfig, ModelConfig, NormConfig
 
-ARCH = {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+ARCH = {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM", "olmoe": "OlmoeForCausalLM"}
 
 # lmstack parameter name (per block, "{i}") -> Hugging Face name, for each architecture
 _BLOCK = {
@@ -42,7 +46,17 @@ NAMES = {
         "attn.q_norm.weight": "self_attn.q_norm.weight",
         "attn.k_norm.weight": "self_attn.k_norm.weight",
     },
+    "olmoe": {
+        **{k: v for k, v in _BLOCK.items() if not k.startswith("mlp.")},
+        "attn_norm.weight": "input_layernorm.weight",
+        "mlp_norm.weight": "post_attention_layernorm.weight",
+        "attn.q_norm.weight": "self_attn.q_norm.weight",
+        "attn.k_norm.weight": "self_attn.k_norm.weight",
+        "mlp.router.weight": "mlp.gate.weight",
+    },
 }
+# lmstack's stacked expert weights (x @ w[e]) -> OLMoE's per-expert Linear weights (w[e].T)
+_EXPERTS = {"mlp.w_gate": "gate_proj", "mlp.w_up": "up_proj", "mlp.w_down": "down_proj"}
 _TOP = {
     "embed.weight": "model.embed_tokens.weight",
     "norm.weight": "model.norm.weight",
@@ -55,8 +69,10 @@ class NoHFEquivalent(ValueError):
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
-    """`llama` or `olmo2` for this configuration, or NoHFEquivalent naming the option that blocks it."""
+    """`llama`, `olmo2` or `olmoe` for this configuration, or NoHFEquivalent naming the option that blocks it."""
     norm = cfg.norm
+    if cfg.moe.experts:
+        return _moe_architecture(cfg)
     if norm.kind != "rmsnorm":
         raise NoHFEquivalent(
             f"norm.kind={norm.kind} has no Hugging Face equivalent: Llama and OLMo 2 use RMSNorm "
@@ -77,6 +93,24 @@ def hf_architecture(cfg: ModelConfig) -> str:
     )
 
 
+def _moe_architecture(cfg: ModelConfig) -> str:
+    """OLMoE computes a pre-norm RMSNorm transformer with QK-norm over the whole projections and a dropless
+    top-k MoE of SwiGLU experts (softmax gates, renormalised or not) in every layer, without a shared expert."""
+    m, norm = cfg.moe, cfg.norm
+    problems = []
+    if norm.kind != "rmsnorm" or norm.placement != "pre":
+        problems.append(f"norm.kind={norm.kind} with norm.placement={norm.placement} (OLMoE: rmsnorm, pre)")
+    if not norm.qk_norm:
+        problems.append("norm.qk_norm=false (OLMoE always normalises queries and keys: set norm.qk_norm=true)")
+    if m.layers is not None and sorted(m.layers) != list(range(cfg.n_layers)):
+        problems.append(f"moe.layers={m.layers} (OLMoE has an MoE feed-forward in every layer: moe.layers=null)")
+    if m.shared_expert:
+        problems.append("moe.shared_expert=true (OLMoE has no shared expert)")
+    if problems:
+        raise NoHFEquivalent("this MoE model has no Hugging Face equivalent (OlmoeForCausalLM): " + "; ".join(problems))
+    return "olmoe"
+
+
 def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in state.items():
@@ -86,6 +120,10 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> 
             out[_TOP[name]] = t
             continue
         _, i, rest = name.split(".", 2)  # blocks.{i}.rest
+        if rest in _EXPERTS:
+            for e in range(t.shape[0]):
+                out[f"model.layers.{i}.mlp.experts.{e}.{_EXPERTS[rest]}.weight"] = t[e].T.contiguous()
+            continue
         out[f"model.layers.{i}.{NAMES[arch][rest]}"] = t
     return out
 
@@ -136,6 +174,10 @@ def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> 
     }
     if arch == "llama":
         c.update(head_dim=cfg.head_dim, mlp_bias=False, pretraining_tp=1)
+    if arch == "olmoe":
+        m = cfg.moe
+        c.update(intermediate_size=cfg.expert_hidden, num_experts=m.experts, num_experts_per_tok=m.top_k)
+        c.update(norm_topk_prob=m.norm_topk, router_aux_loss_coef=m.lb_coef, output_router_logits=False, clip_qkv=None)
     return c
 
 

@@ -12,7 +12,8 @@ detection writes (`data.blocklist`, `prepare.filters.id_blocklist` read it).
 
 Modes: `log` records only; `drop` also leaves the sequence out of that step's loss (decided before backward,
 on each rank from the window every rank shares). The window is built from all ranks' sequences (one
-all-gather of two numbers per sequence a step), anomalies left out, and saved in checkpoints.
+all-gather of two numbers per sequence a step), anomalies left out, and saved in checkpoints. Its own cost
+is logged as perf/anomalies_ms_per_step (benchmarks/loss_anomalies.py sets it against the step time).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class LossAnomalies(StepHooks, L.Callback):
         self.center: tuple[float, float] | None = None  # (median, 1.4826 MAD) of the window, once ready
         self.pending: list[torch.Tensor] = []  # this step's micro-batches' scores, this rank
         self.found = 0
-        self.seconds = 0.0  # time spent here, for the cost per step
+        self.seconds, self.steps = 0.0, 0  # time spent here and steps seen: perf/anomalies_ms_per_step
         self._documents: DocumentIndex | None = None
 
     def z(self, scores: torch.Tensor) -> torch.Tensor:
@@ -125,6 +126,9 @@ class LossAnomalies(StepHooks, L.Callback):
             self.window.extend(kept.tolist())
             self._recenter()
         self.seconds += time.perf_counter() - t0
+        self.steps += 1
+        if self.steps % 10 == 0:
+            log_metrics(trainer, {"perf/anomalies_ms_per_step": 1000 * self.seconds / self.steps})
         return False  # the update is taken (mode=drop has already left the anomalies out of it)
 
     def _record(self, trainer, step_record: StepRecord, local, rows, z: torch.Tensor) -> None:
