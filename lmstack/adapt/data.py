@@ -5,11 +5,30 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 
-def ranked_loader(trainer, ds, batch_size: int, seed: int, shuffle: bool, collate=None) -> DataLoader:
-    """This rank's share of ds; shuffled per epoch (and the tail dropped) for training, in order for validation."""
+class RepeatedBatches(Sampler):
+    """Each batch of `batches` `times` times in a row (GRPO's several updates on one rollout)."""
+
+    def __init__(self, batches: BatchSampler, times: int):
+        self.batches, self.times = batches, times
+
+    def __iter__(self):
+        for batch in self.batches:
+            for _ in range(self.times):
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.times
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning reshuffles the wrapped DistributedSampler per epoch
+        self.batches.sampler.set_epoch(epoch)
+
+
+def ranked_loader(trainer, ds, batch_size: int, seed: int, shuffle: bool, collate=None, repeat: int = 1) -> DataLoader:
+    """This rank's share of ds; shuffled per epoch (and the tail dropped) for training, in order for validation;
+    each batch `repeat` times in a row."""
     sampler = DistributedSampler(
         ds,
         num_replicas=trainer.world_size if trainer else 1,
@@ -18,6 +37,9 @@ def ranked_loader(trainer, ds, batch_size: int, seed: int, shuffle: bool, collat
         seed=seed,
         drop_last=shuffle,
     )
+    if repeat > 1:
+        batches = RepeatedBatches(BatchSampler(sampler, batch_size, drop_last=shuffle), repeat)
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=shuffle, collate_fn=collate)
 
 
@@ -67,11 +89,13 @@ class PairsDataModule(RowsDataModule):
 
 
 class PromptsDataModule(L.LightningDataModule):
-    """Task examples (prompts with their verifiers' keys), shuffled per epoch and split over ranks."""
+    """Task examples (prompts with their verifiers' keys), shuffled per epoch and split over ranks; each batch
+    `repeat` times in a row, once for every update GRPO takes on its rollout."""
 
-    def __init__(self, examples: list, batch_size: int, seed: int, seq_len: int):
+    def __init__(self, examples: list, batch_size: int, seed: int, seq_len: int, repeat: int = 1):
         super().__init__()
         self.examples, self.batch_size, self.seed, self.seq_len = examples, batch_size, seed, seq_len
+        self.repeat = repeat
 
     def train_dataloader(self):
-        return ranked_loader(self.trainer, self.examples, self.batch_size, self.seed, True, list)
+        return ranked_loader(self.trainer, self.examples, self.batch_size, self.seed, True, list, self.repeat)

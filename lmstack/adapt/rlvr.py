@@ -1,9 +1,15 @@
 """RL with verifiable rewards (GRPO) as a LightningModule: for each prompt of the batch, G responses sampled
 from the policy through the KV cache, rewarded by the task's verifier, advantages centred per group
 (optionally divided by the std), groups with equal rewards dropped, then the clipped-ratio objective with a
-k3 KL to the frozen starting model (`beta`; beta = 0 builds no reference). One optimizer step per batch of
-samples, so the "old" policy is the one that sampled (ratio 1 at the step, the clip guards later steps).
-Logs the mean reward, KL, response length and the share of groups kept."""
+k3 KL to the frozen starting model (`beta`; beta = 0 builds no reference).
+
+Updates as PPO does: each rollout is trained on `updates_per_rollout` times, each pass split into
+`minibatches` optimizer steps (the data module hands the same prompts to those steps), against the
+log-probabilities of the policy that sampled it, computed once after the rollout; so from the second step
+on the ratio departs from 1 and the clip acts. With one step per rollout the sampling policy is the one
+being updated: the ratio is exactly 1 (the old log-probs are the new ones, detached) and no second forward
+pass is made. Logs the mean reward, response length, share of groups kept, KL, clip fraction, and the
+ratio's mean and max over response tokens."""
 
 from __future__ import annotations
 
@@ -38,9 +44,14 @@ class GRPOModule(PretrainModule):
         temperature: float = 1.0,
         max_new_tokens: int = 12,
         system: str | None = None,
+        updates_per_rollout: int = 1,
+        minibatches: int = 1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.updates_per_rollout, self.minibatches = updates_per_rollout, minibatches
+        self._rollout: dict | None = None  # the current rollout, for its remaining updates
+        self.rollouts = 0
         self.group_size, self.beta, self.clip = group_size, beta, (clip_low, clip_high)
         self.scale_advantages, self.temperature, self.max_new = scale_advantages, temperature, max_new_tokens
         self.system = system
@@ -91,25 +102,52 @@ class GRPOModule(PretrainModule):
         left = self.trainer.strategy.reduce(torch.tensor(float(not done), device=self.device), reduce_op="sum")
         return float(left) == 0.0
 
-    def training_step(self, batch, batch_idx):
+    @property
+    def steps_per_rollout(self) -> int:
+        return self.updates_per_rollout * self.minibatches
+
+    def _new_rollout(self, batch) -> dict:
+        """Sample the batch's groups, reward them, and (for several updates) score them with the policy
+        that sampled them; the frozen reference's log-probs too when beta > 0."""
         ids, labels, rewards, lengths = self.rollout(batch)
         adv, keep = group_advantages(rewards, self.scale_advantages)
-        rows = keep.repeat_interleave(self.group_size)
-        self.log("train/reward", rewards.mean(), prog_bar=True)
-        self.log("train/response_length", float(sum(lengths) / max(len(lengths), 1)))
-        self.log("train/groups_kept", keep.float().mean())
-        new = token_logps(self.model, ids, labels)
-        mask = (labels != IGNORE) & rows[:, None]
-        ref = None
-        if self.beta > 0:
-            with torch.no_grad():
+        mask = (labels != IGNORE) & keep.repeat_interleave(self.group_size)[:, None]
+        r = {"ids": ids, "labels": labels, "adv": adv.flatten(), "mask": mask, "keep": keep, "old": None, "ref": None}
+        r.update(reward=rewards.mean(), length=float(sum(lengths) / max(len(lengths), 1)))
+        with torch.no_grad():
+            if self.steps_per_rollout > 1:
+                r["old"] = token_logps(self.model, ids, labels)
+            if self.beta > 0:
                 self._ref[0].to(self.device)
-                ref = token_logps(self._ref[0], ids, labels)
-        loss, m = grpo_loss(new, new.detach(), adv.flatten(), mask, *self.clip, beta=self.beta, logp_ref=ref)
+                r["ref"] = token_logps(self._ref[0], ids, labels)
+        self.rollouts += 1
+        return r
+
+    def training_step(self, batch, batch_idx):
+        k = self.trainer.global_step % self.steps_per_rollout  # this step's place in its rollout's updates
+        if k == 0 or self._rollout is None:
+            self._rollout = self._new_rollout(batch)
+        r = self._rollout
+        rows = torch.tensor_split(torch.arange(len(r["ids"]), device=self.device), self.minibatches)[
+            k % self.minibatches
+        ]
+        ids, labels, mask = r["ids"][rows], r["labels"][rows], r["mask"][rows]
+        new = token_logps(self.model, ids, labels)
+        old = new.detach() if r["old"] is None else r["old"][rows]
+        ref = None if r["ref"] is None else r["ref"][rows]
+        loss, m = grpo_loss(new, old, r["adv"][rows], mask, *self.clip, beta=self.beta, logp_ref=ref)
+        ratio = torch.exp(new.detach() - old)[mask]
+        self.log("train/reward", r["reward"], prog_bar=True)
+        self.log("train/response_length", r["length"])
+        self.log("train/groups_kept", r["keep"].float().mean())
         self.log("train/kl", m["kl"])
+        self.log("train/clip_fraction", m["clip_fraction"])
+        self.log("train/ratio_mean", ratio.mean() if len(ratio) else torch.ones(()))
+        self.log("train/ratio_max", ratio.max() if len(ratio) else torch.ones(()))
+        self.log("train/rollouts", float(self.rollouts))
         self.log("train/loss", loss)
         self.micro.append({"batch": {}, "loss": loss.detach()})
-        self._signal = self._signal or bool(keep.any())
+        self._signal = self._signal or bool(mask.any())
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):

@@ -105,6 +105,15 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         n_train = len(train_data)
         what = f"{n_train} preference pairs ({extra['rejected_from_model']} rejected answers sampled from the model)"
     max_steps = max(1, math.ceil(stage.epochs * n_train / per_step))
+    if name == "rlvr":  # every rollout is trained on updates_per_rollout x minibatches steps
+        repeat = stage.updates_per_rollout * stage.minibatches
+        if repeat > 1 and trainer.accumulate_grad_batches > 1:
+            raise ConfigError(
+                f"stage.updates_per_rollout x stage.minibatches = {repeat} steps per rollout need one "
+                f"micro-batch a step (trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}): raise "
+                "data.batch_size instead of accumulating"
+            )
+        max_steps *= repeat
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     tps = per_step * seq_len
     args = module_args(spec, cfg, tps, max_steps * tps, config, 0.0)  # no z-loss in adaptation
@@ -124,9 +133,11 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
             temperature=stage.temperature,
             max_new_tokens=max_new,
             system=system,
+            updates_per_rollout=stage.updates_per_rollout,
+            minibatches=stage.minibatches,
         )
         module.tok, module.tasks = tok, tasks
-        dm = PromptsDataModule(train_data, spec.data.batch_size, spec.seed, seq_len)
+        dm = PromptsDataModule(train_data, spec.data.batch_size, spec.seed, seq_len, repeat)
     else:
         from .dpo import DPOModule
 

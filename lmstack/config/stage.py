@@ -36,6 +36,8 @@ class StageSection:
     clip_low: float = field_(0.2, min=0.0)
     clip_high: float = field_(0.28, min=0.0)  # DAPO's clip-higher
     scale_advantages: bool = False  # divide by the group's std (GRPO) or only centre (Dr. GRPO)
+    updates_per_rollout: int = field_(1, min=1)  # passes over each rollout (PPO epochs): the ratio moves from 1
+    minibatches: int = field_(1, min=1)  # each pass split into this many optimizer steps
     temperature: float = field_(1.0, min=0.0)
     eval_samples: int = field_(4, min=1)  # sampled answers per held-out prompt for the mean reward
 
