@@ -63,10 +63,17 @@ def render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = F
     return ids, mask
 
 
-def prompt_ids(tok: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """A single-turn conversation up to where the assistant starts."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return render(tok, messages, add_generation_prompt=True)[0]
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """The conversation with `system` as its first message, unless it has a system message already."""
+    if not system or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
+def prompt_ids(tok: Tokenizer, prompt: str | list[dict], system: str | None = None) -> list[int]:
+    """A conversation up to where the assistant starts: one user turn, or the messages so far."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return render(tok, with_system(messages, system), add_generation_prompt=True)[0]
 
 
 def resize_vocab(model, vocab_size: int) -> None:

@@ -83,9 +83,22 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
         raise ConfigError(f"init_from={spec.init_from!r} carries no tokenizer")
     tok = add_chat_tokens(tok)
     resize_vocab(model, tok.get_vocab_size())
-    tasks = stage_tasks(stage)
-    train, test = split_examples(stage, tasks, spec.seed)
     system, seq_len = stage.system, spec.data.seq_len
+    if name == "sft" and stage.data:  # a chat dataset: its conversations, held-out ones by a hash of the row
+        from .chat_data import ChatTask, chat_conversations, last_turn_example
+
+        try:
+            convs, held, counts = chat_conversations(
+                stage.data, tok, seq_len + 1, stage.test_fraction, stage.max_turns, system
+            )
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"stage.data: {e}") from None
+        tasks = {ChatTask.name: ChatTask()}
+        train, test = [last_turn_example(c) for c in convs], [last_turn_example(c) for c in held][: stage.test_examples]
+    else:
+        convs = counts = None
+        tasks = stage_tasks(stage)
+        train, test = split_examples(stage, tasks, spec.seed)
     max_new = stage.max_new_tokens
     trainer = build_trainer(spec, adaptation=True)
     per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
@@ -93,10 +106,14 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     extra = {}
     before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None
     if name == "sft":
-        train_data = pack([render(tok, conversation(e, system)) for e in train], seq_len)
-        val_data = pack([render(tok, conversation(e, system)) for e in test], seq_len)
+        whole = [e.prompt + [{"role": "assistant", "content": e.answer}] for e in test] if convs else None
+        train_data = pack([render(tok, c) for c in convs or [conversation(e, system) for e in train]], seq_len)
+        val_data = pack([render(tok, c) for c in whole or [conversation(e, system) for e in test]], seq_len)
         n_train = len(train_data["input_ids"])
         what = f"{len(train)} conversations in {n_train} packed rows of {seq_len} tokens"
+        if counts is not None:
+            what += " (rows of " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+            extra["rows"] = dict(counts)
     elif name == "rlvr":
         train_data, val_data, n_train = train, None, len(train)
         what = f"{n_train} prompts x {stage.group_size} samples"

@@ -1,0 +1,120 @@
+"""Chat datasets users bring for SFT: JSONL (or .jsonl.gz) or parquet rows with a `messages` list, the Hugging
+Face chat format of Tulu 3's SFT mixture (roles system, user, assistant; any number of turns).
+
+Every assistant turn is learned (its content and end marker), nothing else. A conversation longer than a
+packed row is cut only between exchanges: trailing user/assistant exchanges are dropped until it fits (never
+inside a turn), and one whose first assistant turn does not fit is skipped; `stage.max_turns` keeps at
+most that many assistant turns. Both are counted. A row without an assistant turn has nothing to learn and
+is skipped too; a row that is not a list of {role, content} messages is refused, naming its line. The
+held-out split is by a hash of the row's `id` (else of its messages), so it does not move when rows are
+added.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+from .chat import ROLES, render, with_system
+from .tasks import Example, Task
+
+Messages = list[dict]
+
+
+class ChatTask(Task):
+    """Held-out conversations: the model's answer to everything before the last assistant turn must be
+    that turn (stripped of surrounding space)."""
+
+    name = "chat"
+
+    def sample(self, rng):
+        raise NotImplementedError("chat examples come from stage.data, not from a generator")
+
+    def verify(self, response: str, ex: Example) -> float:
+        return float(response.strip() == ex.answer.strip())
+
+
+def last_turn_example(messages: Messages) -> Example:
+    """The conversation as a held-out question: its prefix, and its last (assistant) turn as the answer."""
+    return Example(ChatTask.name, messages[:-1], messages[-1]["content"])
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a .jsonl / .jsonl.gz or .parquet file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"stage.data={path}: no such file")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    opener = gzip.open if p.suffix == ".gz" else open
+    rows = []
+    with opener(p, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: not JSON ({e})") from None
+    return rows
+
+
+def messages_of(row, where: str) -> Messages:
+    """A row's messages, checked: a list of {role in system/user/assistant, content: str}."""
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: needs a non-empty `messages` list (the Hugging Face chat format)")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: message {i} needs a role in {ROLES} and string content, got {m!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def row_key(row: dict, messages: Messages) -> str:
+    """What the held-out split hashes: the row's id, else its messages."""
+    return str(row["id"]) if row.get("id") is not None else json.dumps(messages, sort_keys=True)
+
+
+def exchange_ends(messages: Messages) -> list[int]:
+    """The lengths of the prefixes that end right after an assistant turn (the places a cut may fall)."""
+    return [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def fit(tok, messages: Messages, width: int, max_turns: Optional[int]) -> tuple[Optional[Messages], str]:
+    """The longest prefix ending after an assistant turn that fits `width` tokens (with at most `max_turns`
+    assistant turns), and what happened: kept, truncated, too_long, or no_assistant."""
+    ends = exchange_ends(messages)
+    if not ends:
+        return None, "no_assistant"
+    outcome = "kept"
+    if max_turns is not None and len(ends) > max_turns:
+        ends, outcome = ends[:max_turns], "truncated"
+    elif ends[-1] < len(messages):  # trailing turns after the last assistant turn teach nothing
+        outcome = "truncated"
+    for end in reversed(ends):
+        if len(render(tok, messages[:end])[0]) <= width:
+            return messages[:end], outcome if end == ends[-1] else "truncated"
+    return None, "too_long"
+
+
+def chat_conversations(
+    path: str, tok, width: int, test_fraction: float, max_turns: Optional[int] = None, system: Optional[str] = None
+) -> tuple[list[Messages], list[Messages], Counter]:
+    """(train, held-out) conversations of a chat file, fitted to `width` tokens, and the counts of kept,
+    truncated and skipped rows (too_long, no_assistant)."""
+    from lmstack.data.sources import is_validation
+
+    train, test, counts = [], [], Counter()
+    for n, row in enumerate(read_rows(path), 1):
+        messages = with_system(messages_of(row, f"{path} row {n}"), system)
+        fitted, outcome = fit(tok, messages, width, max_turns)
+        counts[outcome] += 1
+        if fitted is not None:
+            (test if is_validation(row_key(row, messages), test_fraction) else train).append(fitted)
+    if not train:
+        raise ValueError(f"stage.data={path}: no conversation to train on ({dict(counts)})")
+    return train, test, counts

@@ -1,0 +1,113 @@
+"""Chat datasets for SFT (stage.data): rows of `messages` in the Hugging Face chat format, every assistant
+turn learned and nothing else, conversations cut only between exchanges (or counted and skipped), the
+same from JSONL and parquet; a real run on conversations built from the shared eval questions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmstack.adapt.chat import add_chat_tokens, render
+from lmstack.adapt.chat_data import chat_conversations, fit, messages_of, read_rows
+from lmstack.data.tokenizer import train_bpe
+
+from .helpers import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return add_chat_tokens(train_bpe(["What is the capital of France? Paris. Tell me more, please."] * 50, 320))
+
+
+def turns(*pairs: tuple[str, str], system: str | None = None) -> list[dict]:
+    out = [{"role": "system", "content": system}] if system else []
+    for user, assistant in pairs:
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return out
+
+
+def test_every_assistant_turn_is_learned_and_nothing_else(tok):
+    messages = turns(("What is the capital of France?", "Paris."), ("Tell me more.", "It is big."), system="Be brief.")
+    ids, mask = render(tok, messages)
+    learned = tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert learned == "Paris.<|end|>It is big.<|end|>"  # both assistant turns with their end markers
+    assert sum(mask) == len(tok.encode("Paris.").ids) + len(tok.encode("It is big.").ids) + 2
+
+
+def test_a_long_conversation_is_cut_between_exchanges_never_inside_a_turn(tok):
+    long = turns(("What is the capital of France?", "Paris."), ("Tell me more, please.", "Paris " * 40))
+    width = len(render(tok, long[:2])[0]) + 5  # room for the first exchange only
+    fitted, outcome = fit(tok, long, width, None)
+    assert fitted == long[:2] and outcome == "truncated"
+    assert fit(tok, long, 10_000, None) == (long, "kept")
+    assert fit(tok, long, 10_000, 1) == (long[:2], "truncated")  # stage.max_turns=1
+    assert fit(tok, long, 5, None) == (None, "too_long")  # not even the first answer fits: skipped
+    assert fit(tok, [{"role": "user", "content": "hi"}], 100, None) == (None, "no_assistant")
+    trailing = [*long[:2], {"role": "user", "content": "And?"}]
+    assert fit(tok, trailing, 10_000, None) == (long[:2], "truncated")  # a last user turn teaches nothing
+
+
+def test_jsonl_and_parquet_give_the_same_conversations_and_bad_rows_are_named(tok, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"c{i}", "messages": turns((f"Question {i}?", f"Answer {i}."))} for i in range(40)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chat.parquet")
+    a = chat_conversations(str(tmp_path / "chat.jsonl"), tok, 200, 0.25)
+    b = chat_conversations(str(tmp_path / "chat.parquet"), tok, 200, 0.25)
+    assert a == b and len(a[0]) + len(a[1]) == 40 and a[1] and a[2] == {"kept": 40}
+    assert read_rows(str(tmp_path / "chat.parquet")) == rows
+    with pytest.raises(ValueError, match="row 3: message 1 needs a role in"):
+        messages_of({"messages": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]}, "row 3")
+    with pytest.raises(ValueError, match="row 2: needs a non-empty `messages` list"):
+        messages_of({"text": "no messages"}, "row 2")
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{oops\n")
+    with pytest.raises(ValueError, match="bad.jsonl line 2: not JSON"):
+        read_rows(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.slow
+def test_sft_on_a_chat_file_built_from_real_questions(small_cfg, tmp_path):
+    """Conversations of two real sciq questions each, answered right by the assistant, from the shared
+    eval set: the run trains on every assistant turn, counts what it cut, and scores held-out last turns."""
+    from lmstack.eval.multiple_choice import load_requests
+    from lmstack.run import run
+
+    qs = load_requests(SHARED_DATA / "evals" / "sciq")[:240]
+    ask = lambda q: q.context.split("Question:")[-1].replace("Answer:", "").strip()  # noqa: E731
+    rows = [
+        {
+            "id": f"sciq-{a.doc_id}",
+            "messages": turns((ask(a), a.choices[a.gold].strip()), (ask(b), b.choices[b.gold].strip())),
+        }
+        for a, b in zip(qs[::2], qs[1::2])
+    ]
+    rows.append({"id": "too-long", "messages": turns(("Say it all.", "word " * 400))})
+    rows.append({"id": "no-answer", "messages": [{"role": "user", "content": "Hello?"}]})
+    data = tmp_path / "sciq_chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pre = small_cfg()
+    run(pre)
+    cfg = small_cfg(
+        "stage=sft",
+        f"init_from={Path(pre.run_dir) / 'checkpoints' / 'last.ckpt'}",
+        f"stage.data={data}",
+        "stage.epochs=2",
+        "data.seq_len=256",
+        "data.batch_size=8",
+        "train.val_every_steps=4",
+    )
+    cfg.run_dir = str(tmp_path / "sft")
+    result = run(cfg)
+    recipe = json.loads((tmp_path / "sft" / "recipe.json").read_text())["sft"]
+    rows_seen = recipe["rows"]
+    assert rows_seen == {"kept": 120, "no_assistant": 1, "too_long": 1}
+    assert recipe["train_examples"] + recipe["held_out"] == 120 and recipe["held_out"] > 0
+    assert result["steps"] > 2 and 0.0 <= recipe["exact_match"] <= 1.0
+    from .test_stability import scalars
+
+    val = scalars(Path(cfg.run_dir))["val/loss"]
+    assert len(val) >= 2 and val[-1] < val[0]  # the held-out conversations' answers got likelier
