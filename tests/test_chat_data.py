@@ -111,3 +111,65 @@ def test_sft_on_a_chat_file_built_from_real_questions(small_cfg, tmp_path):
 
     val = scalars(Path(cfg.run_dir))["val/loss"]
     assert len(val) >= 2 and val[-1] < val[0]  # the held-out conversations' answers got likelier
+
+
+def test_preference_rows_in_both_formats_share_their_prompt(tmp_path):
+    from lmstack.adapt.chat_data import preference_example, preference_examples
+
+    prompt = [*turns(("What is the capital of France?", "Paris.")), {"role": "user", "content": "And Italy?"}]
+    ultra = {"prompt": "And Italy?", "chosen": [*prompt, {"role": "assistant", "content": "Rome."}]}
+    ultra["rejected"] = [*prompt, {"role": "assistant", "content": "Paris."}]
+    ex = preference_example(ultra, "row 1")
+    assert ex.prompt == prompt and ex.answer == "Rome." and ex.meta == {"rejected": "Paris."}  # multi-turn prompt
+    flat = preference_example({"prompt": "And Italy?", "chosen": "Rome.", "rejected": "Paris."}, "row 2")
+    assert flat.prompt == [{"role": "user", "content": "And Italy?"}] and flat.meta["rejected"] == "Paris."
+    bad = {**ultra, "rejected": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "x"}]}
+    with pytest.raises(ValueError, match="row 3: chosen and rejected must share the prompt"):
+        preference_example(bad, "row 3")
+    with pytest.raises(ValueError, match="row 4: needs `chosen` and `rejected` message lists"):
+        preference_example({"prompt": "x", "chosen": "y"}, "row 4")
+    rows = [{"id": i, "prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "No."} for i in range(50)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, test = preference_examples(str(tmp_path / "prefs.jsonl"), 0.2)
+    assert len(train) + len(test) == 50 and test and {e.answer for e in train}.isdisjoint({e.answer for e in test})
+
+
+@pytest.mark.slow
+def test_dpo_on_a_preference_file_built_from_real_questions(small_cfg, tmp_path):
+    """UltraFeedback-style rows from the shared arc_easy questions: the right answer chosen, a wrong choice
+    rejected; DPO trains on them and scores held-out preference accuracy on rows it never saw."""
+    from lmstack.eval.multiple_choice import load_requests
+    from lmstack.run import run
+
+    qs = load_requests(SHARED_DATA / "evals" / "arc_easy")[:120]
+    ask = lambda q: q.context.split("Question:")[-1].replace("Answer:", "").strip()  # noqa: E731
+    rows = []
+    for q in qs:
+        wrong = next(i for i in range(len(q.choices)) if i != q.gold)
+        prompt = [{"role": "user", "content": ask(q)}]
+        rows.append(
+            {
+                "id": f"arc-{q.doc_id}",
+                "chosen": [*prompt, {"role": "assistant", "content": q.choices[q.gold].strip()}],
+                "rejected": [*prompt, {"role": "assistant", "content": q.choices[wrong].strip()}],
+            }
+        )
+    data = tmp_path / "arc_prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pre = small_cfg()
+    run(pre)
+    cfg = small_cfg(
+        "stage=dpo",
+        f"init_from={Path(pre.run_dir) / 'checkpoints' / 'last.ckpt'}",
+        f"stage.data={data}",
+        "stage.epochs=1",
+        "data.batch_size=8",
+        "optimizer.lr=5e-4",
+    )
+    cfg.run_dir = str(tmp_path / "dpo")
+    run(cfg)
+    recipe = json.loads((tmp_path / "dpo" / "recipe.json").read_text())["dpo"]
+    assert recipe["train_examples"] + recipe["held_out"] == 120 and recipe["held_out"] > 10
+    assert recipe["steps"] == -(-recipe["train_examples"] // 8)
+    assert recipe["rejected_from_model"] == 0  # every rejected answer came from the file
+    assert 0.0 <= recipe["preference_accuracy"] <= 1.0

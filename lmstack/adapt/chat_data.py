@@ -1,5 +1,7 @@
-"""Chat datasets users bring for SFT: JSONL (or .jsonl.gz) or parquet rows with a `messages` list, the Hugging
-Face chat format of Tulu 3's SFT mixture (roles system, user, assistant; any number of turns).
+"""Chat datasets users bring: for SFT, JSONL (or .jsonl.gz) or parquet rows with a `messages` list, the Hugging
+Face chat format of Tulu 3's SFT mixture (roles system, user, assistant; any number of turns); for DPO,
+rows with `chosen` and `rejected` message lists that share their prompt (UltraFeedback binarized: all but
+the last, assistant, turn), or `prompt` (a string or a message list), `chosen` and `rejected` strings.
 
 Every assistant turn is learned (its content and end marker), nothing else. A conversation longer than a
 packed row is cut only between exchanges: trailing user/assistant exchanges are dropped until it fits (never
@@ -118,3 +120,45 @@ def chat_conversations(
     if not train:
         raise ValueError(f"stage.data={path}: no conversation to train on ({dict(counts)})")
     return train, test, counts
+
+
+def preference_example(row, where: str) -> Example:
+    """A preference row as an example whose answer is the chosen response and meta the rejected one."""
+    chosen, rejected = (row.get(k) if isinstance(row, dict) else None for k in ("chosen", "rejected"))
+    if isinstance(chosen, list) and isinstance(rejected, list):  # message lists sharing the prompt
+        c, r = (
+            messages_of({"messages": chosen}, f"{where} chosen"),
+            messages_of({"messages": rejected}, f"{where} rejected"),
+        )
+        if c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+            raise ValueError(f"{where}: chosen and rejected must each end with an assistant turn")
+        if c[:-1] != r[:-1]:
+            raise ValueError(f"{where}: chosen and rejected must share the prompt (every turn but their last)")
+        prompt = c[:-1]
+        if not prompt and isinstance(row.get("prompt"), str):  # the answers alone: the prompt as a string
+            prompt = [{"role": "user", "content": row["prompt"]}]
+        if not prompt:
+            raise ValueError(f"{where}: no prompt (neither turns before the answers nor a `prompt` string)")
+        return Example(ChatTask.name, prompt, c[-1]["content"], {"rejected": r[-1]["content"]})
+    if isinstance(chosen, str) and isinstance(rejected, str) and isinstance(row.get("prompt"), (str, list)):
+        p = row["prompt"]
+        prompt = [{"role": "user", "content": p}] if isinstance(p, str) else messages_of({"messages": p}, where)
+        return Example(ChatTask.name, prompt, chosen, {"rejected": rejected})
+    raise ValueError(
+        f"{where}: needs `chosen` and `rejected` message lists (UltraFeedback binarized) or `prompt`, `chosen` "
+        "and `rejected` strings"
+    )
+
+
+def preference_examples(path: str, test_fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) preference examples of a file, split by a hash of the row's id (else its prompt)."""
+    from lmstack.data.sources import is_validation
+
+    train, test = [], []
+    for n, row in enumerate(read_rows(path), 1):
+        ex = preference_example(row, f"{path} row {n}")
+        key = str(row["id"]) if row.get("id") is not None else json.dumps(ex.prompt, sort_keys=True)
+        (test if is_validation(key, test_fraction) else train).append(ex)
+    if not train:
+        raise ValueError(f"stage.data={path}: no preference pair to train on")
+    return train, test

@@ -84,17 +84,21 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     tok = add_chat_tokens(tok)
     resize_vocab(model, tok.get_vocab_size())
     system, seq_len = stage.system, spec.data.seq_len
-    if name == "sft" and stage.data:  # a chat dataset: its conversations, held-out ones by a hash of the row
-        from .chat_data import ChatTask, chat_conversations, last_turn_example
+    if stage.data and name in ("sft", "dpo"):  # a chat dataset, held-out rows by a hash of the row
+        from .chat_data import ChatTask, chat_conversations, last_turn_example, preference_examples
 
+        convs = counts = None
         try:
-            convs, held, counts = chat_conversations(
-                stage.data, tok, seq_len + 1, stage.test_fraction, stage.max_turns, system
-            )
+            if name == "sft":
+                convs, held, counts = chat_conversations(
+                    stage.data, tok, seq_len + 1, stage.test_fraction, stage.max_turns, system
+                )
+                train, test = [last_turn_example(c) for c in convs], [last_turn_example(c) for c in held]
+            else:
+                train, test = preference_examples(stage.data, stage.test_fraction)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"stage.data: {e}") from None
-        tasks = {ChatTask.name: ChatTask()}
-        train, test = [last_turn_example(c) for c in convs], [last_turn_example(c) for c in held][: stage.test_examples]
+        tasks, test = {ChatTask.name: ChatTask()}, test[: stage.test_examples]
     else:
         convs = counts = None
         tasks = stage_tasks(stage)

@@ -23,7 +23,7 @@ class StageSection:
     recipe_file: Optional[str] = None  # a recipe.json shared by the stages of a recipe (null: this run's own)
     # sft
     reduction: Literal["mean", "sum"] = "mean"  # mean over trainable tokens, or sum / token slots
-    data: Optional[str] = None  # a .jsonl(.gz) or .parquet of chat rows (`messages`) instead of the tasks
+    data: Optional[str] = None  # sft, dpo: a .jsonl(.gz) or .parquet of chat rows instead of the tasks
     max_turns: Optional[int] = field_(None, min=1)  # stage.data: keep at most this many assistant turns
     # dpo
     loss: Literal["sigmoid", "dpo_norm", "simpo"] = "dpo_norm"
