@@ -173,3 +173,15 @@ def test_dpo_on_a_preference_file_built_from_real_questions(small_cfg, tmp_path)
     assert recipe["steps"] == -(-recipe["train_examples"] // 8)
     assert recipe["rejected_from_model"] == 0  # every rejected answer came from the file
     assert 0.0 <= recipe["preference_accuracy"] <= 1.0
+
+
+def test_rows_already_split_by_the_same_hash_still_leave_a_held_out_share(tok, tmp_path):
+    """A file of training rows chosen by is_validation(id) == False (as scripts/mc_chat_data.py does) still
+    gets held-out rows: the stage's split is salted (unsalted, every row of such a file fell in train)."""
+    from lmstack.data.sources import is_validation
+
+    ids = [f"q-{i}" for i in range(400) if not is_validation(f"q-{i}", 0.3)]
+    rows = [{"id": i, "messages": turns((f"Question {i}?", "Yes."))} for i in ids]
+    (tmp_path / "train_only.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, test, _ = chat_conversations(str(tmp_path / "train_only.jsonl"), tok, 200, 0.2)
+    assert 0.1 * len(rows) < len(test) < 0.3 * len(rows) and len(train) + len(test) == len(rows)

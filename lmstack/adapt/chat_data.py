@@ -76,9 +76,10 @@ def messages_of(row, where: str) -> Messages:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def row_key(row: dict, messages: Messages) -> str:
-    """What the held-out split hashes: the row's id, else its messages."""
-    return str(row["id"]) if row.get("id") is not None else json.dumps(messages, sort_keys=True)
+def row_key(row: dict, content) -> str:
+    """What the held-out split hashes: the row's id, else its content. Salted, so that a file whose rows
+    were themselves chosen by the same hash of their ids (as a training split) still gets a held-out share."""
+    return "stage.data:" + (str(row["id"]) if row.get("id") is not None else json.dumps(content, sort_keys=True))
 
 
 def exchange_ends(messages: Messages) -> list[int]:
@@ -157,8 +158,7 @@ def preference_examples(path: str, test_fraction: float) -> tuple[list[Example],
     train, test = [], []
     for n, row in enumerate(read_rows(path), 1):
         ex = preference_example(row, f"{path} row {n}")
-        key = str(row["id"]) if row.get("id") is not None else json.dumps(ex.prompt, sort_keys=True)
-        (test if is_validation(key, test_fraction) else train).append(ex)
+        (test if is_validation(row_key(row, ex.prompt), test_fraction) else train).append(ex)
     if not train:
         raise ValueError(f"stage.data={path}: no preference pair to train on")
     return train, test
