@@ -157,7 +157,7 @@ def import_hf_cmd(a: ImportHFArgs) -> None:
     """A Hugging Face Llama / OLMo 2 folder as an lmstack checkpoint (for init_from= or generate/eval)."""
     import os
 
-    from lmstack.interop.hf import import_hf
+    from lmstack.interop.hf_import import import_hf
 
     try:
         r = import_hf(a.dir, a.out or os.path.join(a.dir, "lmstack.ckpt"))

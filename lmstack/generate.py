@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import torch
 
-from lmstack.model import Transformer
+from lmstack.model import Documents, Transformer
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -61,15 +61,44 @@ def generate_many(
     `sync(done_here) -> done_everywhere`, for a model sharded over ranks (FSDP2), whose every forward pass
     gathers parameters from all of them: every rank then runs one forward pass per step until all ranks are
     done; a rank done early runs a one-token pass that only joins the gathers."""
-    if not prompt_ids:
-        raise ValueError("the prompt is empty: give at least one token")
+    return generate_batch(
+        model, [prompt_ids], n, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator, sync
+    )
+
+
+@torch.no_grad()
+def generate_batch(
+    model: Transformer,
+    prompts: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    eos_id: Optional[int] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+    sync: Optional[Callable[[bool], bool]] = None,
+) -> list[list[int]]:
+    """n continuations of each prompt, all decoded as one batch (rows prompt by prompt, as `generate_many`
+    orders one prompt's): prompts of different lengths are padded on the left, and the padding is a document
+    of its own (`lmstack.model.Documents`), so no row attends to it; RoPE is relative, so a padded row
+    computes what it would alone."""
+    if not prompts or not all(prompts):
+        raise ValueError("a prompt is empty: give at least one token")
     device = next(model.parameters()).device
     limit = model.cfg.max_seq_len
-    prompt = prompt_ids[-(limit - 1) :] if len(prompt_ids) >= limit else prompt_ids
-    tokens = torch.tensor([prompt] * n, device=device)
-    cache = model.new_cache(n, min(limit, tokens.shape[1] + max_new_tokens)) if use_cache else None
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
+    prompts = [p[-(limit - 1) :] if len(p) >= limit else p for p in prompts]
+    width = max(len(p) for p in prompts)
+    rows = [p for p in prompts for _ in range(n)]
+    tokens = torch.tensor([[0] * (width - len(p)) + p for p in rows], device=device)
+    pads = torch.tensor([width - len(p) for p in rows], device=device)
+    real = None  # document ids of every position a row will hold: 0 its padding, 1 its tokens
+    if bool(pads.any()):
+        real = (torch.arange(width + max_new_tokens, device=device)[None, :] >= pads[:, None]).long()
+    cache = model.new_cache(len(rows), min(limit, width + max_new_tokens)) if use_cache else None
+    out: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
     pos, step_input, finished = 0, tokens, False
     for _ in range(max_new_tokens):
         if tokens.shape[1] > limit or (cache is not None and tokens.shape[1] > cache.max_len):
@@ -81,7 +110,8 @@ def generate_many(
                 break
             model(tokens[:, :1])  # joins the other ranks' parameter gathers
             continue
-        logits = model(step_input, cache=cache, pos=pos)[:, -1].float()
+        docs = None if real is None else Documents(real[:, : tokens.shape[1]])
+        logits = model(step_input, cache=cache, pos=pos, docs=docs)[:, -1].float()
         if temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:

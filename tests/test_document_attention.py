@@ -141,3 +141,25 @@ def test_a_run_trains_with_document_attention_and_its_checkpoint_keeps_it(small_
         for d in docs:
             assert (packed[0, start : start + len(d)] - model(d[None])[0]).abs().max() < 1e-5
             start += len(d)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_batched_generation_of_prompts_of_different_lengths_equals_each_alone(use_cache):
+    """generate_batch pads prompts on the left and keeps the padding out of attention (a document of its
+    own): each row continues as its prompt does alone (GRPO decodes every prompt's group this way)."""
+    from lmstack.generate import generate, generate_batch
+
+    cfg = ModelConfig(vocab_size=384, d_model=64, n_layers=2, n_heads=4, max_seq_len=128)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    prompts = [[int(t) for t in torch.randint(1, 384, (n,))] for n in (3, 11, 6)]
+    out = generate_batch(model, prompts, 2, 10, temperature=0, use_cache=use_cache)
+    assert len(out) == 6
+    for i, p in enumerate(prompts):
+        alone = generate(model, p, 10, temperature=0)
+        assert out[2 * i] == out[2 * i + 1] == alone, i
+    with torch.no_grad():  # and the logits themselves, for the shortest (most padded) prompt
+        width = max(map(len, prompts))
+        padded = torch.tensor([[0] * (width - 3) + prompts[0]])
+        docs = Documents((torch.arange(width)[None, :] >= width - 3).long())
+        assert (model(padded, docs=docs)[0, -1] - model(torch.tensor([prompts[0]]))[0, -1]).abs().max() < 1e-5

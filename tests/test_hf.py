@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstack.interop.hf import NoHFEquivalent, hf_architecture, import_hf, model_config_from_hf
+from lmstack.interop.hf import NoHFEquivalent, hf_architecture
+from lmstack.interop.hf_import import import_hf, model_config_from_hf
 from lmstack.model import ModelConfig
 from lmstack.model.config import NormConfig
 

@@ -1,7 +1,8 @@
 """RL with verifiable rewards (GRPO) as a LightningModule: for each prompt of the batch, G responses sampled
-from the policy through the KV cache, rewarded by the task's verifier, advantages centred per group
-(optionally divided by the std), groups with equal rewards dropped, then the clipped-ratio objective with a
-k3 KL to the frozen starting model (`beta`; beta = 0 builds no reference).
+from the policy through the KV cache (every prompt's group in one batch, prompts padded on the left),
+rewarded by the task's verifier, advantages centred per group (optionally divided by the std), groups with
+equal rewards dropped, then the clipped-ratio objective with a k3 KL to the frozen starting model (`beta`;
+beta = 0 builds no reference).
 
 Updates as PPO does: each rollout is trained on `updates_per_rollout` times, each pass split into
 `minibatches` optimizer steps (the data module hands the same prompts to those steps), against the
@@ -18,7 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from lmstack.generate import generate_many
+from lmstack.generate import generate_batch
 from lmstack.train.module import PretrainModule
 
 from .chat import END, prompt_ids
@@ -72,21 +73,23 @@ class GRPOModule(PretrainModule):
         """(ids [N, T], labels [N, T] on response tokens, rewards [P, G], response lengths)."""
         self.model.eval()
         end = self.tok.token_to_id(END)
-        seqs, rewards, lengths = [], [], []
-        for ex in examples:
-            prompt = prompt_ids(self.tok, ex.prompt, self.system)
-            outs = generate_many(
-                self.model,
-                prompt,
-                self.group_size,
-                self.max_new,
-                temperature=self.temperature,
-                eos_id=end,
-                sync=self._all_done if self.trainer.world_size > 1 else None,  # ranks decode in lockstep
-            )
-            rewards.append([self.tasks[ex.task].verify(self.tok.decode(out), ex) for out in outs])
-            seqs += [(prompt, out) for out in outs]
-            lengths += [len(out) for out in outs]
+        prompts = [prompt_ids(self.tok, ex.prompt, self.system) for ex in examples]
+        outs = generate_batch(  # every prompt's group in one batch
+            self.model,
+            prompts,
+            self.group_size,
+            self.max_new,
+            temperature=self.temperature,
+            eos_id=end,
+            sync=self._all_done if self.trainer.world_size > 1 else None,  # ranks decode in lockstep
+        )
+        g = self.group_size
+        rewards = [
+            [self.tasks[ex.task].verify(self.tok.decode(out), ex) for out in outs[i * g : (i + 1) * g]]
+            for i, ex in enumerate(examples)
+        ]
+        seqs = [(prompts[r // g], out) for r, out in enumerate(outs)]
+        lengths = [len(out) for out in outs]
         self.model.train()
         width = max(len(p) + len(o) for p, o in seqs) - 1
         ids = torch.zeros(len(seqs), width, dtype=torch.long)

@@ -134,6 +134,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer_idx, pos, k, v)
         if docs is None:
             y = self.backend(q, k, v, pos)
+        elif cache is not None:  # decoding: the new positions against every cached one
+            y = masked_attention(q, k, v, docs.query_mask(t))
         elif self.backend.varlen:
             y = self.backend(q, k, v, pos, docs)
         else:

@@ -3,9 +3,10 @@
 A training block is documents joined by the end-of-text token (each document's last token, as in OLMo-core),
 so without a mask a token attends to the end of the previous, unrelated document. `Documents` holds one id
 per token (equal ids in one run: one document) and gives what each attention kernel needs, computed once
-per forward and shared by every layer: a dense block-diagonal causal mask (SDPA, on CPU), the cumulative
-lengths of the flattened documents (varlen kernels such as flash-attn's), and the positions restarted at
-each document's first token (for `attention.document_positions`).
+per forward and shared by every layer: a dense block-diagonal causal mask (SDPA, on CPU; in KV-cache
+decoding the rows of the new positions against every cached one, which is how batched generation keeps
+left padding out of attention), the cumulative lengths of the flattened documents (varlen kernels such as
+flash-attn's), and the positions restarted at each document's first token (`attention.document_positions`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Documents:
         if ids.dim() != 2:
             raise ValueError(f"document ids must be [batch, time], got shape {tuple(ids.shape)}")
         self.ids = ids
+        self._masks: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_tokens(cls, idx: torch.Tensor, end_token: int) -> "Documents":
@@ -39,9 +41,17 @@ class Documents:
     @cached_property
     def mask(self) -> torch.Tensor:
         """Bool [B, 1, T, T], True where query i may attend key j: j <= i, in the same document."""
-        t = self.ids.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=self.ids.device).tril()
-        return (causal & (self.ids[:, :, None] == self.ids[:, None, :]))[:, None]
+        return self.query_mask(self.ids.shape[1])
+
+    def query_mask(self, t: int) -> torch.Tensor:
+        """Bool [B, 1, t, S] for the last t of the S positions as queries (KV-cache decoding: the keys are
+        every position so far), computed once per t and shared by the layers."""
+        if t not in self._masks:
+            s = self.ids.shape[1]
+            q = torch.arange(s - t, s, device=self.ids.device)
+            causal = torch.arange(s, device=self.ids.device)[None, :] <= q[:, None]
+            self._masks[t] = (causal & (self.ids[:, s - t :, None] == self.ids[:, None, :]))[:, None]
+        return self._masks[t]
 
     @cached_property
     def positions(self) -> torch.Tensor:

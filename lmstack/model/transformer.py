@@ -72,20 +72,23 @@ class Transformer(nn.Module):
         """idx [B, T] token ids at positions pos..pos+T-1 -> logits [B, T, vocab].
 
         `docs` (the packed documents of each row, e.g. SFT's conversations) keeps attention inside each
-        document. Without it, a model with `attention.document_mask` splits full rows (no KV cache) after
-        each end-of-text token itself, so training, validation and evaluation all see the same attention;
-        KV-cache decoding treats its sequence as one document."""
+        document; with a KV cache it covers every position so far (batched generation's left padding).
+        Without it, a model with `attention.document_mask` splits full rows (no KV cache) after each
+        end-of-text token itself, so training, validation and evaluation all see the same attention; KV-cache
+        decoding treats its sequence as one document."""
         t = idx.shape[1]
         if pos + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         attn = self.cfg.attention
         if docs is None and attn.document_mask and cache is None:
             docs = Documents.from_tokens(idx, attn.document_token)
-        if docs is not None and cache is not None:
-            raise ValueError("document-aware attention is for whole rows; KV-cache decoding is one document")
+        if docs is not None and cache is not None and docs.ids.shape[1] != pos + t:
+            raise ValueError(
+                f"with a KV cache, docs must cover every position so far ({pos + t}), not {docs.ids.shape[1]}"
+            )
         if self.rope_cos.device != idx.device:
             self._build_rope(idx.device)
-        if docs is not None and attn.document_positions:  # RoPE positions restart at each document
+        if docs is not None and cache is None and attn.document_positions:  # RoPE restarts at each document
             cos, sin = self.rope_cos[docs.positions][:, None], self.rope_sin[docs.positions][:, None]
         else:
             cos, sin = self.rope_cos[pos : pos + t], self.rope_sin[pos : pos + t]
