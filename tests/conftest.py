@@ -45,6 +45,16 @@ def prepared_prose_dir(prepared_dir):
     return out
 
 
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory, cache_dir):
+    """A real 2-step run of the SMALL config: the checkpoint adaptation tests start from."""
+    from lmstack.run import run
+
+    out = tmp_path_factory.mktemp("small-pretrain")
+    run(compose_cfg(SMALL, run_dir=out / "run", cache_dir=cache_dir))
+    return out / "run" / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture
 def small_cfg(tmp_path, cache_dir):
     def make(*overrides):

@@ -70,7 +70,7 @@ def test_jsonl_and_parquet_give_the_same_conversations_and_bad_rows_are_named(to
 
 
 @pytest.mark.slow
-def test_sft_on_a_chat_file_built_from_real_questions(small_cfg, tmp_path):
+def test_sft_on_a_chat_file_built_from_real_questions(small_cfg, small_ckpt, tmp_path):
     """Conversations of two real sciq questions each, answered right by the assistant, from the shared
     eval set: the run trains on every assistant turn, counts what it cut, and scores held-out last turns."""
     from lmstack.eval.multiple_choice import load_requests
@@ -89,11 +89,9 @@ def test_sft_on_a_chat_file_built_from_real_questions(small_cfg, tmp_path):
     rows.append({"id": "no-answer", "messages": [{"role": "user", "content": "Hello?"}]})
     data = tmp_path / "sciq_chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pre = small_cfg()
-    run(pre)
     cfg = small_cfg(
         "stage=sft",
-        f"init_from={Path(pre.run_dir) / 'checkpoints' / 'last.ckpt'}",
+        f"init_from={small_ckpt}",
         f"stage.data={data}",
         "stage.epochs=2",
         "data.seq_len=256",
@@ -135,7 +133,7 @@ def test_preference_rows_in_both_formats_share_their_prompt(tmp_path):
 
 
 @pytest.mark.slow
-def test_dpo_on_a_preference_file_built_from_real_questions(small_cfg, tmp_path):
+def test_dpo_on_a_preference_file_built_from_real_questions(small_cfg, small_ckpt, tmp_path):
     """UltraFeedback-style rows from the shared arc_easy questions: the right answer chosen, a wrong choice
     rejected; DPO trains on them and scores held-out preference accuracy on rows it never saw."""
     from lmstack.eval.multiple_choice import load_requests
@@ -156,11 +154,9 @@ def test_dpo_on_a_preference_file_built_from_real_questions(small_cfg, tmp_path)
         )
     data = tmp_path / "arc_prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pre = small_cfg()
-    run(pre)
     cfg = small_cfg(
         "stage=dpo",
-        f"init_from={Path(pre.run_dir) / 'checkpoints' / 'last.ckpt'}",
+        f"init_from={small_ckpt}",
         f"stage.data={data}",
         "stage.epochs=1",
         "data.batch_size=8",

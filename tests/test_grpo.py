@@ -52,17 +52,6 @@ def test_beta_zero_is_the_same_update_as_no_reference():
         grpo_loss(new, old, adv, mask, beta=0.1)
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, cache_dir):
-    from lmstack.run import run
-
-    from .helpers import SMALL, compose_cfg
-
-    out = tmp_path_factory.mktemp("grpo-pretrain")
-    run(compose_cfg(SMALL, run_dir=out / "run", cache_dir=cache_dir))
-    return out / "run" / "checkpoints" / "last.ckpt"
-
-
 def grpo_run(small_cfg, ckpt, run_dir, *extra) -> dict[str, list[float]]:
     """8 instruction-constraint prompts (a barely trained model meets some: the groups carry signal), 4 a
     rollout, 4 samples each, at a learning rate high enough to move the policy within a rollout."""
@@ -89,9 +78,9 @@ def grpo_run(small_cfg, ckpt, run_dir, *extra) -> dict[str, list[float]]:
 
 @pytest.mark.slow
 def test_several_updates_per_rollout_move_the_ratio_and_clip_and_one_update_keeps_it_at_one(
-    pretrained, small_cfg, tmp_path
+    small_ckpt, small_cfg, tmp_path
 ):
-    ppo = grpo_run(small_cfg, pretrained, tmp_path / "ppo", "stage.updates_per_rollout=2", "stage.minibatches=2")
+    ppo = grpo_run(small_cfg, small_ckpt, tmp_path / "ppo", "stage.updates_per_rollout=2", "stage.minibatches=2")
     assert ppo["train/rollouts"] == [1, 1, 1, 1, 2, 2, 2, 2]  # 2 rollouts x 2 passes x 2 minibatches
     assert max(ppo["train/groups_kept"]) > 0
     first = [0, 4]  # the first step of each rollout: the policy is still the one that sampled
@@ -100,7 +89,7 @@ def test_several_updates_per_rollout_move_the_ratio_and_clip_and_one_update_keep
     assert max(ppo["train/ratio_max"][s] for s in later) > 1.01  # the updates moved the policy
     assert max(ppo["train/clip_fraction"][s] for s in later) > 0  # and the clip acts
 
-    one = grpo_run(small_cfg, pretrained, tmp_path / "one")
+    one = grpo_run(small_cfg, small_ckpt, tmp_path / "one")
     assert one["train/rollouts"] == [1, 2]  # one step per rollout, as before
     assert one["train/ratio_mean"] == [1.0, 1.0] and one["train/ratio_max"] == [1.0, 1.0]
     assert one["train/clip_fraction"] == [0.0, 0.0]
