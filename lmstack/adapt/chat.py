@@ -46,21 +46,29 @@ def render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = F
             "the tokenizer has no chat tokens; add them with add_chat_tokens (init_from a base "
             "model does this for adaptation stages)"
         )
-    end = tok.token_to_id(END)
     ids: list[int] = []
     mask: list[int] = []
     for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
-        if role not in MARKERS or not isinstance(content, str):
-            raise ValueError(f"message {i}: needs role in {ROLES} and string content, got {m!r}")
-        body = tok.encode(content).ids + [end]
-        ids += [tok.token_to_id(MARKERS[role])] + body
-        learn = int(role == "assistant")
-        mask += [0] + [learn] * len(body)
+        piece = _message_ids(tok, m, i)
+        ids += piece
+        mask += [0] + [int(m["role"] == "assistant")] * (len(piece) - 1)
     if add_generation_prompt:
         ids.append(tok.token_to_id(MARKERS["assistant"]))
         mask.append(0)
     return ids, mask
+
+
+def _message_ids(tok: Tokenizer, m: dict, i: int) -> list[int]:
+    """One message as the template renders it: its role marker, its content, the end marker."""
+    role, content = m.get("role"), m.get("content")
+    if role not in MARKERS or not isinstance(content, str):
+        raise ValueError(f"message {i}: needs role in {ROLES} and string content, got {m!r}")
+    return [tok.token_to_id(MARKERS[role])] + tok.encode(content).ids + [tok.token_to_id(END)]
+
+
+def message_lengths(tok: Tokenizer, messages: list[dict]) -> list[int]:
+    """Each message's token count as `render` lays it out (a prefix's length is the sum of its messages')."""
+    return [len(_message_ids(tok, m, i)) for i, m in enumerate(messages)]
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:

@@ -14,26 +14,30 @@ added.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .chat import ROLES, render, with_system
+from .chat import ROLES, message_lengths, with_system
 from .tasks import Example, Task
 
 Messages = list[dict]
 
 
 class ChatTask(Task):
-    """Held-out conversations: the model's answer to everything before the last assistant turn must be
-    that turn (stripped of surrounding space)."""
+    """A chat dataset's examples as a task: the model's answer to everything before an example's last
+    assistant turn must be that turn (stripped of surrounding space)."""
 
     name = "chat"
 
+    def __init__(self, examples: list[Example]):
+        if not examples:
+            raise ValueError("a chat task needs examples")
+        self.examples = examples
+
     def sample(self, rng):
-        raise NotImplementedError("chat examples come from stage.data, not from a generator")
+        return rng.choice(self.examples)
 
     def verify(self, response: str, ex: Example) -> float:
         return float(response.strip() == ex.answer.strip())
@@ -44,25 +48,13 @@ def last_turn_example(messages: Messages) -> Example:
     return Example(ChatTask.name, messages[:-1], messages[-1]["content"])
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a .jsonl / .jsonl.gz or .parquet file."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"stage.data={path}: no such file")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def read_rows(path: str) -> list:
+    """The rows of a .jsonl / .jsonl.gz or .parquet file (`lmstack.data.rows`), refused when it is missing."""
+    from lmstack.data.rows import read_rows as rows_of
 
-        return pq.read_table(p).to_pylist()
-    opener = gzip.open if p.suffix == ".gz" else open
-    rows = []
-    with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: not JSON ({e})") from None
-    return rows
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"stage.data={path}: no such file")
+    return rows_of(path)
 
 
 def messages_of(row, where: str) -> Messages:
@@ -98,8 +90,9 @@ def fit(tok, messages: Messages, width: int, max_turns: Optional[int]) -> tuple[
         ends, outcome = ends[:max_turns], "truncated"
     elif ends[-1] < len(messages):  # trailing turns after the last assistant turn teach nothing
         outcome = "truncated"
+    lengths = message_lengths(tok, messages)
     for end in reversed(ends):
-        if len(render(tok, messages[:end])[0]) <= width:
+        if sum(lengths[:end]) <= width:
             return messages[:end], outcome if end == ends[-1] else "truncated"
     return None, "too_long"
 

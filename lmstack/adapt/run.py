@@ -84,23 +84,24 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     tok = add_chat_tokens(tok)
     resize_vocab(model, tok.get_vocab_size())
     system, seq_len = stage.system, spec.data.seq_len
+    convs = held = counts = None  # stage.data for SFT: the conversations to train on and the held-out ones
     if stage.data and name in ("sft", "dpo"):  # a chat dataset, held-out rows by a hash of the row
         from .chat_data import ChatTask, chat_conversations, last_turn_example, preference_examples
 
-        convs = counts = None
         try:
             if name == "sft":
                 convs, held, counts = chat_conversations(
                     stage.data, tok, seq_len + 1, stage.test_fraction, stage.max_turns, system
                 )
+                held = held[: stage.test_examples]
                 train, test = [last_turn_example(c) for c in convs], [last_turn_example(c) for c in held]
             else:
                 train, test = preference_examples(stage.data, stage.test_fraction)
+                test = test[: stage.test_examples]
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"stage.data: {e}") from None
-        tasks, test = {ChatTask.name: ChatTask()}, test[: stage.test_examples]
+        tasks = {ChatTask.name: ChatTask(train)}
     else:
-        convs = counts = None
         tasks = stage_tasks(stage)
         train, test = split_examples(stage, tasks, spec.seed)
     max_new = stage.max_new_tokens
@@ -110,9 +111,10 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
     extra = {}
     before = exact_match(model.eval(), tok, test, tasks, max_new, system) if trainer.is_global_zero else None
     if name == "sft":
-        whole = [e.prompt + [{"role": "assistant", "content": e.answer}] for e in test] if convs else None
-        train_data = pack([render(tok, c) for c in convs or [conversation(e, system) for e in train]], seq_len)
-        val_data = pack([render(tok, c) for c in whole or [conversation(e, system) for e in test]], seq_len)
+        if convs is None:
+            convs, held = [conversation(e, system) for e in train], [conversation(e, system) for e in test]
+        train_data = pack([render(tok, c) for c in convs], seq_len)
+        val_data = pack([render(tok, c) for c in held], seq_len)
         n_train = len(train_data["input_ids"])
         what = f"{len(train)} conversations in {n_train} packed rows of {seq_len} tokens"
         if counts is not None:

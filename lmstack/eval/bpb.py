@@ -8,13 +8,12 @@ bytes the predicted tokens stand for; special tokens (EOS) count neither loss no
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 
+from lmstack.data.rows import iter_rows
 from lmstack.data.tokenizer import eos_id
 
 
@@ -25,17 +24,12 @@ def read_jsonl_texts(paths: str | list[str], text_field: str = "text", max_docs:
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no eval text at {path}")
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if not isinstance(row.get(text_field), str):
-                    raise ValueError(f"{path} line {n} has no string field {text_field!r}")
-                texts.append(row[text_field])
-                if max_docs and len(texts) >= max_docs:
-                    return texts
+        for n, row in iter_rows(path):
+            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                raise ValueError(f"{path} line {n} has no string field {text_field!r}")
+            texts.append(row[text_field])
+            if max_docs and len(texts) >= max_docs:
+                return texts
     return texts
 
 

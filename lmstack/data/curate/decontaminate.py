@@ -15,8 +15,6 @@ document costs one pass over its words per n-gram length.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..rows import iter_rows
 from .readers import Document
 
 WORD = re.compile(r"\w+")
@@ -95,19 +94,14 @@ def eval_items(path: str) -> list[tuple[str, list[str], list[str]]]:
         raise FileNotFoundError(f"prepare.decontaminate.tasks: {path} is neither a task folder nor a file")
     if requests.name.startswith("requests.jsonl"):
         return _question_items(requests)
-    opener = gzip.open if requests.suffix == ".gz" else open
     out = []
-    with opener(requests, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            text = (
-                row["text"]
-                if isinstance(row.get("text"), str)
-                else " ".join(v for k, v in row.items() if isinstance(v, str) and k != "id")
-            )
-            out.append((str(row.get("id", n)), words(text), []))
+    for n, row in iter_rows(str(requests)):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {n}: an eval item must be a JSON object")
+        text = row.get("text")
+        if not isinstance(text, str):
+            text = " ".join(v for k, v in row.items() if isinstance(v, str) and k != "id")
+        out.append((str(row.get("id", n)), words(text), []))
     return out
 
 
