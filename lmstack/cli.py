@@ -32,19 +32,22 @@ def generate_cmd(a: GenerateArgs) -> None:
     print(a.prompt + tok.decode(ids))
 
 
-def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dict]:
-    """(sets, tasks) for names of conf/evals entries or paths: a folder holding requests.jsonl.gz is a task,
-    a folder `lmstack prepare` wrote or a JSONL file is a bits-per-byte set."""
+def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dict, dict]:
+    """(sets, tasks, generative tasks) for names of conf/evals entries or paths: a folder holding
+    requests.jsonl.gz is a task, a folder `lmstack prepare` wrote or a JSONL file is a bits-per-byte set."""
     import os
 
-    sets, tasks = {}, {}
+    sets, tasks, generative = {}, {}, {}
     known_sets, known_tasks = configured.get("sets") or {}, configured.get("tasks") or {}
+    known_generative = configured.get("generative") or {}
     for name in names:
         base = os.path.basename(os.path.normpath(name))
         if name in known_sets:
             sets[name] = known_sets[name]
         elif name in known_tasks:
             tasks[name] = dict(known_tasks[name])
+        elif name in known_generative:
+            generative[name] = dict(known_generative[name])
         elif os.path.isfile(os.path.join(name, "requests.jsonl.gz")):
             tasks[base] = {"path": name}
         elif os.path.isfile(os.path.join(name, "meta.json")):
@@ -53,13 +56,16 @@ def _resolve_evals(names: list[str], configured: dict, limit) -> tuple[dict, dic
             sets[base.split(".")[0]] = {"jsonl": name}
         else:
             raise SystemExit(
-                f"eval {name!r} is neither a configured set or task ({', '.join([*known_sets, *known_tasks])})"
+                f"eval {name!r} is neither a configured set or task "
+                f"({', '.join([*known_sets, *known_tasks, *known_generative])})"
                 " nor a task folder, prepared folder or JSONL file"
             )
     if limit >= 0:  # -1: as configured
         for t in tasks.values():
             t["limit"] = limit or None  # limit=0: every question
-    return sets, tasks
+        for g in generative.values():
+            g["examples"] = limit or g.get("examples")
+    return sets, tasks, generative
 
 
 def eval_cmd(a: EvalArgs) -> None:
@@ -70,11 +76,13 @@ def eval_cmd(a: EvalArgs) -> None:
     from lmstack.checkpoint import extras
     from lmstack.eval.suite import evaluate, load_suite
 
-    sets, tasks = _resolve_evals([t.strip() for t in a.tasks if t.strip()], eval_sets(a.suite), a.limit)
+    if not a.tasks and not a.harness_tasks:
+        raise SystemExit("lmstack eval: name something to evaluate: tasks='[...]' and/or harness_tasks='[...]'")
+    sets, tasks, generative = _resolve_evals([t.strip() for t in a.tasks if t.strip()], eval_sets(a.suite), a.limit)
     model, tok, ckpt = load_model(a.ckpt, a.device)
     try:
         seq_len = a.seq_len or model.cfg.max_seq_len
-        suite = load_suite(sets, tasks, tok, extras(ckpt)["tokenizer_json"], seq_len)
+        suite = load_suite(sets, tasks, tok, extras(ckpt)["tokenizer_json"], seq_len, generative)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     import torch
@@ -83,23 +91,48 @@ def eval_cmd(a: EvalArgs) -> None:
 
     token_bytes = torch.from_numpy(token_byte_lengths(tok))
     results = {}
-    print("| eval | items | acc | len_norm | bpb | items/s |\n| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in [*suite.sets, *suite.tasks]:
-        one = type(suite)(
-            {name: suite.sets[name]} if name in suite.sets else {},
-            {name: suite.tasks[name]} if name in suite.tasks else {},
-        )
+    if suite:
+        print("| eval | items | acc | len_norm | bpb | exact_match | items/s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in [*suite.sets, *suite.tasks, *suite.generative]:
         t0 = time.perf_counter()
-        r = evaluate(model, one, token_bytes, a.batch_size)[name]
-        items = r.get("questions", len(suite.sets.get(name, ())))
+        r = evaluate(model, suite.only(name), token_bytes, a.batch_size)[name]
+        items = r.get("questions", r.get("examples", len(suite.sets.get(name, ()))))
         rate = items / (time.perf_counter() - t0)
         results[name] = r
-        cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb")]
+        cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb", "exact_match")]
         print(f"| {name} | {items} | {' | '.join(cells)} | {rate:.1f} |")
+    if a.harness_tasks:
+        results.update(_harness(a, model, tok))
     with owned_output(a.out, "eval", [a.ckpt]) as owned:
         with open(owned.path / "eval.json", "w") as f:
             json.dump(results, f, indent=2)
         owned.update(status="complete", files=["eval.json"])
+
+
+def _harness(a: EvalArgs, model, tok) -> dict:
+    """lm-evaluation-harness tasks on the loaded model: a table of their metrics; {task: {metric: value}}."""
+    try:
+        from lmstack.eval.harness import LmstackLM
+        from lmstack.eval.harness_tasks import run_harness
+    except ImportError as e:
+        raise SystemExit(f"harness_tasks need lm-evaluation-harness: pip install 'lmstack[eval]' ({e})") from None
+    lm = LmstackLM(model=model, tok=tok, batch_size=a.batch_size)
+    try:
+        results = run_harness(
+            lm,
+            a.harness_tasks,
+            a.harness_include,
+            a.limit if a.limit > 0 else None,
+            a.num_fewshot if a.num_fewshot >= 0 else None,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"lmstack eval: {e}") from None
+    print("| harness task | metric | value |\n| --- | --- | ---: |")
+    for task, metrics in results.items():
+        for k, v in metrics.items():
+            print(f"| {task} | {k} | {v if isinstance(v, int) else f'{v:.4f}'} |")
+    return {f"harness/{task}": m for task, m in results.items()}
 
 
 def chat_cmd(a: ChatArgs) -> None:
@@ -284,6 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
         return train_cmd(argv[1:])
+    if argv and argv[0] == "lm_eval":  # lm-eval's own arguments, not Hydra overrides
+        from lmstack.eval.harness import cli
+
+        return cli(argv[1:])
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(USAGE)
     COMMANDS[argv[0]](command_args(argv[0], argv[1:]))

@@ -9,6 +9,8 @@ import dataclasses
 USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every command composes conf/COMMAND.yaml)
   lmstack train [overrides]              pretrain (the same as `python -m lmstack.train`, `python train.py`)
   lmstack eval ckpt=PATH tasks='[NAME_OR_PATH,...]' out=DIR [suite=olmes batch_size=16 limit=N seq_len=N device=cpu]
+               [harness_tasks='[LM_EVAL_TASK_OR_YAML,...]' harness_include='[DIR]' num_fewshot=K]
+  lmstack lm_eval --model lmstack --model_args ckpt=PATH --tasks ...   lm-evaluation-harness's own command line
   lmstack prepare inputs='[PATH_OR_GLOB,...]' output_dir=DIR [prepare=web|prose] [prepare.KEY=VALUE]
   lmstack generate ckpt=PATH prompt=TEXT [max_new_tokens=64 temperature=0.8 top_k=50 top_p=1.0 seed=0 device=cpu]
   lmstack report dir=SWEEP_DIR [metric=val/bpb fit=true predict_flops=C]   rank a sweep's jobs (report.md/.csv/png)
@@ -80,14 +82,15 @@ def refusals():
 
 
 def eval_sets(evals: str) -> dict:
-    """The `sets` and `tasks` of the conf/evals option `evals`, resolved as far as they can be outside a
-    training run (entries that interpolate what only a run defines, such as ${run_dir}, are left out)."""
+    """The `sets`, `tasks` and `generative` tasks of the conf/evals option `evals`, resolved as far as they
+    can be outside a training run (entries that interpolate what only a run defines, such as ${run_dir}, are
+    left out)."""
     from omegaconf import OmegaConf
 
     from lmstack.config.store import compose
 
     node, out = compose("train", [f"evals={evals}"]).get("evals") or {}, {}
-    for key in ("sets", "tasks"):
+    for key in ("sets", "tasks", "generative"):
         try:
             out[key] = OmegaConf.to_container(node[key], resolve=True) if node.get(key) is not None else {}
         except Exception:  # noqa: BLE001 - an interpolation only a Hydra run defines

@@ -79,11 +79,12 @@ def generate_batch(
     use_cache: bool = True,
     generator: Optional[torch.Generator] = None,
     sync: Optional[Callable[[bool], bool]] = None,
+    stop: Optional[Callable[[int, list[int]], bool]] = None,
 ) -> list[list[int]]:
     """n continuations of each prompt, all decoded as one batch (rows prompt by prompt, as `generate_many`
     orders one prompt's): prompts of different lengths are padded on the left, and the padding is a document
     of its own (`lmstack.model.Documents`), so no row attends to it; RoPE is relative, so a padded row
-    computes what it would alone."""
+    computes what it would alone. `stop(row, new_tokens)` ends a row early (a stop string it wrote)."""
     if not prompts or not all(prompts):
         raise ValueError("a prompt is empty: give at least one token")
     device = next(model.parameters()).device
@@ -120,7 +121,7 @@ def generate_batch(
         for i, t in enumerate(nxt[:, 0].tolist()):
             if not done[i]:
                 out[i].append(t)
-                done[i] = eos_id is not None and t == eos_id
+                done[i] = (eos_id is not None and t == eos_id) or (stop is not None and stop(i, out[i]))
         if all(done):
             finished = True
             if sync is None:

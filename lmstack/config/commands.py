@@ -25,8 +25,12 @@ class GenerateArgs:
 @dataclass
 class EvalArgs:
     ckpt: str
-    tasks: list[str]  # names from conf/evals, task folders, prepared folders or JSONL files
     out: str  # the folder that gets eval.json
+    tasks: list[str] = field_([])  # names from conf/evals, task folders, prepared folders or JSONL files
+    # lm-evaluation-harness tasks (lmstack.eval.harness): lm-eval task names, YAML files or folders of them
+    harness_tasks: list[str] = field_([])
+    harness_include: list[str] = field_([])  # more folders of lm-eval task YAMLs (lm-eval's include_path)
+    num_fewshot: int = field_(-1, min=-1)  # harness tasks: -1 as each task says
     batch_size: int = field_(16, min=1)
     limit: int = field_(-1, min=-1)  # questions per task: -1 as configured, 0 all
     device: str = "cpu"

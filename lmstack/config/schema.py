@@ -227,7 +227,12 @@ def validate(cfg: dict) -> RunSpec:
         from lmstack.eval.suite import check_specs
 
         try:
-            check_specs(spec.evals.get("sets") or {}, spec.evals.get("tasks") or {})
+            check_specs(
+                spec.evals.get("sets") or {},
+                spec.evals.get("tasks") or {},
+                generative=spec.evals.get("generative") or {},
+                harness=spec.evals.get("harness"),
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return spec

@@ -101,19 +101,29 @@ def encode_question(tok, q: Question) -> list[tuple[list[int], list[int]]]:
     return [encode_pair(tok, context, c) for context, c in q.pairs()]
 
 
-@torch.no_grad()
 def continuation_logprobs(
     model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32, min_batches: int = 0
 ) -> list[float]:
     """Sum of log p(continuation token | everything before it) for each (context ids, continuation ids).
     Runs at least `min_batches` forward passes (ranks of a sharded model must run as many as each other)."""
+    return [s for s, _ in continuation_scores(model, pairs, batch_size, min_batches)]
+
+
+@torch.no_grad()
+def continuation_scores(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32, min_batches: int = 0
+) -> list[tuple[float, bool]]:
+    """(sum of the continuation's log-probabilities, whether greedy decoding would write it) per pair, as
+    lm-evaluation-harness's `loglikelihood` returns them."""
     max_len = model.cfg.max_seq_len + 1
     device = next(model.parameters()).device
-    out = []
+    seqs_all = [(ctx + cont)[-max_len:] for ctx, cont in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -len(seqs_all[i]))  # longest first: little padding
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
     n_batches = max(-(-len(pairs) // batch_size), min_batches)
     for b in range(n_batches):
-        chunk = pairs[b * batch_size : (b + 1) * batch_size]
-        seqs = [(ctx + cont)[-max_len:] for ctx, cont in chunk] or [[0, 0]]  # [[0, 0]]: a padding pass
+        chunk = order[b * batch_size : (b + 1) * batch_size]
+        seqs = [seqs_all[i] for i in chunk] or [[0, 0]]  # [[0, 0]]: a padding pass
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -121,9 +131,11 @@ def continuation_logprobs(
         logp = F.log_softmax(model(ids[:, :-1].to(device)).float(), dim=-1)
         targets = ids[:, 1:].to(device)
         picked = logp.gather(-1, targets[..., None]).squeeze(-1)
-        for i, ((_, cont), s) in enumerate(zip(chunk, seqs)):
-            n = min(len(cont), len(s) - 1)
-            out.append(float(picked[i, len(s) - 1 - n : len(s) - 1].sum()))
+        greedy = logp.argmax(-1) == targets
+        for row, (i, s) in enumerate(zip(chunk, seqs)):
+            n = min(len(pairs[i][1]), len(s) - 1)
+            span = slice(len(s) - 1 - n, len(s) - 1)
+            out[i] = (float(picked[row, span].sum()), bool(greedy[row, span].all()))
     return out
 
 

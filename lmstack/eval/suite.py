@@ -1,11 +1,13 @@
-"""A suite of evals, loaded once and run many times: text sets scored in bits per byte and multiple-choice
-tasks scored by ranked classification, each process scoring its share and the sums reduced over ranks.
+"""A suite of evals, loaded once and run many times: text sets scored in bits per byte, multiple-choice
+tasks scored by ranked classification and generative tasks scored by exact match, each process scoring its
+share and the sums reduced over ranks.
 
 Configured as (the `evals` config group, see conf/evals/):
 
-    sets:   {NAME: {jsonl: PATH or [PATHS], text_field: text, max_docs: N}
-             or {prepared: DIR, split: val}}
-    tasks:  {NAME: {path: DIR holding requests.jsonl.gz, limit: N}}
+    sets:       {NAME: {jsonl: PATH or [PATHS], text_field: text, max_docs: N}
+                 or {prepared: DIR, split: val}}
+    tasks:      {NAME: {path: DIR holding requests.jsonl.gz, limit: N}}
+    generative: {NAME: {task: arithmetic, examples: N, ...}}   (lmstack.eval.generative)
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Callable, Optional
 import torch
 
 from .bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
+from .generative import GenerativeTask, check_generative, generative_hits, load_generative
+from .harness_tasks import check_harness
 from .multiple_choice import Question, encode_question, load_requests, task_hits
 
 
@@ -25,12 +29,23 @@ from .multiple_choice import Question, encode_question, load_requests, task_hits
 class EvalSuite:
     sets: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     tasks: dict[str, tuple[list[Question], list]] = field(default_factory=dict)  # questions, encoded pairs
+    generative: dict[str, GenerativeTask] = field(default_factory=dict)
+    tok: object = None  # the tokenizer generative tasks decode with
 
     def __bool__(self) -> bool:
-        return bool(self.sets or self.tasks)
+        return bool(self.sets or self.tasks or self.generative)
+
+    def only(self, name: str) -> "EvalSuite":
+        """The suite of one of its evals."""
+        return EvalSuite(
+            *({name: part[name]} if name in part else {} for part in (self.sets, self.tasks, self.generative)),
+            tok=self.tok,
+        )
 
 
-def check_specs(sets: dict, tasks: dict, where: str = "evals") -> None:
+def check_specs(
+    sets: dict, tasks: dict, where: str = "evals", generative: Optional[dict] = None, harness: Optional[dict] = None
+) -> None:
     """Raise ValueError naming the first malformed entry (before any data is read)."""
     for name, s in (sets or {}).items():
         if not isinstance(s, dict) or sum(bool(s.get(k)) for k in ("jsonl", "prepared")) != 1:
@@ -47,12 +62,18 @@ def check_specs(sets: dict, tasks: dict, where: str = "evals") -> None:
         extra = set(t) - {"path", "limit"} if isinstance(t, dict) else set()
         if extra:
             raise ValueError(f"{where}.tasks.{name}: unknown key {sorted(extra)[0]!r}")
+    for name, g in (generative or {}).items():
+        check_generative(name, g, where)
+    if harness is not None:
+        check_harness(harness, where)
 
 
-def load_suite(sets: dict, tasks: dict, tok, tokenizer_json: str, seq_len: int) -> EvalSuite:
-    """Read and tokenize every configured set and task."""
-    check_specs(sets, tasks)
-    suite = EvalSuite()
+def load_suite(
+    sets: dict, tasks: dict, tok, tokenizer_json: str, seq_len: int, generative: Optional[dict] = None
+) -> EvalSuite:
+    """Read and tokenize every configured set and task; draw every generative task's prompts."""
+    check_specs(sets, tasks, generative=generative)
+    suite = EvalSuite(tok=tok)
     for name, s in (sets or {}).items():
         if s.get("prepared"):
             suite.sets[name] = blocks_from_prepared(s["prepared"], tokenizer_json, seq_len, s.get("split", "val"))
@@ -67,6 +88,8 @@ def load_suite(sets: dict, tasks: dict, tok, tokenizer_json: str, seq_len: int) 
         if t.get("limit"):
             questions = questions[: t["limit"]]  # the first N, so every run scores the same questions
         suite.tasks[name] = (questions, [encode_question(tok, q) for q in questions])
+    for name, g in (generative or {}).items():
+        suite.generative[name] = load_generative(name, g, tok)
     return suite
 
 
@@ -103,12 +126,27 @@ def evaluate(
             device = next(model.parameters()).device
             acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
+        sync = None
+        if reduce is not None:
+            device = next(model.parameters()).device
+            sync = lambda done: float(reduce(torch.tensor(float(not done), device=device))) == 0.0  # noqa: E731
+        for name, g in suite.generative.items():
+            hits = generative_hits(model, suite.tok, g, batch_size, rank, world, sync)
+            device = next(model.parameters()).device
+            score, n = (reduce(hits.to(device)) if reduce else hits).tolist()
+            out[name] = {"exact_match": score / max(n, 1), "examples": int(n)}
     finally:
         model.train(was_training)
     return out
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
-    """`eval/<set>/bpb`, `eval/<task>/acc`, `eval/<task>/len_norm` for the loggers."""
-    keep = ("bpb", "acc", "len_norm")
-    return {f"{prefix}/{name}/{k}": v for name, r in results.items() for k, v in r.items() if k in keep}
+    """`eval/<set>/bpb`, `eval/<task>/acc`, `eval/<task>/len_norm`, `eval/<task>/exact_match` for the loggers;
+    every metric of lm-eval's tasks (`results["harness"]`) but their document counts."""
+    keep = ("bpb", "acc", "len_norm", "exact_match")
+    out = {
+        f"{prefix}/{name}/{k}": v for name, r in results.items() if name != "harness" for k, v in r.items() if k in keep
+    }
+    for task, metrics in (results.get("harness") or {}).items():
+        out.update({f"{prefix}/{task}/{k}": v for k, v in metrics.items() if k != "samples"})
+    return out

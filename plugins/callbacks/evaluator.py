@@ -1,9 +1,13 @@
 """In-loop evaluation: the configured eval sets and tasks every N optimizer steps and at the end of training.
 
-Logs `eval/<set>/bpb`, `eval/<task>/acc` and `eval/<task>/len_norm` to the loggers and appends each round to
-`<run_dir>/evals.jsonl` (rank 0). Every rank scores its share of each set and task and the sums are reduced,
-so the numbers do not depend on the number of processes. The suite is read and tokenized once, with the
-model's own tokenizer, when training starts.
+Logs `eval/<set>/bpb`, `eval/<task>/acc` and `eval/<task>/len_norm` (and `eval/<task>/exact_match` of
+generative tasks) to the loggers and appends each round to `<run_dir>/evals.jsonl` (rank 0). Every rank
+scores its share of each set and task and the sums are reduced, so the numbers do not depend on the number
+of processes. The suite is read and tokenized once, with the model's own tokenizer, when training starts.
+
+`harness: {tasks: [...], include_path: [...], limit: N, num_fewshot: K}` runs lm-evaluation-harness tasks
+too (`lmstack.eval.harness`), logged as `eval/<task>/<metric>`: lm-eval shares the documents out over the
+ranks; its random seeding is turned off, so evaluating does not change the training run's random state.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class Evaluator(L.Callback):
         self,
         sets: dict | None = None,
         tasks: dict | None = None,
+        generative: dict | None = None,
+        harness: dict | None = None,
         every_steps: int = 0,
         batch_size: int = 16,
         seq_len: int = 256,
@@ -29,8 +35,9 @@ class Evaluator(L.Callback):
     ):
         if every_steps < 0:
             raise ValueError(f"evals every_steps={every_steps} must be >= 0 (0: only at the end)")
-        check_specs(sets or {}, tasks or {})
-        self.sets, self.tasks = dict(sets or {}), dict(tasks or {})
+        check_specs(sets or {}, tasks or {}, generative=generative or {}, harness=harness)
+        self.sets, self.tasks, self.generative = dict(sets or {}), dict(tasks or {}), dict(generative or {})
+        self.harness, self.harness_manager = (dict(harness) if harness else None), None
         self.every_steps, self.batch_size, self.seq_len = every_steps, batch_size, seq_len
         self.out_file = out_file
         self.suite: EvalSuite | None = None
@@ -44,7 +51,11 @@ class Evaluator(L.Callback):
             if module.tokenizer_json is None:
                 raise ValueError("in-loop evals need the model's tokenizer (module.tokenizer_json is unset)")
             tok = Tokenizer.from_str(module.tokenizer_json)
-            self.suite = load_suite(self.sets, self.tasks, tok, module.tokenizer_json, self.seq_len)
+            self.suite = load_suite(self.sets, self.tasks, tok, module.tokenizer_json, self.seq_len, self.generative)
+            if self.harness:
+                from lmstack.eval.harness_tasks import task_manager
+
+                self.harness_manager = task_manager(list(self.harness["tasks"]), self.harness.get("include_path"))[1]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -66,6 +77,8 @@ class Evaluator(L.Callback):
             trainer.world_size,
             reduce,
         )
+        if self.harness:
+            results["harness"] = self._harness(trainer, module, reduce)
         self.done_step = trainer.global_step
         self.history.append({"step": trainer.global_step, **results})
         log_metrics(trainer, flat_metrics(results))
@@ -74,3 +87,28 @@ class Evaluator(L.Callback):
             with open(self.out_file, "a") as f:
                 f.write(json.dumps(self.history[-1]) + "\n")
         return results
+
+    def _harness(self, trainer, module, reduce) -> dict:
+        """lm-eval's results on rank 0, given to every rank."""
+        from lmstack.eval.harness import LmstackLM
+        from lmstack.eval.harness_tasks import run_harness
+
+        lm = LmstackLM(
+            model=module.model,
+            tok=self.suite.tok,
+            batch_size=self.batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            reduce=reduce,
+        )
+        h = self.harness
+        results = run_harness(
+            lm,
+            list(h["tasks"]),
+            h.get("include_path"),
+            h.get("limit"),
+            h.get("num_fewshot"),
+            True,
+            self.harness_manager,
+        )
+        return trainer.strategy.broadcast(results, src=0) if trainer.world_size > 1 else results

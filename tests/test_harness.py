@@ -1,0 +1,177 @@
+"""lm-evaluation-harness through lmstack's model (`lmstack.eval.harness`), offline, on lm-eval task YAMLs over
+local files built from ../shared/data/evals: the same accuracy as `lmstack eval` on the same questions, and
+the same scores and generations as lm-eval's own `hf` model on the checkpoint's Hugging Face export."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from lmstack.eval.harness_tasks import run_harness, write_olmes_task
+from lmstack.eval.multiple_choice import load_requests, score_task
+
+from .helpers import ROOT, SHARED_DATA
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+TASKS = ("arc_easy", "copa", "piqa", "sciq")
+LIMIT = 40  # questions per task
+
+
+@pytest.fixture(scope="module")
+def setup(small_ckpt, tmp_path_factory):
+    """The small checkpoint loaded as lmstack's lm-eval model and as lm-eval's `hf` model of its export, and
+    the shared tasks written as lm-eval tasks."""
+    from lm_eval.models.huggingface import HFLM
+
+    from lmstack.eval.harness import LmstackLM
+    from lmstack.interop.hf import export_hf
+
+    out = tmp_path_factory.mktemp("harness")
+    for t in TASKS:
+        write_olmes_task(SHARED_DATA / "evals" / t, out / "tasks")
+    ours = LmstackLM(ckpt=str(small_ckpt), batch_size=8)
+    export_hf(str(small_ckpt), str(out / "hf"))
+    theirs = HFLM(pretrained=str(out / "hf"), dtype="float32", device="cpu", batch_size=8)
+    return ours, theirs, out
+
+
+def samples(lm, tasks, include, limit=LIMIT):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(include), include_defaults=False)
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, bootstrap_iters=0)
+
+
+@pytest.mark.slow
+def test_harness_acc_equals_lmstack_eval_and_lm_evals_hf_model_on_the_export(setup):
+    ours, theirs, out = setup
+    names = [f"olmes_{t}" for t in TASKS]
+    a, b = samples(ours, names, out / "tasks"), samples(theirs, names, out / "tasks")
+    for t, name in zip(TASKS, names):
+        questions = load_requests(SHARED_DATA / "evals" / t)[:LIMIT]
+        direct = score_task(ours.model, ours.tok, questions)
+        assert a["results"][name]["acc,none"] == direct["acc"], t  # exactly: the same questions and scores
+        assert a["results"][name]["acc_norm,none"] == direct["len_norm"], t
+        assert b["results"][name]["acc,none"] == direct["acc"], t
+        for x, y in zip(a["samples"][name], b["samples"][name]):
+            assert x["doc_id"] == y["doc_id"]
+            ours_ll = [r[0] for r in x["filtered_resps"]]
+            hf_ll = [r[0] for r in y["filtered_resps"]]
+            assert ours_ll == pytest.approx(hf_ll, abs=2e-3, rel=1e-4), (t, x["doc_id"])
+            assert [r[1] for r in x["filtered_resps"]] == [r[1] for r in y["filtered_resps"]]  # is_greedy
+    assert 0 < sum(a["results"][n]["acc,none"] for n in names) < len(names)
+
+
+def test_partial_scoring_is_lm_evals_multiple_inputs(setup, tmp_path):
+    """A context per choice and one shared continuation (Winogrande's form), built from real copa questions."""
+    import gzip
+
+    ours, _, _ = setup
+    rows = []
+    for q in load_requests(SHARED_DATA / "evals" / "copa")[:30]:
+        for i, choice in enumerate(q.choices):
+            request = {"context": q.context + choice, "continuation": " That is what happened."}
+            rows.append({"doc_id": q.doc_id, "idx": i, "label": q.gold, "request": request})
+    (tmp_path / "partial").mkdir()
+    with gzip.open(tmp_path / "partial" / "requests.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    spec = write_olmes_task(tmp_path / "partial", tmp_path / "tasks")
+    assert "doc_to_text: gold" in spec.read_text()
+    questions = load_requests(tmp_path / "partial")
+    direct = score_task(ours.model, ours.tok, questions)
+    got = run_harness(ours, [str(spec)])["olmes_partial"]
+    assert got["acc"] == direct["acc"] and got["samples"] == 30
+    with pytest.raises(FileExistsError, match="does not overwrite"):
+        write_olmes_task(tmp_path / "partial", tmp_path / "tasks")
+
+
+def brown_texts(n: int) -> list[str]:
+    """Real prose: the first n documents of the Brown Corpus sample in ../shared/data."""
+    from lmstack.data.rows import iter_rows
+
+    return [r["text"] for (_, r), _ in zip(iter_rows(str(SHARED_DATA / "prose" / "brown.jsonl.gz")), range(n))]
+
+
+def instances(kind: str, args: list[tuple]):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=0) for a in args]
+
+
+def test_rolling_loglikelihood_equals_the_hf_model_over_windows_longer_than_the_context(setup):
+    ours, theirs, _ = setup
+    texts = [t[:10000] for t in brown_texts(3)]
+    assert all(len(ours.tok.encode(t).ids) > 2 * ours.model.cfg.max_seq_len for t in texts)  # several windows
+    a = ours.loglikelihood_rolling(instances("loglikelihood_rolling", [(t,) for t in texts]))
+    b = theirs.loglikelihood_rolling(instances("loglikelihood_rolling", [(t,) for t in texts]))
+    assert a == pytest.approx(b, rel=1e-5)
+    assert all(x < -100 for x in a)
+
+
+def test_generate_until_writes_what_the_hf_model_writes(setup):
+    """Greedy continuations of real sentence starts through our KV cache, batched and left-padded, stopped at
+    the `until` strings: the text lm-eval's hf model generates from the export."""
+    ours, theirs, _ = setup
+    rng = random.Random(0)
+    starts = [" ".join(t.split()[: rng.randint(3, 12)]) for t in brown_texts(10)]
+    kwargs = [{"until": ["."], "max_gen_toks": 20}] * 6 + [{"until": ["\n\n", " the"], "max_gen_toks": 8}] * 4
+    requests = list(zip(starts, kwargs))
+    a = ours.generate_until(instances("generate_until", requests))
+    b = theirs.generate_until(instances("generate_until", [(c, dict(k)) for c, k in requests]))
+    assert a == b
+    assert len(set(a)) > 3 and all(" the" not in x for x in a[6:]) and all("." not in x for x in a[:6])
+
+
+@pytest.mark.slow
+def test_lmstack_eval_and_lmstack_lm_eval_run_harness_tasks(setup, small_ckpt, tmp_path, capsys):
+    from lmstack.cli import main
+
+    _, _, out = setup
+    spec = out / "tasks" / "olmes_copa.yaml"
+    main(["eval", f"ckpt={small_ckpt}", f"tasks=[{SHARED_DATA / 'evals' / 'copa'}]", f"harness_tasks=[{spec}]",
+          "limit=25", f"out={tmp_path / 'ev'}"])  # fmt: skip
+    scored = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert scored["harness/olmes_copa"]["acc"] == scored["copa"]["acc"]
+    assert scored["harness/olmes_copa"]["samples"] == scored["copa"]["questions"] == 25
+    assert "| olmes_copa | acc |" in capsys.readouterr().out
+    args = ["--model", "lmstack", "--model_args", f"ckpt={small_ckpt}", "--tasks", "olmes_copa", "--include_path",
+            str(out / "tasks"), "--limit", "25", "--output_path", str(tmp_path / "lm")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "lmstack.cli", "lm_eval", "run", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = json.loads(next((tmp_path / "lm").rglob("results_*.json")).read_text())
+    assert written["results"]["olmes_copa"]["acc,none"] == scored["copa"]["acc"]
+    with pytest.raises(SystemExit, match="lm-eval knows no task 'olmes_nope'"):
+        main(["eval", f"ckpt={small_ckpt}", "harness_tasks=[olmes_nope]", f"harness_include=[{out / 'tasks'}]",
+              f"out={tmp_path / 'ev2'}"])  # fmt: skip
+    assert not (tmp_path / "ev2").exists()
+
+
+def test_registering_lmstack_keeps_lm_evals_own_models():
+    code = (
+        "import lmstack.eval.harness\nfrom lm_eval.api.registry import get_model\n"
+        "print(get_model('lmstack').__name__, get_model('hf').__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["LmstackLM", "HFLM"]
+
+
+def test_run_harness_can_leave_the_random_state_alone(setup):
+    import numpy as np
+    import torch
+
+    ours, _, out = setup
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone())
+    run_harness(ours, [str(out / "tasks" / "olmes_copa.yaml")], limit=4, keep_rng=True)
+    after = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone())
+    assert before[0] == after[0] and (before[1] == after[1]).all() and torch.equal(before[2], after[2])
+    run_harness(ours, [str(out / "tasks" / "olmes_copa.yaml")], limit=4)  # lm-eval's seeding, as it does
+    assert not torch.equal(before[2], torch.get_rng_state())
