@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED_DATA, SMALL, SMALL_EVALS, compose_cfg, losses, train_on_ranks
+from .helpers import SHARED_DATA, SMALL, SMALL_EVALS, compose_cfg, losses, train_on_ranks, write_harness_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,10 @@ def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     """10 steps of FSDP2 on 2 ranks with a sharded checkpoint at step 5 and in-loop evals every 5 steps: the
     run the FSDP tests compare against and start from (its folder, with the corpus cache, and its reports)."""
     out = tmp_path_factory.mktemp("fsdp")
-    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN)
+    (out / "tasks").mkdir()
+    mc, gen = write_harness_tasks(out / "tasks")  # lm-eval tasks too: multiple choice and generate_until
+    harness = f"evals.harness={{tasks: [{mc}, {gen}], limit: 15}}"
+    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness)
 
 
 @pytest.mark.slow
@@ -56,7 +59,7 @@ def test_fsdp_matches_ddp_and_resumes_from_a_sharded_checkpoint(fsdp_run, tmp_pa
     model, tok, state = load_checkpoint(str(ckpt))  # gathered into one process for generation or export
     assert state["global_step"] == 5 and tok is not None
     assert all(p.isfinite().all() for p in model.parameters())
-    check_inloop_evals(fsdp, model, tok, state)
+    check_inloop_evals(fsdp, model, tok, state, out / "tasks")
     check_commands_read_sharded(ckpt, fsdp[0]["evals"][0], model, tok, tmp_path, capsys)
     resumed = train_on_ranks(tmp_path / "resumed", cache, "strategy=fsdp", f"ckpt_path={ckpt}")
     for rank in range(2):
@@ -111,9 +114,10 @@ def check_commands_read_sharded(ckpt: Path, inloop: dict, model, tok, tmp_path: 
     assert capsys.readouterr().out == expected + "\n"
 
 
-def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
+def check_inloop_evals(reports: list[dict], model, tok, state, harness_tasks: Path) -> None:
     """Each rank scored its share (uneven: 15 questions, 6 documents) and the reduced numbers are the ones
-    one process gets from the gathered step-5 checkpoint."""
+    one process gets from the gathered step-5 checkpoint; lm-eval's tasks too (its own split of the
+    documents over the ranks, generation in lockstep)."""
     import torch
 
     from lmstack.data.tokenizer import token_byte_lengths
@@ -130,6 +134,14 @@ def check_inloop_evals(reports: list[dict], model, tok, state) -> None:
     assert inloop["c4"]["tokens"] == alone["c4"]["tokens"]
     for t in tasks:
         assert inloop[t] == alone[t]
+    from lmstack.eval.harness import LmstackLM
+    from lmstack.eval.harness_tasks import run_harness
+
+    yamls = [str(harness_tasks / "olmes_copa.yaml"), str(harness_tasks / "brown_continue.yaml")]
+    one = run_harness(LmstackLM(model=model, tok=tok, batch_size=16), yamls, limit=15)
+    assert inloop["harness"]["olmes_copa"]["acc"] == one["olmes_copa"]["acc"] == alone["copa"]["acc"]
+    assert inloop["harness"]["brown_continue"]["chrf"] == pytest.approx(one["brown_continue"]["chrf"], rel=1e-9)
+    assert inloop["harness"]["brown_continue"]["samples"] == 10
 
 
 @pytest.mark.slow

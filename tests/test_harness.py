@@ -15,7 +15,7 @@ import pytest
 from lmstack.eval.harness_tasks import run_harness, write_olmes_task
 from lmstack.eval.multiple_choice import load_requests, score_task
 
-from .helpers import ROOT, SHARED_DATA
+from .helpers import ROOT, SHARED_DATA, write_harness_tasks
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TASKS = ("arc_easy", "copa", "piqa", "sciq")
@@ -32,8 +32,11 @@ def setup(small_ckpt, tmp_path_factory):
     from lmstack.interop.hf import export_hf
 
     out = tmp_path_factory.mktemp("harness")
+    (out / "tasks").mkdir()
+    write_harness_tasks(out / "tasks")  # olmes_copa and brown_continue
     for t in TASKS:
-        write_olmes_task(SHARED_DATA / "evals" / t, out / "tasks")
+        if t != "copa":
+            write_olmes_task(SHARED_DATA / "evals" / t, out / "tasks")
     ours = LmstackLM(ckpt=str(small_ckpt), batch_size=8)
     export_hf(str(small_ckpt), str(out / "hf"))
     theirs = HFLM(pretrained=str(out / "hf"), dtype="float32", device="cpu", batch_size=8)
@@ -126,6 +129,15 @@ def test_generate_until_writes_what_the_hf_model_writes(setup):
     b = theirs.generate_until(instances("generate_until", [(c, dict(k)) for c, k in requests]))
     assert a == b
     assert len(set(a)) > 3 and all(" the" not in x for x in a[6:]) and all("." not in x for x in a[:6])
+
+
+def test_a_generate_until_task_scores_and_writes_the_same_through_both_models(setup):
+    ours, theirs, out = setup
+    a, b = samples(ours, ["brown_continue"], out / "tasks"), samples(theirs, ["brown_continue"], out / "tasks")
+    assert a["results"]["brown_continue"]["chrf,none"] == b["results"]["brown_continue"]["chrf,none"] > 0
+    responses = [x["filtered_resps"][0] for x in a["samples"]["brown_continue"]]
+    assert responses == [y["filtered_resps"][0] for y in b["samples"]["brown_continue"]]
+    assert len(responses) == 10 and len(set(responses)) > 3
 
 
 @pytest.mark.slow

@@ -135,6 +135,7 @@ class LmstackLM(LM):
         return out
 
     def _generate(self, contexts: list[str], kwargs: dict) -> list[str]:
+        kwargs = dict(kwargs)  # every batch of the group reads the same settings
         until = kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
@@ -177,7 +178,7 @@ class LmstackLM(LM):
 
         parts = [torch.zeros_like(tensor) for _ in range(self._world_size)]
         dist.all_gather(parts, tensor)
-        return torch.cat(parts)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)  # as accelerate's gather
 
     def gather_object(self, obj, dst=0):
         if self._world_size == 1:

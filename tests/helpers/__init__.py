@@ -125,3 +125,38 @@ def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, 
 def losses(report: dict) -> dict[int, float]:
     """step -> training loss of a rank's report (the last micro-batch of each step)."""
     return {s["step"]: s["loss"] for s in report["steps"]}
+
+
+def write_harness_tasks(folder: Path, limit_words: int = 12, docs: int = 10) -> tuple[Path, Path]:
+    """Two lm-eval task YAMLs over local files from ../shared/data: copa's OLMES requests as a multiple-choice
+    task (`olmes_copa`), and `brown_continue`, a generate_until task: the first words of Brown Corpus
+    documents, continued until a period (at most 10 tokens), scored by chrF against the next words."""
+    import json
+    import random
+
+    import yaml
+
+    from lmstack.data.rows import iter_rows
+    from lmstack.eval.harness_tasks import write_olmes_task
+
+    mc = write_olmes_task(SHARED_DATA / "evals" / "copa", folder)
+    rng, rows = random.Random(0), []
+    for (_, doc), _ in zip(iter_rows(str(SHARED_DATA / "prose" / "brown.jsonl.gz")), range(docs)):
+        words, k = doc["text"].split(), rng.randint(3, limit_words)
+        rows.append({"context": " ".join(words[:k]), "continuation": " " + " ".join(words[k : k + 8])})
+    data = folder / "brown_continue.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gen = folder / "brown_continue.yaml"
+    config = {
+        "task": "brown_continue",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "context",
+        "doc_to_target": "continuation",
+        "generation_kwargs": {"until": ["."], "max_gen_toks": 10, "do_sample": False},
+        "metric_list": [{"metric": "chrf"}, {"metric": "exact_match"}],
+    }
+    gen.write_text(yaml.safe_dump(config, sort_keys=False))
+    return mc, gen
