@@ -5,7 +5,6 @@ stage's own held-out exact match; batched decoding scores what one-prompt decodi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +23,9 @@ ARITHMETIC = {"task": "arithmetic", "options": {"digits": 2, "operators": "+"}, 
 
 
 @pytest.fixture(scope="module")
-def sft_run(small_ckpt, cache_dir, tmp_path_factory) -> Path:
-    """SFT from the small checkpoint with `evals=chat` (its generative task only) every 3 steps."""
+def sft_run(small_ckpt, cache_dir, tmp_path_factory):
+    """SFT from the small checkpoint with `evals=chat` (its generative task only) every 3 steps: its folder
+    and config."""
     from lmstack.run import run
 
     out = tmp_path_factory.mktemp("sft-generative")
@@ -43,15 +43,28 @@ def sft_run(small_ckpt, cache_dir, tmp_path_factory) -> Path:
         f"evals.generative.arithmetic.examples={HELD_OUT}",
         "evals.every_steps=3",
     ]
-    run(compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=cache_dir))
-    return out / "run"
+    cfg = compose_cfg([*SMALL, *overrides], run_dir=out / "run", cache_dir=cache_dir)
+    run(cfg)
+    return out / "run", cfg
 
 
 @pytest.mark.slow
 def test_inloop_generative_eval_equals_the_stages_exact_match_and_lmstack_eval(sft_run, tmp_path, capsys):
+    import hydra
+    from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from lmstack.adapt.run import split_examples, stage_tasks
     from lmstack.cli import main
+    from lmstack.config.schema import validate
+
+    sft_run, cfg = sft_run
+    spec = validate(OmegaConf.to_container(cfg, resolve=True))
+    evaluator = hydra.utils.instantiate(spec.evals)
+    _, tok, _ = load_checkpoint(str(sft_run / "checkpoints" / "last.ckpt"))
+    ours = load_suite({}, {}, tok, tok.to_str(), 64, evaluator.generative).generative["arithmetic"].examples
+    _, held_out = split_examples(spec.stage, stage_tasks(spec.stage), spec.seed)
+    assert [e.prompt for e in ours] == [e.prompt for e in held_out]  # the stage's own held-out prompts
 
     rounds = [json.loads(line) for line in (sft_run / "evals.jsonl").read_text().splitlines()]
     recipe = json.loads((sft_run / "recipe.json").read_text())["sft"]

@@ -6,9 +6,10 @@ A generative task of the eval suite (`evals.generative`, or a name given to `lms
            max_new_tokens: 16, system: null}
 
 `task` is a registered verifiable task (`lmstack.adapt.tasks`: arithmetic, reverse, sort, count,
-constraints, a plugin's) or a JSONL file of {prompt, answer}; its `examples` are drawn from the test split
-(the same hash split, seed and fraction as the adaptation stages' held-out prompts, so a stage's
-`recipe.json` exact match and this one score the same prompts). Prompts go through the chat template, so
+constraints, a plugin's) or a JSONL file of {prompt, answer} (its first `examples`); a task's `examples`
+are drawn from its test split by `seed` and `test_fraction` as the adaptation stages draw their held-out
+prompts (conf/evals/chat.yaml gives the run's seed and the stage's fraction, so it scores the prompts of
+the stage's `recipe.json` exact match). Prompts go through the chat template, so
 the model needs its tokens (a stage=sft, dpo or rlvr checkpoint); a base model is scored generatively with
 an lm-evaluation-harness `generate_until` task instead (`lmstack.eval.harness`).
 
