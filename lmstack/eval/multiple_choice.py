@@ -63,7 +63,10 @@ def load_requests(path: str | Path) -> list[Question]:
             r = json.loads(line)
             kind = r.get("request_type", "loglikelihood")
             if kind != "loglikelihood":
-                raise ValueError(f"{path} line {n}: request_type {kind!r}; multiple choice needs loglikelihood")
+                raise ValueError(
+                    f"{path} line {n}: request_type {kind!r}; multiple choice needs loglikelihood (run a "
+                    "generative task as an lm-evaluation-harness task: lmstack eval harness_tasks=...)"
+                )
             q = by_doc.setdefault(r["doc_id"], {"native": r.get("native_id"), "pairs": {}})
             q["gold"] = _gold(r, f"{path} line {n}")
             q["pairs"][r["idx"]] = (r["request"]["context"], r["request"]["continuation"])
