@@ -127,3 +127,50 @@ def test_a_generative_task_needs_the_chat_template_and_a_known_task(small_ckpt, 
     cfg = compose_cfg([*SMALL, "evals=chat", "evals.harness={tasks: [x], seed: 1}"])
     with pytest.raises(ConfigError, match="evals.harness: unknown key 'seed'"):
         validate(OmegaConf.to_container(cfg, resolve=True))
+
+
+def test_the_chat_template_text_encodes_to_the_ids_sft_trains_on(small_ckpt):
+    from lmstack.adapt.chat import JINJA_TEMPLATE, add_chat_tokens, render, render_text
+
+    _, tok, _ = load_checkpoint(str(small_ckpt))
+    tok = add_chat_tokens(tok)
+    chat = [
+        {"role": "system", "content": "Answer with a number."},
+        {"role": "user", "content": "What is 12 + 30?"},
+        {"role": "assistant", "content": " 42"},
+        {"role": "user", "content": "And  twice that?\n"},
+    ]
+    for prompt in (False, True):
+        assert tok.encode(render_text(chat, prompt)).ids == render(tok, chat, prompt)[0]
+    import jinja2
+
+    assert jinja2.Template(JINJA_TEMPLATE).render(messages=chat, add_generation_prompt=True) == render_text(chat, True)
+    with pytest.raises(ValueError, match="message 1: needs role"):
+        render_text([chat[0], {"role": "tool", "content": "x"}])
+
+
+def test_lm_evals_chat_template_prompts_answer_as_the_stage_does(small_ckpt):
+    """lm-eval's --apply_chat_template path: the prompt through the model's chat template, generation
+    stopped at the end marker, gives what the stage's own greedy answer gives. The end marker's output row
+    is a copy of a token the model writes mid-answer, scaled up, so the model ends its turns there."""
+    from lm_eval.api.instance import Instance
+
+    from lmstack.adapt.chat import END, add_chat_tokens
+    from lmstack.eval.harness import LmstackLM
+    from lmstack.model import ModelConfig, Transformer
+
+    _, tok, _ = load_checkpoint(str(small_ckpt))
+    tok = add_chat_tokens(tok)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=64, n_layers=2, n_heads=4, tie_embeddings=False)
+    model = Transformer(cfg).eval()
+    prompts = [ex.prompt for ex in make_task("arithmetic", digits=3, operators="+-").generate(HELD_OUT, "test")]
+    lm = LmstackLM(model=model, tok=tok, batch_size=5)
+    first = tok.encode(answer(model, tok, prompts[0], 16)).ids
+    with torch.no_grad():
+        model.lm_head.weight[tok.token_to_id(END)] = 1.5 * model.lm_head.weight[first[3]]
+    ours = [answer(model, tok, p, 16) for p in prompts]
+    settings = {"until": [], "max_gen_toks": 16}
+    chats = [lm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+    assert lm.generate_until([Instance("generate_until", {}, (c, settings), 0) for c in chats]) == ours
+    assert sum(len(tok.encode(a).ids) < 12 for a in ours) >= 2  # turns ended at the marker

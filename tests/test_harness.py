@@ -187,3 +187,30 @@ def test_run_harness_can_leave_the_random_state_alone(setup):
     assert before[0] == after[0] and (before[1] == after[1]).all() and torch.equal(before[2], after[2])
     run_harness(ours, [str(out / "tasks" / "olmes_copa.yaml")], limit=4)  # lm-eval's seeding, as it does
     assert not torch.equal(before[2], torch.get_rng_state())
+
+
+def test_ranks_of_a_sharded_model_answer_lm_evals_requests_in_step(tmp_path):
+    """FSDP2 on 2 processes, each rank with its own requests: generation groups of different sizes and one
+    group only rank 1 has (rank 0 decodes stand-ins for it), and different numbers of log-likelihood pairs;
+    every rank gets what the whole model gives for its requests."""
+    from .helpers import clean_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(ROOT / "tests" / "workers" / "harness_lockstep_worker.py"), str(tmp_path)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in range(2):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        (gen, lls), (gen_whole, lls_whole) = got["sharded"], got["whole"]
+        assert gen == gen_whole and len(gen) == (4, 5)[r] and len(set(gen)) > 1
+        assert lls == pytest.approx(lls_whole, rel=1e-5, abs=1e-4)
+
+
+def test_every_rank_plans_the_same_decoding_batches():
+    from lmstack.eval.harness import decoding_plan
+
+    a, b, c = {"until": ["."]}, {"until": ["\n"]}, {"max_gen_toks": 3}
+    plan = decoding_plan([{"a": (a, 2), "b": (b, 1)}, {"a": (a, 1), "b": (b, 2), "c": (c, 1)}])
+    assert plan == [("a", a, 2), ("b", b, 2), ("c", c, 1)]

@@ -15,7 +15,7 @@ each row stopped at the end-of-text token or its first `until` string.
 
 Several ranks (the in-loop evaluator under DDP or FSDP): lm-eval gives each rank its share of the documents,
 pads the request lists to equal length, and every call here runs the same number of forward passes on
-every rank (the model's collectives line up).
+every rank (the model's collectives line up): the most pairs, windows or decoding batches any rank holds.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from lmstack.adapt.chat import END, JINJA_TEMPLATE, has_chat_tokens, render_text
 from lmstack.data.tokenizer import eos_id
 from lmstack.generate import generate_batch
 
@@ -67,6 +68,7 @@ class LmstackLM(LM):
         self.batch_size = 16 if batch_size in (None, "auto") else int(str(batch_size).split(":")[0])
         self.max_gen_toks = int(max_gen_toks)
         self.eot = eos_id(tok)
+        self.end = tok.token_to_id(END) if has_chat_tokens(tok) else None  # a chat model's turn ends here
         self._rank, self._world_size, self._reduce = rank, world_size, reduce
         self._device = next(model.parameters()).device
 
@@ -79,7 +81,7 @@ class LmstackLM(LM):
     @torch.no_grad()
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self._pair(*r.args) for r in requests]
-        return self._scores(pairs)
+        return self._scores(pairs, self._most(len(pairs)))
 
     @torch.no_grad()
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -119,15 +121,18 @@ class LmstackLM(LM):
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(repr(sorted(r.args[1].items())), []).append(i)
+        mine = {
+            k: (dict(requests[rows[0]].args[1]), math.ceil(len(rows) / self.batch_size)) for k, rows in groups.items()
+        }
         was = self.model.training
         self.model.eval()
         try:
-            for key in sorted(groups):
-                rows = groups[key]
-                kwargs = dict(requests[rows[0]].args[1])
-                for b in range(0, len(rows), self.batch_size):
-                    batch = rows[b : b + self.batch_size]
-                    texts = self._generate([requests[i].args[0] for i in batch], kwargs)
+            for key, kwargs, n_batches in decoding_plan(self._all_gather_object(mine)):
+                rows = groups.get(key, [])
+                for b in range(n_batches):
+                    batch = rows[b * self.batch_size : (b + 1) * self.batch_size]
+                    # a rank with fewer (or none) of this group's requests decodes a stand-in, in step
+                    texts = self._generate([requests[i].args[0] for i in batch] or [""], kwargs)
                     for i, t in zip(batch, texts):
                         out[i] = t
         finally:
@@ -144,7 +149,7 @@ class LmstackLM(LM):
         prompts = [(self.tok.encode(c).ids or [self.eot])[-keep:] for c in contexts]
 
         def stopped(row: int, ids: list[int]) -> bool:
-            return any(u in self.tok.decode(ids) for u in until)
+            return (self.end is not None and ids[-1] == self.end) or any(u in self.tok.decode(ids) for u in until)
 
         rows = generate_batch(
             self.model,
@@ -155,12 +160,12 @@ class LmstackLM(LM):
             top_k=kwargs.get("top_k"),
             top_p=kwargs.get("top_p"),
             eos_id=self.eot,
-            stop=stopped if until else None,
+            stop=stopped if until or self.end is not None else None,
             sync=self._all_done if self._world_size > 1 and self._reduce is not None else None,
         )
         texts = []
         for ids in rows:
-            text = self.tok.decode([t for t in ids if t != self.eot])
+            text = self.tok.decode([t for t in ids if t not in (self.eot, self.end)])
             for u in until:
                 text = text.split(u)[0]
             texts.append(text)
@@ -181,13 +186,17 @@ class LmstackLM(LM):
         return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)  # as accelerate's gather
 
     def gather_object(self, obj, dst=0):
+        parts = self._all_gather_object(obj)
+        return parts if self._rank == dst else None
+
+    def _all_gather_object(self, obj) -> list:
         if self._world_size == 1:
             return [obj]
         import torch.distributed as dist
 
         parts = [None] * self._world_size
         dist.all_gather_object(parts, obj)
-        return parts if self._rank == dst else None
+        return parts
 
     def barrier(self) -> None:
         if self._world_size > 1:
@@ -195,9 +204,30 @@ class LmstackLM(LM):
 
             dist.barrier()
 
+    # -- chat (lm_eval --apply_chat_template) ----------------------------------------------------------
     @property
     def tokenizer_name(self) -> str:
         return "lmstack"
+
+    def chat_template(self, chat_template: bool | str = False) -> str:
+        return JINJA_TEMPLATE if self.end is not None else ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation as lmstack's chat template writes it; encoded, it is the ids SFT trained on."""
+        if self.end is None:
+            raise ValueError("this checkpoint's tokenizer has no chat tokens: it was not adapted with a chat stage")
+        return render_text(chat_history, add_generation_prompt)
+
+
+def decoding_plan(per_rank: list[dict[str, tuple[dict, int]]]) -> list[tuple[str, dict, int]]:
+    """What every rank decodes, in one order: each generation-settings group any rank holds (key ->
+    (settings, batches)), with the most batches any rank needs for it. Ranks whose shares differ in size,
+    or lack a group, still make the same number of model calls (FSDP's collectives would hang otherwise)."""
+    plan: dict[str, tuple[dict, int]] = {}
+    for groups in per_rank:
+        for key, (kwargs, n) in groups.items():
+            plan[key] = (kwargs, max(n, plan.get(key, (kwargs, 0))[1]))
+    return [(key, kwargs, n) for key, (kwargs, n) in sorted(plan.items())]
 
 
 def cli(argv: list[str]) -> None:

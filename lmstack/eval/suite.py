@@ -107,7 +107,12 @@ def evaluate(
     forward passes; `reduce` sums a tensor over ranks."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out: dict[str, dict] = {}
+
+    def all_done(done: bool) -> bool:  # generation stops when no rank has a row left
+        return float(reduce(torch.tensor(float(not done), device=device))) == 0.0
+
     try:
         for name, blocks in suite.sets.items():
             most = max(len(blocks[r::world]) for r in range(world))
@@ -123,16 +128,10 @@ def evaluate(
             hits = task_hits(
                 model, questions[rank::world], encoded[rank::world], batch_size, math.ceil(most / batch_size)
             )
-            device = next(model.parameters()).device
             acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
-        sync = None
-        if reduce is not None:
-            device = next(model.parameters()).device
-            sync = lambda done: float(reduce(torch.tensor(float(not done), device=device))) == 0.0  # noqa: E731
         for name, g in suite.generative.items():
-            hits = generative_hits(model, suite.tok, g, batch_size, rank, world, sync)
-            device = next(model.parameters()).device
+            hits = generative_hits(model, suite.tok, g, batch_size, rank, world, all_done if reduce else None)
             score, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"exact_match": score / max(n, 1), "examples": int(n)}
     finally:
