@@ -5,22 +5,15 @@ waiting in a parameter gather (GRPO's rollouts on several ranks)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from .helpers import ROOT, clean_env
+from .helpers import run_worker_on_ranks
 
 
 @pytest.mark.slow
 def test_ranks_decode_in_lockstep_and_match_the_unsharded_model(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(ROOT / "tests" / "workers" / "lockstep_worker.py"), str(tmp_path)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_worker_on_ranks("lockstep_worker.py", tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["got"] == r["expected"] for r in ranks), ranks
     assert len(ranks[0]["got"]) < len(ranks[1]["got"]) == 12  # rank 0 stopped early, rank 1 went on

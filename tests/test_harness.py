@@ -193,14 +193,9 @@ def test_ranks_of_a_sharded_model_answer_lm_evals_requests_in_step(tmp_path):
     """FSDP2 on 2 processes, each rank with its own requests: generation groups of different sizes and one
     group only rank 1 has (rank 0 decodes stand-ins for it), and different numbers of log-likelihood pairs;
     every rank gets what the whole model gives for its requests."""
-    from .helpers import clean_env
+    from .helpers import run_worker_on_ranks
 
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(ROOT / "tests" / "workers" / "harness_lockstep_worker.py"), str(tmp_path)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_worker_on_ranks("harness_lockstep_worker.py", tmp_path)
     for r in range(2):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
         (gen, lls), (gen_whole, lls_whole) = got["sharded"], got["whole"]

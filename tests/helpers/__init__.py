@@ -38,6 +38,19 @@ def clean_env(**extra) -> dict:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONPATH": str(ROOT), **extra}
 
 
+def run_worker_on_ranks(worker: str, out: Path, ranks: int = 2, timeout: int = 300) -> None:
+    """tests/workers/WORKER under `torchrun --standalone` on `ranks` processes, writing into `out`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+         str(ROOT / "tests" / "workers" / worker), str(out)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def compose_cfg(overrides=(), run_dir=None, cache_dir=None):
     cfg = compose("train", overrides)
     OmegaConf.set_struct(cfg, False)
