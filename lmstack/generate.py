@@ -23,6 +23,16 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
     return logits
 
 
+def ranks_done(reduce: Callable[[torch.Tensor], torch.Tensor], device) -> Callable[[bool], bool]:
+    """`sync` for `generate_batch` on several ranks: True once no rank has a row left to decode (`reduce`
+    sums a tensor over ranks; one all-reduce per decoding step)."""
+
+    def all_done(done: bool) -> bool:
+        return float(reduce(torch.tensor(float(not done), device=device))) == 0.0
+
+    return all_done
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,

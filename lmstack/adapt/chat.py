@@ -61,20 +61,22 @@ def render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = F
 def render_text(messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as text (what JINJA_TEMPLATE writes): encoded, it gives `render`'s ids, since the
     markers are special tokens and split the text at the same places."""
-    text = "".join(MARKERS[m["role"]] + m["content"] + END for m in (_checked(m, i) for i, m in enumerate(messages)))
+    text = ""
+    for i, m in enumerate(messages):
+        _check(m, i)
+        text += MARKERS[m["role"]] + m["content"] + END
     return text + (MARKERS["assistant"] if add_generation_prompt else "")
 
 
-def _checked(m: dict, i: int) -> dict:
+def _check(m: dict, i: int) -> None:
     role, content = m.get("role"), m.get("content")
     if role not in MARKERS or not isinstance(content, str):
         raise ValueError(f"message {i}: needs role in {ROLES} and string content, got {m!r}")
-    return m
 
 
 def _message_ids(tok: Tokenizer, m: dict, i: int) -> list[int]:
     """One message as the template renders it: its role marker, its content, the end marker."""
-    _checked(m, i)
+    _check(m, i)
     return [tok.token_to_id(MARKERS[m["role"]])] + tok.encode(m["content"]).ids + [tok.token_to_id(END)]
 
 

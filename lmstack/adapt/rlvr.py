@@ -19,7 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from lmstack.generate import generate_batch
+from lmstack.generate import generate_batch, ranks_done
 from lmstack.train.module import PretrainModule
 
 from .chat import END, prompt_ids
@@ -81,7 +81,7 @@ class GRPOModule(PretrainModule):
             self.max_new,
             temperature=self.temperature,
             eos_id=end,
-            sync=self._all_done if self.trainer.world_size > 1 else None,  # ranks decode in lockstep
+            sync=ranks_done(self._sum, self.device) if self.trainer.world_size > 1 else None,  # in lockstep
         )
         g = self.group_size
         rewards = [
@@ -100,10 +100,8 @@ class GRPOModule(PretrainModule):
             labels[i, len(p) - 1 : len(full) - 1] = full[len(p) :]
         return ids.to(self.device), labels.to(self.device), torch.tensor(rewards, device=self.device), lengths
 
-    def _all_done(self, done: bool) -> bool:
-        """Whether every rank's group is done decoding (one all-reduce per decoding step)."""
-        left = self.trainer.strategy.reduce(torch.tensor(float(not done), device=self.device), reduce_op="sum")
-        return float(left) == 0.0
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum")
 
     @property
     def steps_per_rollout(self) -> int:

@@ -31,7 +31,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lmstack.adapt.chat import END, JINJA_TEMPLATE, has_chat_tokens, render_text
 from lmstack.data.tokenizer import eos_id
-from lmstack.generate import generate_batch
+from lmstack.generate import generate_batch, ranks_done
 
 from .multiple_choice import continuation_scores, encode_pair
 
@@ -161,7 +161,7 @@ class LmstackLM(LM):
             top_p=kwargs.get("top_p"),
             eos_id=self.eot,
             stop=stopped if until or self.end is not None else None,
-            sync=self._all_done if self._world_size > 1 and self._reduce is not None else None,
+            sync=ranks_done(self._reduce, self._device) if self._world_size > 1 and self._reduce else None,
         )
         texts = []
         for ids in rows:
@@ -170,10 +170,6 @@ class LmstackLM(LM):
                 text = text.split(u)[0]
             texts.append(text)
         return texts
-
-    def _all_done(self, done: bool) -> bool:
-        left = self._reduce(torch.tensor(float(not done), device=self._device))
-        return float(left) == 0.0
 
     # -- ranks -------------------------------------------------------------------------------------------
     def all_gather(self, tensor):

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 import torch
 
+from lmstack.generate import ranks_done
+
 from .bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
 from .generative import GenerativeTask, check_generative, generative_hits, load_generative
 from .harness_tasks import check_harness
@@ -110,9 +112,6 @@ def evaluate(
     device = next(model.parameters()).device
     out: dict[str, dict] = {}
 
-    def all_done(done: bool) -> bool:  # generation stops when no rank has a row left
-        return float(reduce(torch.tensor(float(not done), device=device))) == 0.0
-
     try:
         for name, blocks in suite.sets.items():
             most = max(len(blocks[r::world]) for r in range(world))
@@ -131,7 +130,8 @@ def evaluate(
             acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
         for name, g in suite.generative.items():
-            hits = generative_hits(model, suite.tok, g, batch_size, rank, world, all_done if reduce else None)
+            sync = ranks_done(reduce, device) if reduce else None
+            hits = generative_hits(model, suite.tok, g, batch_size, rank, world, sync)
             score, n = (reduce(hits.to(device)) if reduce else hits).tolist()
             out[name] = {"exact_match": score / max(n, 1), "examples": int(n)}
     finally:
