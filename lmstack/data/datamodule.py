@@ -1,8 +1,8 @@
 """The LightningDataModule: prepares (or reuses) the corpus, then serves token blocks.
 
-Training batches come from a `ResumableSampler` positioned by the trainer's global step, so resuming
-from a checkpoint continues the data exactly where it stopped. Validation walks each source's held-out
-blocks in order.
+Training batches come from a `ResumableSampler` through a `StreamLoader`, whose state (the samples trained
+on) is in every checkpoint, so resuming continues the data exactly where it stopped. Validation walks each
+source's held-out blocks in order.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .corpus_cache import prepare_corpus
 from .corpus_format import PreparedCorpus, load_prepared, tokenizer_digest
-from .dataset import BlockDataset, ResumableSampler
+from .dataset import BlockDataset, ResumableSampler, StreamLoader
 from .tokenizer import token_byte_lengths
 
 
@@ -151,6 +151,8 @@ class LMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         accum = trainer.accumulate_grad_batches if trainer else 1
+        # the checkpoint's loader state sets the start (StreamLoader.load_state_dict); the global step is the
+        # same place for checkpoints written before the loader had a state
         start = trainer.global_step * accum if trainer else 0
         total = self.total_micro_steps or max(start + 1, len(self.train_set) // self.batch_size)
         sampler = ResumableSampler(
@@ -164,7 +166,13 @@ class LMDataModule(L.LightningDataModule):
             self.seed,
             [0] + [p["start_sample"] for p in self.phases],
         )
-        return self._loader(self.train_set, sampler=sampler, drop_last=True)
+        return StreamLoader(
+            self.train_set,
+            sampler,
+            taken=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer else 0,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
 
     def val_dataloader(self) -> DataLoader:
         n = len(self.val_set)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpus_format import block_count, check_block_format
 
@@ -146,7 +146,11 @@ def mixture_stream(lengths: list[int], weights, n: int, seed: int, phase_starts:
 
 
 class ResumableSampler(Sampler[int]):
-    """This rank's share of the global stream from micro-step `start_micro_step` to `total_micro_steps`."""
+    """This rank's share of the global stream from micro-step `start_micro_step` to `total_micro_steps`.
+
+    Its length is the whole run's (`total_micro_steps` batches), wherever it starts: Lightning counts a resumed
+    epoch's batches from the checkpoint's, so a loader that reported only the batches left ended the epoch early
+    and began the stream again from `start_micro_step` (a resumed run then trained on data it had seen)."""
 
     def __init__(
         self,
@@ -166,10 +170,41 @@ class ResumableSampler(Sampler[int]):
         MixtureStream(*self.plan)  # checks the weights now
 
     def __len__(self) -> int:
-        return max(self.total - self.start, 0) * self.batch_size
+        return self.total * self.batch_size
 
     def __iter__(self):
         b, w, stream = self.batch_size, self.world_size, MixtureStream(*self.plan)
         for m in range(self.start, self.total):
             base = (m * w + self.rank) * b
             yield from stream.take(base, base + b).tolist()
+
+
+class StreamLoader(DataLoader):
+    """The training DataLoader over a `ResumableSampler`, resumable the way Lightning asks (`state_dict` /
+    `load_state_dict`, saved in every checkpoint under the fit loop's `combined_loader`).
+
+    Its state is the global samples the run has trained on, `taken()` micro-batches (Lightning's count of the
+    epoch's batches, rescaled by elastic resume) times the samples each takes on all ranks: a count that does
+    not depend on the world size, so a run resumed on another number of processes continues the same stream.
+    """
+
+    def __init__(self, dataset, sampler: ResumableSampler, taken, **kw):
+        super().__init__(dataset, batch_size=sampler.batch_size, sampler=sampler, drop_last=True, **kw)
+        self.taken = taken  # () -> micro-batches this rank has trained on
+
+    def _per_batch(self) -> int:
+        return self.sampler.batch_size * self.sampler.world_size
+
+    def state_dict(self) -> dict:
+        return {"samples": int(self.taken()) * self._per_batch(), "seed": self.sampler.plan[2]}
+
+    def load_state_dict(self, state: dict) -> None:
+        samples, per = int(state["samples"]), self._per_batch()
+        if samples % per:
+            raise ValueError(
+                f"the checkpoint's data position ({samples} samples) is not a whole number of micro-batches of "
+                f"{per} samples (data.batch_size x world size) on this run"
+            )
+        if state.get("seed", self.sampler.plan[2]) != self.sampler.plan[2]:
+            raise ValueError(f"the checkpoint's data stream has seed {state['seed']}, this run {self.sampler.plan[2]}")
+        self.sampler.start = samples // per
