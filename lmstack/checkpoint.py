@@ -232,18 +232,22 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over `path`."""
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over `path`; a full
+    disk raises `DiskFull` naming `path`, with the temporary file gone and the file there before unchanged."""
+    from .diskfull import tensor_bytes, writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(path, tensor_bytes(obj)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 

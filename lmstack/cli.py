@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import USAGE, command_args, eval_sets, eval_task_paths, load_model, owned_output, refusals
+from .cli_args import USAGE, command_args, eval_sets, eval_task_paths, load_model, owned_output
 from .config.commands import (
     ChatArgs,
     EvalArgs,
@@ -203,8 +203,7 @@ def soup_cmd(a: SoupArgs) -> None:
     """The weighted average of checkpoints of one model, as DIR/soup.ckpt (lmstack.soup)."""
     from lmstack.soup import write_soup
 
-    with refusals():
-        path = write_soup(a.ckpts, a.out, a.weights)
+    path = write_soup(a.ckpts, a.out, a.weights)
     print(f"averaged {len(a.ckpts)} checkpoints into {path}")
 
 
@@ -250,8 +249,7 @@ def prepare_cmd(a: PrepareArgs) -> None:
     decont = a.prepare.get("decontaminate") or {}
     if decont.get("tasks"):  # names of conf/evals tasks, as paths
         a.prepare["decontaminate"] = {**decont, "tasks": eval_task_paths(list(decont["tasks"]))}
-    with refusals():
-        stats = run_prepare(a.inputs, a.output_dir, a.prepare)
+    stats = run_prepare(a.inputs, a.output_dir, a.prepare)
     print(
         f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
         f"{stats['rejected']:,} rejected; report: {os.path.join(a.output_dir, 'report.md')}"
@@ -272,10 +270,9 @@ def overlap_cmd(a: OverlapArgs) -> None:
         raise SystemExit(f"out={a.out} exists; lmstack writes the report only to a new file")
     prepared = [os.path.join(c, "documents.jsonl.gz") for c in a.corpus]  # a prepare output: its documents
     paths = [d if os.path.isfile(d) else c for c, d in zip(a.corpus, prepared)]
-    with refusals():
-        table = EvalNgrams(eval_task_paths(a.tasks, a.suite), a.ngram, a.min_words)
-        docs = read_inputs(expand_inputs(paths), "corpus", a.text_field, 10_000_000)
-        report = overlap(((d.id, d.text) for d in docs if isinstance(d, Document)), table)
+    table = EvalNgrams(eval_task_paths(a.tasks, a.suite), a.ngram, a.min_words)
+    docs = read_inputs(expand_inputs(paths), "corpus", a.text_field, 10_000_000)
+    report = overlap(((d.id, d.text) for d in docs if isinstance(d, Document)), table)
     print(f"{report['documents']:,} documents of {', '.join(a.corpus)}; {a.ngram}-grams (shorter items whole)")
     print("| eval set | items | too short | items found in the corpus | documents with a match |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -323,7 +320,11 @@ def main(argv: list[str] | None = None) -> None:
         return cli(argv[1:])
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(USAGE)
-    COMMANDS[argv[0]](command_args(argv[0], argv[1:]))
+    from lmstack.failures import one_line
+
+    args = command_args(argv[0], argv[1:])
+    with one_line(argv[0], getattr(args, "out", None) or getattr(args, "output_dir", None)):
+        COMMANDS[argv[0]](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """What every `lmstack` command shares: the usage text, its arguments composed by Hydra into a typed section,
-claimed output folders, and refusals as one-line exits."""
+and claimed output folders (refusals end in one line: `lmstack.failures`)."""
 
 from __future__ import annotations
 
@@ -68,17 +68,6 @@ def owned_output(path: str, kind: str, inputs: list[str]):
         yield owned
     finally:
         owned.__exit__(None, None, None)
-
-
-@contextlib.contextmanager
-def refusals():
-    """What lmstack refuses (a bad value, a folder it may not write, a missing input) as a one-line exit."""
-    from lmstack.ownership import OwnershipError
-
-    try:
-        yield
-    except (ValueError, FileNotFoundError, OwnershipError) as e:
-        raise SystemExit(f"lmstack: {e}") from None
 
 
 def eval_sets(evals: str) -> dict:

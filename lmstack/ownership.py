@@ -80,6 +80,7 @@ class OwnedFolder:
         self.foreign_ok = set(foreign_ok)  # entries another tool writes first (Hydra's .hydra in a run dir)
         self.marker: dict = {}
         self._lock = None
+        self._staged: list[Path] = []  # staging folders this process made (removed if the disk fills)
 
     # ---- the checks ----------------------------------------------------------------------------------
     def _foreign_entries(self) -> list[str]:
@@ -147,11 +148,30 @@ class OwnedFolder:
         _write_json(self.path / MARKER, self.marker)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            os.close(self._lock)
-            self._lock = None
+    def __exit__(self, kind=None, error=None, tb=None) -> None:
+        try:
+            if error is not None:
+                self._after_failure(error)
+        finally:
+            if self._lock is not None:
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+                os.close(self._lock)
+                self._lock = None
+
+    def _after_failure(self, error: BaseException) -> None:
+        """A full disk while writing here: this process's staging folders go (what was published stays, and the
+        marker still says it is not complete) and the error names the folder when it named no file."""
+        from .diskfull import DiskFull, disk_full, free_bytes, size_of
+
+        err = disk_full(error)
+        if err is None:
+            return
+        written = sum(size_of(p) for p in self._staged)
+        for p in self._staged:
+            shutil.rmtree(p, ignore_errors=True)
+        if not isinstance(error, DiskFull):
+            where = err.filename or self.path
+            raise DiskFull(where, None, free_bytes(self.path), err.strerror or "no space left", written) from error
 
     # ---- writing inside ----------------------------------------------------------------------------
     def update(self, **fields) -> None:
@@ -164,7 +184,8 @@ class OwnedFolder:
 
     def staging(self) -> Path:
         """A new folder inside this one, unique to this process, for results before they are published."""
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+        self._staged.append(Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path)))
+        return self._staged[-1]
 
     def publish(self, staging: Path, last: str | None = None) -> None:
         """The staged results replace the folder's previous results: only what lmstack published here

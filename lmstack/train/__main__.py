@@ -18,9 +18,11 @@ def main(cfg: DictConfig) -> float:
 
     if in_sweep():
         return run_job_process([sys.executable, "-m", "lmstack.train"])
+    from lmstack.failures import one_line
     from lmstack.run import run
 
-    result = run(cfg)
+    with one_line("train", cfg.get("run_dir")):  # the traceback goes to the run's train.log
+        result = run(cfg)
     return result.get("objective", result.get("val/bpb"))  # what a sweeper minimises
 
 

@@ -61,6 +61,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         from pathlib import Path
 
         from lmstack.checkpoint import temp_sibling
+        from lmstack.diskfull import tensor_bytes, writing
 
         final = Path(self.broadcast(str(filepath)))
         if not self._save_distributed_checkpoint:
@@ -69,7 +70,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self.async_checkpoint:
             self._save_async(checkpoint, tmp, final)
         else:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with writing(final, tensor_bytes(checkpoint), [tmp]):  # a full disk: named, the partial folder gone
+                super().save_checkpoint(checkpoint, tmp, storage_options)
             self.barrier("lmstack_checkpoint_written")
             if self.global_rank == 0:
                 _publish(tmp, final)
@@ -88,6 +90,8 @@ class FSDP2Strategy(ModelParallelStrategy):
             self._writer = (dist.new_group(backend="gloo"), ThreadPoolExecutor(1, thread_name_prefix="lmstack-ckpt"))
         group, publisher = self._writer
         tmp.mkdir(parents=True, exist_ok=True)
+        from lmstack.diskfull import writing
+
         state = {"state_dict": checkpoint.pop("state_dict")}
         state.update({f"optimizer_{i}": o for i, o in enumerate(checkpoint.pop("optimizer_states", []))})
         if self.global_rank == 0:
@@ -96,7 +100,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         rank0 = self.global_rank == 0
 
         def publish():
-            written.result()
+            with writing(final, None, [tmp]):
+                written.result()
             if rank0:
                 _publish(tmp, final)
 

@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from lmstack.diskfull import writing
+
 
 def done(folder: Path) -> bool:
     return (folder / "result.json").is_file()
@@ -34,17 +36,18 @@ def committed(fn: Callable[[dict, Path], dict], job: dict) -> dict:
     if done(final):
         return result(final)
     tmp = final.with_name(f"{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
-    out = fn(job, tmp)
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    out["_timing"] = {
-        "wall": time.time() - t0,
-        "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
-        "peak_mb": r1.ru_maxrss / 1024,  # kB on Linux
-        "node": _node(),
-    }
-    (tmp / "result.json").write_text(json.dumps(out))
+    with writing(final, None, [tmp]):  # a full disk: the task's folder named, its partial folder gone
+        tmp.mkdir(parents=True)
+        t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+        out = fn(job, tmp)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        out["_timing"] = {
+            "wall": time.time() - t0,
+            "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+            "peak_mb": r1.ru_maxrss / 1024,  # kB on Linux
+            "node": _node(),
+        }
+        (tmp / "result.json").write_text(json.dumps(out))
     try:
         os.replace(tmp, final)
     except OSError:  # another attempt committed first: its folder stays
