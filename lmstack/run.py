@@ -286,34 +286,30 @@ def sample_text(module: PretrainModule, tokenizer, prompt: str, n: int, seed: in
     return prompt + tokenizer.decode(ids)
 
 
-HYDRA_ENTRIES = (".hydra", "train.log", "multirun.yaml")  # what Hydra writes into a run directory first
-
-
-def claim_run_dir(run_dir: Path, **fields) -> None:
-    """The run directory is new, empty (but for Hydra's files) or an lmstack run's: never another folder;
-    its marker records `fields` (status, where it started from)."""
-    from lmstack.ownership import OwnedFolder, OwnershipError
-
-    try:
-        with OwnedFolder(run_dir, "run", foreign_ok=HYDRA_ENTRIES, wait=True) as owned:
-            owned.update(**fields)
-    except OwnershipError as e:
-        raise ConfigError(f"run_dir: {e}") from None
-
-
 def run(cfg: DictConfig) -> dict:
+    from lmstack.rundir import hold_run_dir
+
     config = OmegaConf.to_container(cfg, resolve=True)
     spec = validate(config)
+    adaptation = spec.stage is not None and not is_anneal(spec)
+    ckpt = None if adaptation else resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
     run_dir = Path(spec.run_dir)
-    claim_run_dir(run_dir, status="running", init_from=spec.init_from, ckpt_path=spec.ckpt_path)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    if spec.stage is not None and not is_anneal(spec):  # adaptation: SFT, DPO, GRPO (lmstack/adapt)
-        from lmstack.adapt.run import run_stage
+    with hold_run_dir(run_dir, ckpt, init_from=spec.init_from, ckpt_path=spec.ckpt_path) as owned:
+        if owned is not None:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        if adaptation:  # SFT, DPO, GRPO (lmstack/adapt)
+            from lmstack.adapt.run import run_stage
 
-        return run_stage(spec, config, build_trainer)
-    if is_anneal(spec):  # mid-training: the checkpoint's optimizer and learning rate, decayed to zero
+            return run_stage(spec, config, build_trainer)
+        return pretrain(spec, config, ckpt, owned)
+
+
+def pretrain(spec: RunSpec, config: dict, ckpt: str | None, owned) -> dict:
+    """Pretraining (and anneal: the checkpoint's optimizer and learning rate, decayed to zero) in the claimed run
+    directory; `owned`: its OwnedFolder on rank 0, None elsewhere."""
+    run_dir = Path(spec.run_dir)
+    if is_anneal(spec):
         spec = anneal_spec(spec)
-    ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
     started = time.time()
     L.seed_everything(spec.seed, workers=True)
     trainer = build_trainer(spec)
@@ -345,6 +341,8 @@ def run(cfg: DictConfig) -> dict:
             plugin.on_rewind(signal)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if module.stop_reason:
+        if owned is not None:
+            owned.update(status="diverged")
         if trainer.is_global_zero:
             write_result(
                 run_dir,
@@ -366,7 +364,8 @@ def run(cfg: DictConfig) -> dict:
         result["anneal"] = {**module.origin, "start_lr": spec.optimizer.lr}
     if trainer.is_global_zero:
         worse = not math.isfinite(after) or (before is not None and after > before)
-        claim_run_dir(run_dir, status="diverged" if worse else "completed")
+        if owned is not None:
+            owned.update(status="diverged" if worse else "completed")
         write_result(
             run_dir,
             {

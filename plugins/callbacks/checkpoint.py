@@ -21,6 +21,8 @@ log = logging.getLogger("lmstack")
 
 class Checkpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs):
+        # a run directory has one run (lmstack.rundir): its last.ckpt is replaced, never versioned as last-v1.ckpt
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
         self.stalls: list[tuple[int, float]] = []  # (step, seconds training waited) per save
 
