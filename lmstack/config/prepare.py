@@ -1,6 +1,10 @@
 """The schema of `lmstack prepare`'s pipeline (the `prepare` section, `conf/prepare/`), checked by
 `to_dataclass` like every other section; the defaults are what the pipeline assumes for a key left out.
-Filter and dedup options are the keyword arguments of their steps, checked when the steps are built."""
+Filter and dedup options are the keyword arguments of their steps, checked when the steps are built.
+
+A mapping of steps switches off as a whole with null or {} (`prepare.filters=null`, `prepare.dedup={}`): none of
+its steps runs (`lmstack.config.store.replace_empty_mappings` makes `{}` replace the defaults, not merge into them).
+"""
 
 from __future__ import annotations
 
@@ -53,8 +57,8 @@ class PrepareSection:
     task_bytes: int = field_(64_000_000, min=1)  # a JSONL file bigger than this is read as several tasks
     work_dir: Optional[str] = None  # output_dir a URL: the local folder the job runs in before the upload
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
-    filters: dict = field_({})  # name -> its options, in order; null skips one
-    pii: bool = False  # mask e-mail addresses, IP addresses and phone numbers
-    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
-    dedup: DedupSection = field(default_factory=DedupSection)
+    filters: Optional[dict] = field_({})  # name -> its options, in order; null skips one; null or {}: no filter
+    pii: Optional[bool] = False  # mask e-mail addresses, IP addresses and phone numbers (null: off)
+    decontaminate: Optional[DecontaminateSection] = field(default_factory=DecontaminateSection)  # null or {}: off
+    dedup: Optional[DedupSection] = field(default_factory=DedupSection)  # null or {}: no dedup step at all
     tokenize: Optional[TokenizeSection] = None  # null: stop after writing documents.jsonl.gz

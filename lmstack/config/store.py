@@ -73,4 +73,20 @@ def compose(name: str, overrides: list[str] = (), return_hydra_config: bool = Fa
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+        cfg = hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    return replace_empty_mappings(cfg, overrides)
+
+
+def replace_empty_mappings(cfg, overrides):
+    """An override `KEY={}` empties the mapping at KEY (Hydra merges a mapping given on the command line into
+    the default one, so `prepare.filters={}` kept every filter): a section of steps switches off with {} as it
+    does with null. Called on every composed config, `@hydra.main`'s included (lmstack.train)."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    for override in overrides:
+        m = re.fullmatch(r"\+{0,2}([\w.-]+)\s*=\s*\{\s*\}", override.strip())
+        if m and OmegaConf.select(cfg, m.group(1)) is not None:
+            OmegaConf.update(cfg, m.group(1), {}, merge=False)
+    return cfg

@@ -18,8 +18,13 @@ def main(cfg: DictConfig) -> float:
 
     if in_sweep():
         return run_job_process([sys.executable, "-m", "lmstack.train"])
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmstack.config.store import replace_empty_mappings
     from lmstack.failures import one_line
     from lmstack.run import run
+
+    replace_empty_mappings(cfg, HydraConfig.get().overrides.task)
 
     with one_line("train", cfg.get("run_dir")):  # the traceback goes to the run's train.log
         result = run(cfg)
