@@ -121,24 +121,85 @@ def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference):
     assert not (out / ".work").exists()
 
 
+def documented_cluster() -> str:
+    """The README's block that starts a 2-node Ray cluster on one machine and runs a job on it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```bash\n# lmstack: a 2-node Ray cluster on one machine")
+    return text[start + len("```bash\n") : text.index("```", start + 3)]
+
+
 @pytest.mark.slow
-def test_a_two_node_ray_cluster_runs_the_job_with_the_same_output(tmp_path, reference):
-    """`ray start --head --num-cpus 1` and `ray start --address ... --num-cpus 1` on this machine: two nodes,
-    joined with `prepare.ray.address`; both run tasks."""
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = str(20000 + os.getpid() % 20000)
-    start = [ray_bin, "start", "--num-cpus", "1", "--disable-usage-stats"]
+@pytest.mark.parametrize("earlier_token", [False, True], ids=["fresh-home", "earlier-token"])
+def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token):
+    """The README's commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
+    ~/.ray/auth_token), inside a network namespace of their own with only loopback: token authentication on,
+    both nodes run tasks, and the output is the local executor's."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare -n): the cluster would listen on this machine")
+    home, out = tmp_path / "home", tmp_path / "two-nodes"
+    home.mkdir()
+    if earlier_token:
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text("an-earlier-local-token\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), INPUTS=str(SHARED_DATA / "web" / "*.json*.gz"), OUT=str(out),
+               PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+    script = tmp_path / "cluster.sh"
+    script.write_text(documented_cluster())
     try:
-        subprocess.run(
-            [*start, "--head", "--port", port, "--include-dashboard=false"], env=env, check=True, timeout=120
-        )
-        subprocess.run([*start, "--address", f"127.0.0.1:{port}"], env=env, check=True, timeout=120)
-        out = tmp_path / "two-nodes"
-        cfg = prepare_cfg(**BASE, executor="ray", num_workers=2, **{"ray.address": f"127.0.0.1:{port}"})
-        run_prepare(INPUTS, str(out), cfg)
+        done = subprocess.run(
+            ["unshare", "-n", "bash", "-c", f"ip link set lo up && bash -euo pipefail {script}"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
-    timing = json.loads((out / "timing.json").read_text())
-    assert timing["stages"]["read"]["nodes"] == 2
-    same_as(reference, out)
+        subprocess.run(["unshare", "-n", "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    log = done.stdout + done.stderr
+    (tmp_path / "log.txt").write_text(log)
+    assert done.returncode == 0, log[-3000:]
+    assert "Token authentication is disabled" not in log
+    assert "without token authentication" not in log  # the job joined with the cluster's token
+    assert (home / ".ray-cluster-token").stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert json.loads((out / "timing.json").read_text())["stages"]["read"]["nodes"] == 2
+    local = tmp_path / "local"
+    run_prepare([str(SHARED_DATA / "web" / "*.json*.gz")], str(local), prepare_cfg())
+    same_as(outputs(local), out)
+    # the same head again, from the same lines: a driver with a wrong token is refused, the right one joins
+    head = documented_cluster().split("ray start --address")[0]
+    probe = "import ray, sys; ray.init(address='127.0.0.1:6379'); print('joined', len(ray.nodes()))"
+    script.write_text(
+        f'{head}\nRAY_AUTH_TOKEN=wrong timeout 60 python3 -c "{probe}" && exit 3\npython3 -c "{probe}"\nray stop\n'
+    )
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "bash", "-c", f"ip link set lo up && bash -uo pipefail {script}"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["unshare", "-n", "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "joined 1" in log, log[-3000:]
+    assert "AuthenticationError" in log or "Authentication" in log, log[-3000:]
+
+
+def test_a_job_joining_a_cluster_without_authentication_warns_first(monkeypatch, caplog):
+    """The warning is logged before Ray is asked to join (ray.init to an address retries for minutes when
+    nothing answers, so the call is recorded here instead of made)."""
+    import ray
+
+    from lmstack.data.curate.executors import RayExecutor
+
+    joined = []
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: joined.append((kw, [r.getMessage() for r in caplog.records])))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with caplog.at_level("WARNING", "lmstack"), RayExecutor(1, "127.0.0.1:6379"):
+        pass
+    ((kw, before),) = joined
+    assert kw["address"] == "127.0.0.1:6379"
+    assert "joining a Ray cluster without token authentication" in before[0]
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    caplog.clear()
+    with caplog.at_level("WARNING", "lmstack"), RayExecutor(1, "127.0.0.1:6379"):
+        pass
+    assert not caplog.records

@@ -5,11 +5,18 @@ or on the number of workers. One executor serves every stage of a job (one worke
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from typing import Callable, Iterator, Optional
 
+log = logging.getLogger("lmstack")
 EXECUTORS = ("local", "ray")
+UNAUTHENTICATED = (
+    "prepare.ray.address=%s: joining a Ray cluster without token authentication (RAY_AUTH_MODE is not 'token' "
+    "here): anyone who can reach the cluster's ports can run code on it. Start clusters with RAY_AUTH_MODE=token "
+    "and RAY_AUTH_TOKEN_PATH on every node and for the job (README: Ray clusters)"
+)
 
 
 class LocalExecutor:
@@ -51,9 +58,17 @@ class RayExecutor:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage report
             if self.address:  # join a running cluster: its nodes bring their own CPUs
+                if os.environ.get("RAY_AUTH_MODE") != "token":
+                    log.warning(UNAUTHENTICATED, self.address)
                 ray.init(address=self.address, log_to_driver=False)
-            else:  # a Ray of our own on this machine, as big as asked
-                ray.init(num_cpus=max(1, self.num_workers), include_dashboard=False, log_to_driver=False)
+            else:  # a Ray of our own on this machine, as big as asked, with token authentication, on loopback
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
+                ray.init(
+                    num_cpus=max(1, self.num_workers),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _node_ip_address="127.0.0.1",
+                )
             self.started = True
         return self
 
