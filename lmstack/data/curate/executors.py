@@ -61,14 +61,10 @@ class RayExecutor:
                 if os.environ.get("RAY_AUTH_MODE") != "token":
                     log.warning(UNAUTHENTICATED, self.address)
                 ray.init(address=self.address, log_to_driver=False)
-            else:  # a Ray of our own on this machine, as big as asked, with token authentication, on loopback
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
-                ray.init(
-                    num_cpus=max(1, self.num_workers),
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _node_ip_address="127.0.0.1",
-                )
+            else:  # a Ray of our own on this machine, as big as asked. Ray (>= 2.59) turns token authentication
+                # on for a local ray.init unless RAY_AUTH_MODE says otherwise; its gRPC servers still listen on every
+                # interface (Ray 2.60 has no option that binds them to loopback)
+                ray.init(num_cpus=max(1, self.num_workers), include_dashboard=False, log_to_driver=False)
             self.started = True
         return self
 
