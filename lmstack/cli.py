@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     from lmstack.failures import one_line
 
     args = command_args(argv[0], argv[1:])
-    with one_line(argv[0], getattr(args, "out", None) or getattr(args, "output_dir", None)):
+    where = next((getattr(args, k) for k in ("out", "output_dir", "dir") if getattr(args, k, None)), None)
+    with one_line(argv[0], where):
         COMMANDS[argv[0]](args)
 
 

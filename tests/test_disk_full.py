@@ -101,6 +101,7 @@ def test_the_corpus_cache_and_an_export_on_a_full_disk(small_disk, small_ckpt, t
     line = last_line(done.stderr)
     assert line.startswith("lmstack export: disk full") and str(disk / "hf") in line, line
     assert "Traceback" not in done.stderr
+    assert not leftovers(disk) and not (disk / "hf" / "model.safetensors").exists()  # the staging folder went
 
 
 def test_an_error_lmstack_raises_on_purpose_ends_in_one_line(tmp_path, cache_dir):

@@ -202,8 +202,9 @@ def export_hf(ckpt_path: str, out: str) -> dict:
     stop = [eos, tok.token_to_id(END)] if chat and eos is not None else eos
     state = to_hf_state({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, model.cfg, arch)
     with OwnedFolder(out, "export", [ckpt_path]) as owned:  # an lmstack export folder, or a new one
-        config = _write_hf(owned.path, state, model, tok, arch, eos, pad, stop, chat)
-        owned.update(status="complete")
+        staging = owned.staging()  # written whole, then published: a full disk leaves the earlier export as it was
+        config = _write_hf(staging, state, model, tok, arch, eos, pad, stop, chat)
+        owned.publish(staging, last="config.json")
     return config
 
 
