@@ -136,6 +136,20 @@ def documented_cluster() -> str:
     return text[start + len("```bash\n") : text.index("```", start + 3)]
 
 
+def in_own_network(lines: str, script: Path, env: dict, flags: str):
+    """Run bash `lines` in a network namespace of their own (loopback only), Ray stopped afterwards whatever
+    happened; returns the completed process and its output."""
+    script.write_text(lines)
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "bash", "-c", f"ip link set lo up && bash {flags} pipefail {script}"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["unshare", "-n", "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    return done, done.stdout + done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("earlier_token", [False, True], ids=["fresh-home", "earlier-token"])
 def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference):
@@ -152,17 +166,7 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), INPUTS=",".join(INPUTS), OUT=str(out),
                PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    script = tmp_path / "cluster.sh"
-    script.write_text(documented_cluster())
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "bash", "-c", f"ip link set lo up && bash -euo pipefail {script}"],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-    finally:
-        subprocess.run(["unshare", "-n", "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
-    log = done.stdout + done.stderr
-    (tmp_path / "log.txt").write_text(log)
+    done, log = in_own_network(documented_cluster(), tmp_path / "cluster.sh", env, "-euo")
     assert done.returncode == 0, log[-3000:]
     assert "Token authentication is disabled" not in log
     assert "without token authentication" not in log  # the job joined with the cluster's token
@@ -173,17 +177,8 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
     # the same head again, from the same lines: a driver with a wrong token is refused, the right one joins
     head = documented_cluster().split("ray start --address")[0]
     probe = "import ray, sys; ray.init(address='127.0.0.1:6379'); print('joined', len(ray.nodes()))"
-    script.write_text(
-        f'{head}\nRAY_AUTH_TOKEN=wrong timeout 60 python3 -c "{probe}" && exit 3\npython3 -c "{probe}"\nray stop\n'
-    )
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "bash", "-c", f"ip link set lo up && bash -uo pipefail {script}"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        subprocess.run(["unshare", "-n", "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
-    log = done.stdout + done.stderr
+    lines = f'{head}\nRAY_AUTH_TOKEN=wrong timeout 60 python3 -c "{probe}" && exit 3\npython3 -c "{probe}"\nray stop\n'
+    done, log = in_own_network(lines, tmp_path / "probe.sh", env, "-uo")
     assert done.returncode == 0 and "joined 1" in log, log[-3000:]
     assert "AuthenticationError" in log or "Authentication" in log, log[-3000:]
 
