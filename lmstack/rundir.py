@@ -51,4 +51,9 @@ def hold_run_dir(run_dir: Path, ckpt: str | None, **fields):
                 f"resume it with ckpt_path={owned.path}, or choose a new hydra.run.dir"
             )
         owned.update(status="running", **fields)
-        yield owned
+        try:
+            yield owned
+        except BaseException as e:  # the marker says how it ended (a full disk may refuse even this much)
+            with contextlib.suppress(OSError):
+                owned.update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
+            raise

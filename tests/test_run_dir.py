@@ -3,6 +3,7 @@ a finished one is refused unless `ckpt_path=` resumes it, and a resume in place 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -58,6 +59,12 @@ def test_a_finished_run_directory_is_refused_unless_resumed(small_cfg, tmp_path)
     again = small_cfg("train.max_tokens=512")
     with pytest.raises(ConfigError, match=f"{run_dir} holds an earlier run .status 'completed'.; resume it with"):
         run(again)
+    broken = small_cfg("train.max_tokens=512", "init_from=/nonexistent.ckpt")
+    broken.run_dir = str(tmp_path / "broken")
+    with pytest.raises(ConfigError, match="init_from"):
+        run(broken)
+    marker = json.loads((tmp_path / "broken" / ".lmstack.json").read_text())
+    assert marker["status"] == "failed" and "init_from" in marker["error"]
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == last  # untouched
     other = small_cfg("train.max_tokens=512")
     other.ckpt_path = str(tmp_path / "elsewhere.ckpt")
