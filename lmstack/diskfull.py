@@ -42,22 +42,34 @@ class DiskFull(OSError):
         return (DiskFull, (self.path, self.nbytes, self.free, self.reason, self.written))
 
 
-def disk_full(exc: BaseException | None) -> OSError | None:
-    """The out-of-space OSError behind `exc` (itself, its cause or its context, however deep), or None."""
+def chain(exc: BaseException | None):
+    """`exc`, its causes and contexts, and the per-rank failures a DCP CheckpointException carries."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE:
-            return exc
-        for code in OUT_OF_SPACE:  # a Rust writer's error (safetensors) carries the errno in its text only
-            if f"(os error {code})" in str(exc):
-                return OSError(code, os.strerror(code))
-        for failure in (getattr(exc, "failures", None) or {}).values():  # DCP's CheckpointException, per rank
-            found = disk_full(getattr(failure, "exc", failure) if isinstance(failure, BaseException) else None)
-            if found is not None:
-                return found
+        yield exc
+        for failure in (getattr(exc, "failures", None) or {}).values():
+            inner = getattr(failure, "exc", failure)  # DCP wraps each rank's exception with its traceback
+            if isinstance(inner, BaseException):
+                yield from chain(inner)
         exc = exc.__cause__ or exc.__context__
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The out-of-space OSError behind `exc` (anywhere in its `chain`), or None."""
+    for e in chain(exc):
+        if isinstance(e, OSError) and e.errno in OUT_OF_SPACE:
+            return e
+        for code in OUT_OF_SPACE:  # a Rust writer's error (safetensors) carries the errno in its text only
+            if f"(os error {code})" in str(e):
+                return OSError(code, os.strerror(code))
     return None
+
+
+def short_write(exc: BaseException | None) -> bool:
+    """torch.save into a stream that another writer owns (DCP's shard files) reports a full disk only as a
+    short write, `[enforce fail at inline_container.cc] . unexpected pos`, with no OSError behind it."""
+    return any("unexpected pos" in str(e) and "inline_container" in str(e) for e in chain(exc))
 
 
 def free_bytes(path) -> int | None:
@@ -116,13 +128,16 @@ def writing(path, nbytes: int | None = None, temporary=()):
         raise
     except BaseException as e:
         err = disk_full(e)
-        if err is None:
+        if err is None and not short_write(e):
             raise
         written = sum(size_of(Path(t)) for t in temporary)
         for t in temporary:
             _remove(Path(t))
-        reason = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
-        raise DiskFull(path, nbytes, free_bytes(path), reason, written if temporary else None) from e
+        free = free_bytes(path)
+        if err is None and not (nbytes is not None and free is not None and free < nbytes):
+            raise  # a short write with room to spare: not a full disk
+        reason = "disk quota exceeded" if err is not None and err.errno == errno.EDQUOT else "no space left on device"
+        raise DiskFull(path, nbytes, free, reason, written if temporary else None) from e
 
 
 def describe(exc: BaseException, where: str | None = None) -> str | None:

@@ -42,14 +42,18 @@ def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp-" in p.name or ".partial-" in p.name or ".staging-" in p.name]
 
 
-def test_checkpoints_on_a_full_disk(small_disk, cache_dir):
-    from lmstack.checkpoint import read_checkpoint
+@pytest.mark.parametrize("sharded", [False, True], ids=["file", "sharded"])
+def test_checkpoints_on_a_full_disk(small_disk, cache_dir, sharded):
+    """Single-file checkpoints, and FSDP2's sharded folders (one process), whose shard writer reports a full
+    disk only as a short write."""
+    from lmstack.checkpoint import load_checkpoint
 
     disk = small_disk("30m")  # two checkpoints of the small model (12 MB each) fit, the third does not
     run_dir = disk / "run"
     done = subprocess.run(
         [sys.executable, "train.py", *SMALL, "train.max_tokens=2048", "train.ckpt_every_steps=1",
-         f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"],
+         f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
+         *(["strategy=fsdp", "trainer.devices=1"] if sharded else [])],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 1
@@ -61,7 +65,7 @@ def test_checkpoints_on_a_full_disk(small_disk, cache_dir):
     assert "Traceback" in (run_dir / "train.log").read_text()  # the details are in the run's log
     assert not leftovers(run_dir)
     for name in ("step000001.ckpt", "step000002.ckpt"):
-        assert read_checkpoint(run_dir / "checkpoints" / name)["global_step"] == int(name[4:10])
+        assert load_checkpoint(str(run_dir / "checkpoints" / name))[2]["global_step"] == int(name[4:10])
 
 
 def test_prepare_on_a_full_disk_keeps_finished_tasks_and_resumes(small_disk, tmp_path):
