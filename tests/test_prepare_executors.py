@@ -156,8 +156,10 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
     """The README's commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
     ~/.ray/auth_token), inside a network namespace of their own with only loopback: token authentication on,
     both nodes run tasks, and the output is the local executor's."""
-    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a network namespace here (unshare -n): the cluster would listen on this machine")
+    import shutil
+
+    if not shutil.which("ip") or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare -n, ip): the cluster would listen on this machine")
     home, out = tmp_path / "home", tmp_path / "two-nodes"
     home.mkdir()
     if earlier_token:
