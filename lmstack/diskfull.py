@@ -116,40 +116,44 @@ def _remove(path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def as_disk_full(error: BaseException, path, nbytes: int | None = None, temporary=()) -> DiskFull | None:
+    """`error` as a `DiskFull` naming `path` (None when it is not one), once `temporary` (the write's own files
+    or folders) is removed; a `DiskFull` already is one (its temporaries go too)."""
+    err = disk_full(error)
+    if err is None and not short_write(error) and not isinstance(error, DiskFull):
+        return None
+    written = sum(size_of(Path(t)) for t in temporary)
+    for t in temporary:
+        _remove(Path(t))
+    if isinstance(error, DiskFull):
+        return error
+    free = free_bytes(path)
+    if err is None and not (nbytes is not None and free is not None and free < nbytes):
+        return None  # a short write with room to spare: not a full disk
+    reason = "disk quota exceeded" if err is not None and err.errno == errno.EDQUOT else "no space left on device"
+    return DiskFull(path, nbytes, free, reason, written if temporary else None)
+
+
 @contextlib.contextmanager
 def writing(path, nbytes: int | None = None, temporary=()):
-    """Run a write of `path` (`nbytes` when known); if it fails for lack of space, remove `temporary` (the
-    write's own temporary files or folders) and raise `DiskFull` naming `path`."""
+    """Run a write of `path` (`nbytes` when known); if it fails for lack of space, remove `temporary` and raise
+    `DiskFull` naming `path` (`as_disk_full`)."""
     try:
         yield
-    except DiskFull:
-        for t in temporary:
-            _remove(Path(t))
-        raise
     except BaseException as e:
-        err = disk_full(e)
-        if err is None and not short_write(e):
+        full = as_disk_full(e, path, nbytes, temporary)
+        if full is None or full is e:
             raise
-        written = sum(size_of(Path(t)) for t in temporary)
-        for t in temporary:
-            _remove(Path(t))
-        free = free_bytes(path)
-        if err is None and not (nbytes is not None and free is not None and free < nbytes):
-            raise  # a short write with room to spare: not a full disk
-        reason = "disk quota exceeded" if err is not None and err.errno == errno.EDQUOT else "no space left on device"
-        raise DiskFull(path, nbytes, free, reason, written if temporary else None) from e
+        raise full from e
 
 
 def describe(exc: BaseException, where: str | None = None) -> str | None:
-    """One line for an out-of-space failure (None for any other): `DiskFull`'s own message, else the file the
-    OSError names, else `where` (the folder the command was writing)."""
+    """One line for an out-of-space failure (None for any other): a `DiskFull`'s own message from the chain, else
+    the file the OSError names, else `where` (the folder the command was writing)."""
     err = disk_full(exc)
     if err is None:
         return None
-    found, e = None, exc
-    while e is not None and found is None:  # a DiskFull anywhere in the chain knows the file and the bytes
-        found = e if isinstance(e, DiskFull) else None
-        e = e.__cause__ or e.__context__
+    found = next((e for e in chain(exc) if isinstance(e, DiskFull)), None)
     if found is not None:
         return str(found)
     path = err.filename or where or "a file"

@@ -160,18 +160,13 @@ class OwnedFolder:
 
     def _after_failure(self, error: BaseException) -> None:
         """A full disk while writing here: this process's staging folders go (what was published stays, and the
-        marker still says it is not complete) and the error names the folder when it named no file."""
-        from .diskfull import DiskFull, disk_full, free_bytes, size_of
+        marker still says it is not complete) and the error names the file, or this folder when it named none."""
+        from .diskfull import as_disk_full, disk_full
 
-        err = disk_full(error)
-        if err is None:
-            return
-        written = sum(size_of(p) for p in self._staged)
-        for p in self._staged:
-            shutil.rmtree(p, ignore_errors=True)
-        if not isinstance(error, DiskFull):
-            where = err.filename or self.path
-            raise DiskFull(where, None, free_bytes(self.path), err.strerror or "no space left", written) from error
+        where = getattr(disk_full(error), "filename", None) or self.path
+        full = as_disk_full(error, where, None, self._staged)
+        if full is not None and full is not error:
+            raise full from error
 
     # ---- writing inside ----------------------------------------------------------------------------
     def update(self, **fields) -> None:
