@@ -140,8 +140,8 @@ def chat_cmd(a: ChatArgs) -> None:
     EOF ends it)."""
     import torch
 
-    from lmstack.adapt.chat import END, has_chat_tokens, render
     from lmstack.generate import generate
+    from lmstack.tasks.chat_template import END, has_chat_tokens, render
 
     model, tok, _ = load_model(a.ckpt, a.device)
     if not has_chat_tokens(tok):
@@ -243,13 +243,14 @@ def plan_cmd(a: PlanArgs) -> None:
 def prepare_cmd(a: PrepareArgs) -> None:
     """The curation pipeline (conf/prepare.yaml, the `prepare` group's option) over the inputs."""
     import os
+    from dataclasses import replace
 
     from lmstack.data.curate.pipeline import run_prepare
 
-    decont = a.prepare.get("decontaminate") or {}
-    if decont.get("tasks"):  # names of conf/evals tasks, as paths
-        a.prepare["decontaminate"] = {**decont, "tasks": eval_task_paths(list(decont["tasks"]))}
-    stats = run_prepare(a.inputs, a.output_dir, a.prepare)
+    section, decont = a.prepare, a.prepare.decontaminate
+    if decont is not None and decont.tasks:  # names of conf/evals tasks, as paths
+        section = replace(section, decontaminate=replace(decont, tasks=eval_task_paths(list(decont.tasks))))
+    stats = run_prepare(a.inputs, a.output_dir, section)
     print(
         f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
         f"{stats['rejected']:,} rejected; report: {os.path.join(a.output_dir, 'report.md')}"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstack.adapt.chat import END, add_chat_tokens, prompt_ids, render, resize_vocab
 from lmstack.adapt.sft import IGNORE, pack, sft_loss
-from lmstack.adapt.tasks import JsonlTask, make_task
 from lmstack.data.tokenizer import train_bpe
 from lmstack.model import Documents, ModelConfig, Transformer
+from lmstack.tasks.chat_template import END, add_chat_tokens, prompt_ids, render, resize_vocab
+from lmstack.tasks.verifiable import JsonlTask, make_task
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lmstack.adapt.chat import add_chat_tokens, render
 from lmstack.adapt.chat_data import chat_conversations, fit, messages_of, read_rows
 from lmstack.data.tokenizer import train_bpe
+from lmstack.tasks.chat_template import add_chat_tokens, render
 
 from .helpers import SHARED_DATA
 

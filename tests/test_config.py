@@ -76,7 +76,7 @@ def test_attention_types_set_kv_heads():
         (["model.attention.backend=flash"], "model.attention.backend='flash' is not registered; allowed: eager, sdpa"),
         (
             ["schedule.name=linear"],
-            "schedule.name='linear' is not allowed; allowed: constant, cosine, wsd, olmo_anneal",
+            "schedule.name='linear' is not registered; allowed: constant, cosine, olmo_anneal, wsd",
         ),
         (["+trainer.max_steps=10"], "trainer.max_steps is set by lmstack"),
         (["+trainer.acelerator=cpu"], "unknown key trainer.acelerator; allowed keys in trainer: accelerator,"),

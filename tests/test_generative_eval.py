@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from lmstack.adapt.evaluate import answer
-from lmstack.adapt.tasks import first_line, make_task
 from lmstack.checkpoint import load_checkpoint
 from lmstack.data.tokenizer import token_byte_lengths
 from lmstack.eval.generative import generative_hits
 from lmstack.eval.suite import evaluate, load_suite
+from lmstack.tasks.answers import answer
+from lmstack.tasks.verifiable import first_line, make_task
 
 from .helpers import SMALL, compose_cfg
 
@@ -86,8 +86,8 @@ def test_batched_answers_score_what_one_prompt_decoding_writes(small_ckpt, tmp_p
     """A JSONL task whose answers are the model's own one-prompt greedy answers on even rows and a wrong
     answer on odd rows scores exactly 0.5 through batched, left-padded decoding, on one rank or two (a
     randomly initialised model with the chat tokens: it writes something different to every prompt)."""
-    from lmstack.adapt.chat import add_chat_tokens
     from lmstack.model import ModelConfig, Transformer
+    from lmstack.tasks.chat_template import add_chat_tokens
 
     _, tok, state = load_checkpoint(str(small_ckpt))
     tok = add_chat_tokens(tok)
@@ -130,7 +130,7 @@ def test_a_generative_task_needs_the_chat_template_and_a_known_task(small_ckpt, 
 
 
 def test_the_chat_template_text_encodes_to_the_ids_sft_trains_on(small_ckpt):
-    from lmstack.adapt.chat import JINJA_TEMPLATE, add_chat_tokens, render, render_text
+    from lmstack.tasks.chat_template import JINJA_TEMPLATE, add_chat_tokens, render, render_text
 
     _, tok, _ = load_checkpoint(str(small_ckpt))
     tok = add_chat_tokens(tok)
@@ -155,9 +155,9 @@ def test_lm_evals_chat_template_prompts_answer_as_the_stage_does(small_ckpt):
     is a copy of a token the model writes mid-answer, scaled up, so the model ends its turns there."""
     from lm_eval.api.instance import Instance
 
-    from lmstack.adapt.chat import END, add_chat_tokens
     from lmstack.eval.harness import LmstackLM
     from lmstack.model import ModelConfig, Transformer
+    from lmstack.tasks.chat_template import END, add_chat_tokens
 
     _, tok, _ = load_checkpoint(str(small_ckpt))
     tok = add_chat_tokens(tok)

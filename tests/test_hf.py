@@ -174,9 +174,9 @@ def test_an_imported_checkpoint_continues_pretraining_from_the_same_weights(smal
 
 @pytest.mark.slow
 def test_an_adapted_model_exports_its_chat_template_and_end_marker(small_cfg, tmp_path):
-    from lmstack.adapt.chat import END, add_chat_tokens, prompt_ids, render, resize_vocab
     from lmstack.checkpoint import load_checkpoint
     from lmstack.run import run
+    from lmstack.tasks.chat_template import END, add_chat_tokens, prompt_ids, render, resize_vocab
 
     cfg = small_cfg()
     run(cfg)

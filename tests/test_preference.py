@@ -75,12 +75,12 @@ def test_response_logps_sum_the_labelled_positions():
 
 
 def test_a_cached_reference_equals_the_live_one():
-    from lmstack.adapt.chat import add_chat_tokens
     from lmstack.adapt.dpo import DPOModule
     from lmstack.adapt.pairs import Pair, collate_pairs, encode_pair
-    from lmstack.adapt.tasks import make_task
     from lmstack.data.tokenizer import train_bpe
     from lmstack.model import ModelConfig
+    from lmstack.tasks.chat_template import add_chat_tokens
+    from lmstack.tasks.verifiable import make_task
 
     tok = add_chat_tokens(train_bpe(["What is 12 + 30? 42 -7 13"] * 40, 300))
     cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64).to_dict()

@@ -64,7 +64,7 @@ def test_token_counts_as_fractions_or_absolute():
 
 
 def test_bad_schedules_raise():
-    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+    with pytest.raises(ValueError, match="schedule.name='linear' is not registered"):
         Schedule("linear", 1e-3, T)
     with pytest.raises(ValueError, match="exceed the training budget"):
         Schedule("wsd", 1e-3, T, warmup_tokens=600_000, decay_tokens=600_000)

@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .chat import ROLES, message_lengths, with_system
-from .tasks import Example, Task
+from lmstack.tasks.chat_template import ROLES, message_lengths, with_system
+from lmstack.tasks.verifiable import Example, Task
 
 Messages = list[dict]
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .chat import END, prompt_ids
-from .evaluate import sample_answers
+from lmstack.tasks.answers import sample_answers
+from lmstack.tasks.chat_template import END, prompt_ids
+from lmstack.tasks.verifiable import Example, Task
+
 from .sft import IGNORE
-from .tasks import Example, Task
 
 
 @dataclass

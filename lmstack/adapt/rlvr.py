@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.generate import generate_batch, ranks_done
+from lmstack.tasks.chat_template import END, prompt_ids
 from lmstack.train.module import PretrainModule
 
-from .chat import END, prompt_ids
 from .grpo import group_advantages, grpo_loss
 from .sft import IGNORE
 

@@ -17,14 +17,14 @@ import torch
 
 from lmstack.config.schema import ConfigError, RunSpec
 from lmstack.config.stage import StageSection
+from lmstack.tasks.answers import exact_match
+from lmstack.tasks.chat_template import add_chat_tokens, render, resize_vocab
+from lmstack.tasks.verifiable import Example, Task, make_task
 from lmstack.train.module import module_args
 
-from .chat import add_chat_tokens, render, resize_vocab
 from .data import PairsDataModule, PromptsDataModule, RowsDataModule
-from .evaluate import exact_match
 from .module import SFTModule
 from .sft import pack
-from .tasks import Example, Task, make_task
 
 log = logging.getLogger("lmstack")
 
@@ -226,7 +226,7 @@ def run_stage(spec: RunSpec, config: dict, build_trainer) -> dict:
 @torch.no_grad()
 def sampled_reward(model, tok, examples, tasks, stage, system) -> float:
     """Mean verifier reward of `eval_samples` sampled answers per held-out prompt (at the stage's temperature)."""
-    from .evaluate import sample_answers
+    from lmstack.tasks.answers import sample_answers
 
     gen = torch.Generator().manual_seed(0)
     model.eval()

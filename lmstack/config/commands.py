@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from .prepare import PrepareSection
 from .validate import field_
 
 
@@ -89,7 +90,7 @@ class PlanArgs:
 class PrepareArgs:
     inputs: list[str]  # files, folders or globs
     output_dir: str
-    prepare: dict  # the pipeline (conf/prepare/): checked by lmstack.data.curate.pipeline.check_config
+    prepare: PrepareSection  # the pipeline (conf/prepare/)
 
 
 @dataclass

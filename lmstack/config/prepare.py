@@ -47,6 +47,7 @@ class RaySection:
 
 @dataclass
 class PrepareSection:
+    imports: list[str] = field_([])  # modules imported first (in every worker): your filters register themselves
     source: str = "data"  # the name documents carry
     text_field: str = "text"
     max_doc_bytes: int = field_(10_000_000, min=1)  # larger documents are rejected, not read

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from lmstack.model.attention import ATTENTION_BACKENDS
 from lmstack.model.config import ModelConfig
-from lmstack.train.schedules import SCHEDULES, tokens_of
+from lmstack.registry import import_modules, lookup
+from lmstack.train.schedules import tokens_of
 
 from .stage import StageSection
 from .validate import ConfigError, check_kwargs, check_target, check_values, field_, to_dataclass
@@ -16,7 +15,7 @@ from .validate import ConfigError, check_kwargs, check_target, check_values, fie
 
 @dataclass
 class OptimizerSection:
-    name: Literal["adamw"] = "adamw"
+    name: str = "adamw"  # a registered optimizer (lmstack.registry, kind `optimizer`)
     lr: float = field_(3e-3, min=0.0)  # the peak the schedule reaches
     betas: list[float] = field_([0.9, 0.95])
     eps: float = field_(1e-8, min=0.0)
@@ -147,22 +146,14 @@ DERIVED_TRAINER_KEYS = {
 }
 
 
-def import_plugins(modules: list[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"imports: cannot import {name!r} ({e})") from None
-
-
 def validate(cfg: dict) -> RunSpec:
     """Check a composed, resolved config (a plain dict); raise ConfigError naming the first bad key."""
     cfg = {k: v for k, v in cfg.items() if k not in TOP_LEVEL_EXTRA}
     spec = to_dataclass(RunSpec, cfg, "")
     check_values(cfg)
-    import_plugins(spec.imports)
-    if spec.schedule.name not in SCHEDULES:
-        raise ConfigError(f"schedule.name={spec.schedule.name!r} is not allowed; allowed: {', '.join(SCHEDULES)}")
+    import_modules(spec.imports)
+    lookup("schedule", spec.schedule.name, "schedule.name")
+    lookup("optimizer", spec.optimizer.name, "optimizer.name")
     if not spec.data_mix.sources:
         raise ConfigError("data_mix.sources is empty; name at least one source")
     for i, src in enumerate(spec.data_mix.sources):
@@ -207,11 +198,7 @@ def validate(cfg: dict) -> RunSpec:
         raise ConfigError(f"train.batch_guard={spec.train.batch_guard!r} is not allowed; allowed: warn, fail")
     if spec.data.seq_len > spec.model.max_seq_len:
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds model.max_seq_len={spec.model.max_seq_len}")
-    if spec.model.attention.backend not in ATTENTION_BACKENDS:
-        raise ConfigError(
-            f"model.attention.backend={spec.model.attention.backend!r} is not registered; allowed: "
-            f"{', '.join(sorted(ATTENTION_BACKENDS))} (plugins register more through `imports`)"
-        )
+    lookup("attention", spec.model.attention.backend, "model.attention.backend")
     _check_trainer(spec.trainer)
     if "_target_" in spec.strategy:
         check_target(spec.strategy, "strategy")

@@ -5,7 +5,7 @@ A generative task of the eval suite (`evals.generative`, or a name given to `lms
     NAME: {task: arithmetic, options: {digits: 2}, examples: 200, seed: 0, test_fraction: 0.2,
            max_new_tokens: 16, system: null}
 
-`task` is a registered verifiable task (`lmstack.adapt.tasks`: arithmetic, reverse, sort, count,
+`task` is a registered verifiable task (`lmstack.tasks.verifiable`: arithmetic, reverse, sort, count,
 constraints, a plugin's) or a JSONL file of {prompt, answer} (its first `examples`); a task's `examples`
 are drawn from its test split by `seed` and `test_fraction` as the adaptation stages draw their held-out
 prompts (conf/evals/chat.yaml gives the run's seed and the stage's fraction, so it scores the prompts of
@@ -30,8 +30,8 @@ GENERATIVE_KEYS = {"task", "options", "examples", "seed", "test_fraction", "max_
 
 @dataclass
 class GenerativeTask:
-    task: object  # lmstack.adapt.tasks.Task
-    examples: list  # lmstack.adapt.tasks.Example, the held-out prompts
+    task: object  # lmstack.tasks.verifiable.Task
+    examples: list  # lmstack.tasks.verifiable.Example, the held-out prompts
     max_new_tokens: int = 16
     system: Optional[str] = None
 
@@ -45,8 +45,8 @@ def check_generative(name: str, spec, where: str = "evals") -> None:
 
 
 def load_generative(name: str, spec: dict, tok) -> GenerativeTask:
-    from lmstack.adapt.chat import has_chat_tokens
-    from lmstack.adapt.tasks import JsonlTask, make_task
+    from lmstack.tasks.chat_template import has_chat_tokens
+    from lmstack.tasks.verifiable import JsonlTask, make_task
 
     check_generative(name, spec)
     if not has_chat_tokens(tok):
@@ -75,7 +75,7 @@ def generative_hits(
     sync: Optional[Callable[[bool], bool]] = None,
 ) -> torch.Tensor:
     """float64 [2]: this rank's verifier score summed over its examples, and how many it scored."""
-    from lmstack.adapt.evaluate import greedy_answers
+    from lmstack.tasks.answers import greedy_answers
 
     mine = g.examples[rank::world]
     most = max(len(g.examples[r::world]) for r in range(world))

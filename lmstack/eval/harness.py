@@ -29,9 +29,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from lmstack.adapt.chat import END, JINJA_TEMPLATE, has_chat_tokens, render_text
 from lmstack.data.tokenizer import eos_id
 from lmstack.generate import generate_batch, ranks_done
+from lmstack.tasks.chat_template import END, JINJA_TEMPLATE, has_chat_tokens, render_text
 
 from .multiple_choice import continuation_scores, encode_pair
 

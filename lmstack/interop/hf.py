@@ -184,10 +184,10 @@ def hf_config(cfg: ModelConfig, arch: str, eos: int | None, pad: int | None) -> 
 def export_hf(ckpt_path: str, out: str) -> dict:
     """Write the Hugging Face folder for an lmstack checkpoint; returns its config.json. The folder is
     claimed (`lmstack.ownership`) only once the checkpoint is known to export."""
-    from lmstack.adapt.chat import END, has_chat_tokens
     from lmstack.checkpoint import load_checkpoint
     from lmstack.data.tokenizer import PAD, eos_id
     from lmstack.ownership import OwnedFolder
+    from lmstack.tasks.chat_template import END, has_chat_tokens
 
     model, tok, _ = load_checkpoint(ckpt_path)
     arch = hf_architecture(model.cfg)
@@ -212,8 +212,8 @@ def _write_hf(out: Path, state: dict, model, tok, arch: str, eos, pad, stop, cha
     """The folder's files: weights, config.json, generation_config.json, the tokenizer and its config."""
     from safetensors.torch import save_file
 
-    from lmstack.adapt.chat import JINJA_TEMPLATE
     from lmstack.data.tokenizer import PAD
+    from lmstack.tasks.chat_template import JINJA_TEMPLATE
 
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     config = hf_config(model.cfg, arch, eos, pad)

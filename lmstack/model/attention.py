@@ -2,7 +2,8 @@
 
 A backend is a function `(q, k, v, q_offset) -> out` on tensors laid out [batch, heads, time, head_dim];
 k and v may have fewer heads than q (GQA/MQA) and cover positions 0..q_offset+T-1. Backends are chosen by
-name from `ATTENTION_BACKENDS`; plugins add their own with `register_attention_backend`.
+name from the registry (`lmstack.registry`, kind `attention`; `ATTENTION_BACKENDS` is that table); plugins
+add their own with `register_attention_backend`.
 
 Packed rows with document boundaries (`lmstack.model.documents.Documents`) go to a backend registered with
 `varlen=True` as a fifth argument (e.g. flash-attn's variable-length kernel); every other backend's
@@ -18,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmstack.registry import entries, register
+
 from .documents import Documents
 from .norms import make_norm
 from .rope import apply_rope
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-ATTENTION_BACKENDS: dict[str, AttentionFn] = {}
+ATTENTION_BACKENDS: dict[str, AttentionFn] = entries("attention")
 
 
 def register_attention_backend(name: str, varlen: bool = False):
@@ -32,8 +35,7 @@ def register_attention_backend(name: str, varlen: bool = False):
 
     def wrap(fn: AttentionFn) -> AttentionFn:
         fn.varlen = varlen
-        ATTENTION_BACKENDS[name] = fn
-        return fn
+        return register("attention", name)(fn)
 
     return wrap
 

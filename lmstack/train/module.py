@@ -20,11 +20,11 @@ import torch
 
 from lmstack.checkpoint import add_extras, extras
 from lmstack.model import ModelConfig, Transformer
+from lmstack.registry import lookup
 
 from .elastic import rescale_loop_progress
 from .hooks import RewindRequested, StepRecord, step_plugins
 from .losses import IGNORE_INDEX, lm_loss, token_losses
-from .optim import build_adamw
 from .parallelize import parallelize
 from .schedules import Schedule
 from .step_guard import NonFinite, make_skippable
@@ -229,18 +229,10 @@ class PretrainModule(L.LightningModule):
         self.trainer.should_stop = True
 
     def configure_optimizers(self):
-        o = self.hparams.optimizer
-        opt = build_adamw(
-            self.model,
-            o["lr"],
-            o["betas"],
-            o["eps"],
-            o["weight_decay"],
-            o["no_decay"],
-            o["decay_norms"],
-            o["decay_biases"],
-            o.get("fused"),
-        )
+        from lmstack.config.schema import OptimizerSection
+
+        o = OptimizerSection(**self.hparams.optimizer)
+        opt = lookup("optimizer", o.name, "optimizer.name")(self.model, o)
         make_skippable(opt, lambda: self.skip_update)
         sched = Schedule(**self.hparams.schedule)
         peak = sched.peak_lr

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lmstack.model.norms import NORM_CLASSES
+from lmstack.registry import register
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -63,3 +64,9 @@ def build_adamw(
 ) -> torch.optim.AdamW:
     groups = [g for g in param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases) if g["params"]]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+@register("optimizer", "adamw")
+def adamw(model: nn.Module, o) -> torch.optim.AdamW:
+    """`optimizer=adamw`: AdamW over the parameter groups of `o` (the optimizer section, OptimizerSection)."""
+    return build_adamw(model, o.lr, o.betas, o.eps, o.weight_decay, o.no_decay, o.decay_norms, o.decay_biases, o.fused)

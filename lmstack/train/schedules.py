@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lmstack.registry import lookup, register
+
 
 def tokens_of(value: float, total: int) -> int:
     """A token count from config: a fraction of `total` when <= 1, else absolute tokens."""
@@ -25,8 +27,7 @@ class Schedule:
     decay_tokens: int = 0  # wsd: length of the final linear decay; olmo_anneal: the final anneal to zero
 
     def __post_init__(self):
-        if self.name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.name!r}; allowed: {sorted(SCHEDULES)}")
+        self.fn = lookup("schedule", self.name, "schedule.name")
         if self.warmup_tokens + self.decay_tokens > self.total_tokens:
             raise ValueError(
                 f"schedule {self.name}: warmup ({self.warmup_tokens}) + decay ({self.decay_tokens}) tokens "
@@ -36,9 +37,10 @@ class Schedule:
     def lr(self, tokens: float) -> float:
         if self.warmup_tokens and tokens < self.warmup_tokens:
             return self.peak_lr * tokens / self.warmup_tokens
-        return SCHEDULES[self.name](self, min(tokens, self.total_tokens))
+        return self.fn(self, min(tokens, self.total_tokens))
 
 
+@register("schedule", "constant")
 def _constant(s: Schedule, t: float) -> float:
     return s.peak_lr
 
@@ -53,24 +55,24 @@ def _linear_between(hi: float, lo: float, start: float, end: float, t: float) ->
     return hi + (lo - hi) * frac
 
 
+@register("schedule", "cosine")
 def _cosine(s: Schedule, t: float) -> float:
     return _cosine_between(s.peak_lr, s.min_lr, s.warmup_tokens, s.total_tokens, t)
 
 
+@register("schedule", "wsd")
 def _wsd(s: Schedule, t: float) -> float:
     """Warmup, stable at the peak, then linear decay to min_lr over the last decay_tokens."""
     return _linear_between(s.peak_lr, s.min_lr, s.total_tokens - s.decay_tokens, s.total_tokens, t)
 
 
+@register("schedule", "olmo_anneal")
 def _olmo_anneal(s: Schedule, t: float) -> float:
     """Warmup, cosine from the peak to the floor (min_lr), then linear to zero over the last decay_tokens."""
     anneal_start = s.total_tokens - s.decay_tokens
     if t < anneal_start:
         return _cosine_between(s.peak_lr, s.min_lr, s.warmup_tokens, anneal_start, t)
     return _linear_between(s.min_lr, 0.0, anneal_start, s.total_tokens, t)
-
-
-SCHEDULES = {"constant": _constant, "cosine": _cosine, "wsd": _wsd, "olmo_anneal": _olmo_anneal}
 
 
 def schedule_args(sched, peak_lr: float, total: int) -> dict:

@@ -7,15 +7,17 @@ from __future__ import annotations
 from lmstack.data.curate.build import build_dedup, build_filters, minhash_step
 from lmstack.data.curate.dedup import clusters, to_remove
 from lmstack.data.curate.inputs import expand_inputs
+from lmstack.data.curate.pipeline import check_config
 from lmstack.data.curate.readers import Document, read_inputs
 from lmstack.data.curate.steps import StepResults, apply_steps
 
 
 def reference_prepare(inputs: list[str], cfg: dict) -> tuple[list[tuple[str, str]], dict]:
     """(id, text) of the kept documents, in order, and the documents removed per rule."""
+    cfg = check_config(cfg)
     docs = [
         d
-        for d in read_inputs(expand_inputs(inputs), cfg["source"], cfg["text_field"], cfg["max_doc_bytes"])
+        for d in read_inputs(expand_inputs(inputs), cfg.source, cfg.text_field, cfg.max_doc_bytes)
         if isinstance(d, Document)
     ]
     part = StepResults()

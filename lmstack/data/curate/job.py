@@ -34,7 +34,7 @@ class PrepareJob:
         self.files, self.fps, self.named, self.cfg = files, fingerprints, named, cfg
         self.work, self.out, self.ex = work, out, ex
         self.timing: dict[str, dict] = {}
-        self.workers = int(cfg.get("num_workers", 1))
+        self.workers = cfg.num_workers
         self.docs_read, self.t0 = 0, time.time()
 
     # ---- running a stage ---------------------------------------------------------------------------
@@ -73,7 +73,7 @@ class PrepareJob:
         clear_partials(self.work)
         with tqdm(total=0, unit="task", desc="prepare") as self.bar:
             t0 = time.time()
-            tasks = plan_tasks(self.files, int(self.cfg.get("task_bytes", 64_000_000)), self.ex)
+            tasks = plan_tasks(self.files, self.cfg.task_bytes, self.ex)
             self.timing["plan"] = {"tasks": len(tasks), "wall": time.time() - t0}
             fp = dict(zip(self.files, self.fps))
             keys = [task_key(fp[t.path], t.key(), self.cfg, self.named) for t in tasks]
@@ -101,7 +101,7 @@ class PrepareJob:
             ),
             "driver_peak_mb": round(me.ru_maxrss / 1024, 1),
             "workers": self.workers,
-            "executor": self.cfg.get("executor", "local"),
+            "executor": self.cfg.executor,
             "stages": self.timing,
         }
         return acct, timing
@@ -162,7 +162,7 @@ class PrepareJob:
                 left = r["docs_in"] - r["rejected"] - sum(r["counts"].values())
                 assert r["docs_in"] == 0 or left == r["kept"], "a read task's accounting does not add up"
         acct.stages = list(stage_stats.values())
-        if self.cfg.get("pii"):
+        if self.cfg.pii:
             acct.extra["pii_masked"] = dict(pii)
         acct.extra.update(files=len(self.files), tasks=tasks)
         return acct
@@ -176,17 +176,17 @@ class PrepareJob:
         with open(out / "rejects.jsonl", "wb") as f:
             for folder in folders[0]:
                 f.write((Path(folder) / "rejects.jsonl").read_bytes())
-        if self.cfg.get("keep_removed"):
+        if self.cfg.keep_removed:
             names = sorted({m for rs in results for r in rs for m in r["members"] if m != "documents.jsonl.gz"})
             owners = [Path(f) for stage in folders for f in stage]
             for name in names:
                 concat_members(owners, name, out / "removed" / name)
         self.timing["write"] = {"wall": time.time() - t0}
-        tok_cfg = self.cfg.get("tokenize")
-        if tok_cfg and sum(r["kept"] for r in results[-1]):
+        tok_cfg = self.cfg.tokenize
+        if tok_cfg is not None and sum(r["kept"] for r in results[-1]):
             self.tokenize(finals, results[-1], tok_cfg, acct)
 
-    def tokenize(self, finals: list[Path], last: list[dict], tok_cfg: dict, acct: Accounting) -> None:
+    def tokenize(self, finals: list[Path], last: list[dict], tok_cfg, acct: Accounting) -> None:
         from ..corpus_format import tokenize_stage
 
         t0 = time.time()
@@ -200,14 +200,14 @@ class PrepareJob:
                 "folder": str(f),
                 "first_ordinal": first[t],
                 "tokenizer": str(tok),
-                "seq_len": tok_cfg["seq_len"],
-                "val_fraction": tok_cfg.get("val_fraction", 0.02),
-                "source": self.cfg.get("source", "data"),
+                "seq_len": tok_cfg.seq_len,
+                "val_fraction": tok_cfg.val_fraction,
+                "source": self.cfg.source,
             }
             for t, f in enumerate(finals)
         ]
         res = self.stage("tokenize", tokenize_task, jobs)
-        meta = merge_tokenized([Path(j["dir"]) for j in jobs], res, self.out, jobs[0]["source"], tok_cfg["seq_len"])
+        meta = merge_tokenized([Path(j["dir"]) for j in jobs], res, self.out, jobs[0]["source"], tok_cfg.seq_len)
         size = sum(r["bytes"] for r in res)
         acct.stages.append(tokenize_stage(meta, sum(r["documents"] for r in res), size))
         estimate_tokens(acct)

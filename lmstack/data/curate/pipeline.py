@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 
+from lmstack.config.prepare import PrepareSection
+
 from .build import build_dedup, build_filters, minhash_step
 from .inputs import expand_inputs, file_fingerprint
 from .resume import changes, config_files, produced_by
@@ -26,17 +28,22 @@ from .steps import Sizer
 log = logging.getLogger(__name__)
 
 
-def check_config(cfg: dict) -> None:
-    """The prepare config, before any work: finite numbers, seeds >= 0, steps that build."""
-    from lmstack.config.prepare import PrepareSection
+def check_config(cfg: dict | PrepareSection) -> PrepareSection:
+    """The prepare section, checked before any work (keys, types and bounds, finite numbers, seeds >= 0, steps
+    that build); a plain mapping is turned into the section here, the one place the pipeline takes one."""
+    from dataclasses import asdict
+
     from lmstack.config.validate import check_values, to_dataclass
 
+    if isinstance(cfg, PrepareSection):
+        cfg = asdict(cfg)
     check_values(cfg, "prepare")
-    to_dataclass(PrepareSection, cfg, "prepare")  # keys, types and bounds, as for every section
-    build_filters(cfg), build_dedup(cfg), Sizer.from_cfg(cfg), minhash_step(cfg)
+    section = to_dataclass(PrepareSection, cfg, "prepare")
+    build_filters(section), build_dedup(section), Sizer.from_section(section), minhash_step(section)
+    return section
 
 
-def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
+def run_prepare(inputs: list[str], output_dir: str, cfg: dict | PrepareSection) -> dict:
     """Run the configured pipeline; returns the stats dict (also written to output_dir/stats.json).
 
     `cfg` may carry `executor` (local or ray), `num_workers` and `ray.address`: where tasks run, not what they
@@ -50,7 +57,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
     from .executors import executor
     from .job import PrepareJob
 
-    check_config(cfg)
+    cfg = check_config(cfg)
     if storage.is_url(output_dir):  # object storage: prepared in a local folder, then uploaded
         from .remote import prepare_to_url
 
@@ -72,9 +79,7 @@ def run_prepare(inputs: list[str], output_dir: str, cfg: dict) -> dict:
             )
         owned.update(status="running", fingerprint=fingerprint)
         staging = owned.staging()
-        where = executor(
-            cfg.get("executor", "local"), int(cfg.get("num_workers", 1)), (cfg.get("ray") or {}).get("address")
-        )
+        where = executor(cfg.executor, cfg.num_workers, cfg.ray.address)
         with where as ex:
             acct, timing = PrepareJob(files, fps, named, cfg, out / ".work", staging, ex).run()
         acct.write(staging, timing)

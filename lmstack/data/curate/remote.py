@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from lmstack.ownership import MARKER, OwnershipError
@@ -41,14 +42,14 @@ def refuse_overlap(url: str, inputs: list[str]) -> None:
             raise OwnershipError(f"output {url} overlaps the input {inp}; choose a prefix apart from the inputs")
 
 
-def prepare_to_url(inputs: list[str], url: str, cfg: dict, run_local) -> dict:
+def prepare_to_url(inputs: list[str], url: str, cfg, run_local) -> dict:
     """Run `run_local(inputs, folder, cfg)` in a local folder, then upload what it wrote to `url`."""
     from .inputs import expand_inputs
 
     refuse_overlap(url, expand_inputs(inputs))
     before = _remote_marker(url)  # before any work: a prefix that is not ours is refused at once
-    folder = storage.local(cfg.get("work_dir") or default_work_dir(url))
-    stats = run_local(inputs, folder, {k: v for k, v in cfg.items() if k != "work_dir"})
+    folder = storage.local(cfg.work_dir or default_work_dir(url))
+    stats = run_local(inputs, folder, replace(cfg, work_dir=None))
     local_marker = json.loads((Path(folder) / MARKER).read_text())
     if before and before.get("fingerprint") == local_marker.get("fingerprint") and before.get("status") == "complete":
         return stats  # this upload is there already

@@ -16,12 +16,13 @@ log = logging.getLogger(__name__)
 RUN_ONLY_KEYS = ("num_workers", "executor", "ray")  # where tasks run, not what they produce
 
 
-def config_files(cfg: dict) -> list[dict]:
+def config_files(cfg) -> list[dict]:
     """Fingerprints of the files the config names (blocklists, a given tokenizer, eval sets to decontaminate
     against): a changed blocklist changes the results as much as a changed input."""
-    named = [f for kw in (cfg.get("filters") or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
-    named += [(cfg.get("tokenize") or {}).get("tokenizer")]
-    for task in (cfg.get("decontaminate") or {}).get("tasks") or []:  # an eval set is a file or a task folder
+    named = [f for kw in (cfg.filters or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
+    named += [cfg.tokenize.tokenizer if cfg.tokenize is not None else None]
+    evals = cfg.decontaminate.tasks if cfg.decontaminate is not None else []
+    for task in evals:  # an eval set is a file or a task folder
         named.append(os.path.join(task, "requests.jsonl.gz") if os.path.isdir(os.path.expanduser(task)) else task)
     return [file_fingerprint(os.path.expanduser(f)) for f in named if f and os.path.exists(os.path.expanduser(f))]
 
@@ -32,18 +33,21 @@ def _digest(value) -> str:
     return xxhash.xxh64(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def produced_by(cfg: dict) -> dict:
-    """The config without the keys that say only where tasks run."""
-    return {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}
+def produced_by(cfg) -> dict:
+    """The prepare section (a PrepareSection) as a mapping, without the keys that say only where tasks run
+    (and without `imports` when there are none, as before the option existed: the same fingerprints)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS and (k != "imports" or v)}
 
 
-def task_key(fingerprint: dict, span: dict, cfg: dict, named: list[dict]) -> str:
+def task_key(fingerprint: dict, span: dict, cfg, named: list[dict]) -> str:
     """A finished read task is reused only for the same input content and byte range, the same config (what
     is not where-to-run) and the same files the config names."""
     return _digest([fingerprint, span, produced_by(cfg), named])
 
 
-def job_key(task_keys: list[str], cfg: dict) -> str:
+def job_key(task_keys: list[str], cfg) -> str:
     """The stages after reading depend on every read task and the whole config."""
     return _digest([task_keys, produced_by(cfg)])
 

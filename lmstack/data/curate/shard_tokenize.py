@@ -21,17 +21,18 @@ SHARD_BYTES = 4_000_000
 SPLITS = ("train", "val")
 
 
-def make_tokenizer(folders: list[Path], tok_cfg: dict, out: Path) -> Path:
-    """tokenizer.json in `out`: the one given, or a BPE trained on the first training documents."""
+def make_tokenizer(folders: list[Path], tok_cfg, out: Path) -> Path:
+    """tokenizer.json in `out`: the one given, or a BPE trained on the first training documents (`tok_cfg`:
+    the prepare section's TokenizeSection)."""
     from tokenizers import Tokenizer
 
-    if tok_cfg.get("tokenizer"):
-        tok = Tokenizer.from_file(os.path.expanduser(tok_cfg["tokenizer"]))
+    if tok_cfg.tokenizer:
+        tok = Tokenizer.from_file(os.path.expanduser(tok_cfg.tokenizer))
         eos_id(tok)  # refuses a tokenizer without an end-of-text token
     else:
         pairs = ((d.id, d.text) for folder in folders for _, d in read_docs(folder))
-        sample = tokenizer_sample(pairs, tok_cfg.get("val_fraction", 0.02), TOKENIZER_TRAIN_BYTES)
-        tok = train_bpe(sample, tok_cfg["vocab_size"], tok_cfg.get("min_frequency", 2))
+        sample = tokenizer_sample(pairs, tok_cfg.val_fraction, TOKENIZER_TRAIN_BYTES)
+        tok = train_bpe(sample, tok_cfg.vocab_size, tok_cfg.min_frequency)
     tok.save(str(out / "tokenizer.json"))
     return out / "tokenizer.json"
 

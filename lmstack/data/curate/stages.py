@@ -57,14 +57,14 @@ def _read(job: dict, tmp: Path) -> dict:
     task, cfg = job["task"], job["cfg"]
     part, members = StepResults(), Members(tmp)
     read = part.stages.setdefault("read", StageStats("read"))
-    sizer = Sizer.from_cfg(cfg)
+    sizer = Sizer.from_section(cfg)
 
     def documents():
         items = read_inputs(
             [task.path],
-            cfg.get("source", "data"),
-            cfg.get("text_field", "text"),
-            cfg.get("max_doc_bytes", 10_000_000),
+            cfg.source,
+            cfg.text_field,
+            cfg.max_doc_bytes,
             span=task.span,
         )
         for item in items:
@@ -82,7 +82,7 @@ def _read(job: dict, tmp: Path) -> dict:
             yield item
 
     steps = build_filters(cfg)
-    kept = apply_steps(steps, documents(), part, bool(cfg.get("keep_removed")), sizer)
+    kept = apply_steps(steps, documents(), part, cfg.keep_removed, sizer)
     read.bytes_in, read.tokens_in = read.bytes_out, read.tokens_out  # unreadable input has no size
     (tmp / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part.rejects))
     for rule, doc in part.removed:
@@ -152,7 +152,7 @@ def _pass(job: dict, tmp: Path) -> dict:
     """Apply dedup step `step` to read task t's documents (or no step: the outputs of a job without
     dedup), then the next step's keys or the outputs."""
     cfg, k = job["cfg"], job["step"]
-    part, members, sizer = StepResults(), Members(tmp), Sizer.from_cfg(cfg)
+    part, members, sizer = StepResults(), Members(tmp), Sizer.from_section(cfg)
     docs, steps = list(read_docs(Path(job["prev"]))), dedup_steps(cfg)
     if k is not None:
         step, rows = steps[k], _decided(job)
@@ -175,7 +175,7 @@ def _pass(job: dict, tmp: Path) -> dict:
                 rule = reason if i in gone else None
             if rule:
                 part.counts[f"{step.name}/{rule}"] += 1
-                if cfg.get("keep_removed"):
+                if cfg.keep_removed:
                     members.write(f"{step.name}.{rule}.jsonl.gz", removed_row(d))
                 continue
             st.count_out(sizer(d))

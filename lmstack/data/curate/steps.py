@@ -24,10 +24,11 @@ class Sizer:
             self.tok = Tokenizer.from_file(os.path.expanduser(tokenizer))
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> "Sizer":
-        if not cfg.get("count_tokens"):
+    def from_section(cls, cfg) -> "Sizer":
+        """The sizer `prepare` (a PrepareSection) asks for: bytes, and tokens with `count_tokens`."""
+        if not cfg.count_tokens:
             return cls()
-        path = (cfg.get("tokenize") or {}).get("tokenizer")
+        path = cfg.tokenize.tokenizer if cfg.tokenize is not None else None
         if not path:
             raise ValueError(
                 "prepare.count_tokens=true counts every stage's tokens as documents flow, so it needs "

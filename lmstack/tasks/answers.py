@@ -8,8 +8,8 @@ import torch
 
 from lmstack.generate import generate_batch, generate_many
 
-from .chat import END, prompt_ids
-from .tasks import Example, Task
+from .chat_template import END, prompt_ids
+from .verifiable import Example, Task
 
 
 @torch.no_grad()

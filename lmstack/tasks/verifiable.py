@@ -8,7 +8,8 @@
 
 Train and test splits are disjoint by construction: a prompt's split is decided by a hash of its text,
 so no prompt of one split can be drawn for the other, whatever the seeds. Users add tasks with
-`register_task` (a plugin imported through `imports`) or from JSONL files (`JsonlTask`).
+`@lmstack.registry.register("task", NAME)` (a module of theirs loaded through `imports`) or from JSONL files
+(`JsonlTask`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import string
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+from lmstack.registry import lookup, register
 
 WORDS = (
     "apple river stone cloud garden window music forest paper candle silver harbor lantern meadow "
@@ -86,6 +88,7 @@ class Task(ABC):
         return out
 
 
+@register("task", "arithmetic")
 class Arithmetic(Task):
     name = "arithmetic"
 
@@ -106,6 +109,7 @@ class Arithmetic(Task):
         return float(m is not None and int(m.group()) == int(ex.answer))
 
 
+@register("task", "reverse")
 class Reverse(Task):
     name = "reverse"
 
@@ -114,6 +118,7 @@ class Reverse(Task):
         return Example(self.name, f"Reverse the word: {w}", w[::-1])
 
 
+@register("task", "sort")
 class SortLetters(Task):
     name = "sort"
 
@@ -122,6 +127,7 @@ class SortLetters(Task):
         return Example(self.name, f"Sort the letters of: {w}", "".join(sorted(w)))
 
 
+@register("task", "count")
 class CountLetter(Task):
     name = "count"
 
@@ -131,6 +137,7 @@ class CountLetter(Task):
         return Example(self.name, f"How many times does the letter {letter} appear in {w}?", str(w.count(letter)))
 
 
+@register("task", "constraints")
 class Constraints(Task):
     """Instruction constraints; the verifier checks the rule, not the reference text."""
 
@@ -196,28 +203,7 @@ class JsonlTask(Task):
         return rng.choice(self.examples)
 
 
-TASKS: dict[str, Callable[..., Task]] = {
-    "arithmetic": Arithmetic,
-    "reverse": Reverse,
-    "sort": SortLetters,
-    "count": CountLetter,
-    "constraints": Constraints,
-}
-
-
-def register_task(name: str):
-    """Decorator: make a Task class (or factory) selectable by name."""
-
-    def wrap(factory):
-        TASKS[name] = factory
-        return factory
-
-    return wrap
-
-
 def make_task(name: str, **kwargs) -> Task:
     if name.endswith(".jsonl") or name.endswith(".json"):
         return JsonlTask(name, **kwargs)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))} (or a .jsonl file)")
-    return TASKS[name](**kwargs)
+    return lookup("task", name, "task")(**kwargs)
