@@ -19,13 +19,15 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from lmstack.config.schema import validate
+from lmstack.config.schema import TrainSection, validate
 from lmstack.data.corpus_cache import prepare_corpus
 from lmstack.data.dataset import BlockDataset
 from lmstack.model import Transformer
+from lmstack.train.context import RunContext
 from lmstack.train.flops import flops_per_token, measure_matmul_flops
 from lmstack.train.losses import lm_loss
-from lmstack.train.module import PretrainModule
+from lmstack.train.module import TrainModule
+from lmstack.train.objective import NextToken
 
 
 def _clock() -> tuple[float, float]:
@@ -111,9 +113,8 @@ def lightning_round(spec, mcfg, batches, warmup: int, run_dir: str) -> float:
     torch.manual_seed(0)
     tps = batches[0]["labels"].numel()
     schedule = {"name": "constant", "peak_lr": spec.optimizer.lr, "total_tokens": tps * len(batches)}
-    from dataclasses import asdict
-
-    module = PretrainModule(mcfg.to_dict(), asdict(spec.optimizer), schedule, spec.loss.z_loss, 1.0, tps)
+    objective, context = NextToken(spec.loss.z_loss), RunContext(tokens_per_step=tps)
+    module = TrainModule(mcfg.to_dict(), spec.optimizer, schedule, TrainSection(grad_clip=1.0), objective, context)
     timer = _Timer(warmup)
     trainer = L.Trainer(
         accelerator="cpu",

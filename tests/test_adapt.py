@@ -136,20 +136,13 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
     import lightning as L
 
     from lmstack.adapt.data import RowsDataModule
-    from lmstack.adapt.module import SFTModule
+    from lmstack.adapt.sft import SFTObjective
+    from lmstack.config.schema import OptimizerSection, TrainSection
+    from lmstack.train.context import RunContext
+    from lmstack.train.module import TrainModule
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
-    opt = {
-        "name": "adamw",
-        "lr": 1e-2,
-        "betas": [0.9, 0.95],
-        "eps": 1e-8,
-        "weight_decay": 0.1,
-        "no_decay": ["embed.*"],
-        "decay_norms": False,
-        "decay_biases": False,
-        "fused": None,
-    }
+    opt = OptimizerSection(lr=1e-2, weight_decay=0.1)
     sched = {
         "name": "constant",
         "peak_lr": 1e-2,
@@ -158,7 +151,7 @@ def test_an_all_masked_step_is_finite_and_changes_nothing(tmp_path):
         "min_lr": 0.0,
         "decay_tokens": 0,
     }
-    module = SFTModule(cfg, opt, sched, grad_clip=1.0, tokens_per_step=64)
+    module = TrainModule(cfg, opt, sched, TrainSection(grad_clip=1.0), SFTObjective(), RunContext(tokens_per_step=64))
     before = {k: v.clone() for k, v in module.state_dict().items()}
     rows = {
         "input_ids": torch.randint(0, 64, (4, 16)),
@@ -214,7 +207,7 @@ def test_sft_dpo_rlvr_from_a_pretrained_checkpoint(small_cfg, tmp_path):
     assert 0.0 <= recipe["sft"]["exact_match"] <= 1.0
     model, tok, state = load_checkpoint(recipe["sft"]["checkpoint"])
     assert tok.token_to_id("<|assistant|>") is not None and model.cfg.vocab_size >= tok.get_vocab_size()
-    assert state["hyper_parameters"]["reduction"] == "mean"
+    assert state["hyper_parameters"]["objective"] == {"name": "sft", "reduction": "mean"}
     base = Tokenizer.from_str(torch.load(ckpt, weights_only=False)["tokenizer_json"])
     assert tok.get_vocab_size() == base.get_vocab_size() + 4
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -286,33 +279,36 @@ def test_stage_options_are_checked(small_cfg):
     def check(*overrides):
         return validate(OmegaConf.to_container(small_cfg(*overrides), resolve=True))
 
-    assert check("stage=dpo", "init_from=x.ckpt").stage.beta_or_default() == 5.0  # conf/stage/dpo.yaml's
-    assert check("stage=rlvr", "init_from=x.ckpt", "stage.beta=null").stage.beta_or_default() == 0.0
+    assert check("stage=dpo", "init_from=x.ckpt").stage.beta == 5.0  # conf/stage/dpo.yaml's
+    assert check("stage=rlvr", "init_from=x.ckpt").stage.beta == 0.0  # RLVRSection's own default
     with pytest.raises(ConfigError, match=r"stage.rpo_alpha=-1.0 is too small; it must be >= 0.0"):
         check("stage=dpo", "init_from=x.ckpt", "stage.rpo_alpha=-1.0")
     with pytest.raises(ConfigError, match="set init_from=PATH"):
         check("stage=sft")
-    with pytest.raises(ConfigError, match="unknown key stage.bogus; allowed keys in stage: beta,"):
+    with pytest.raises(ConfigError, match="unknown key stage.bogus; allowed keys in stage: data, epochs,") as e:
         check("stage=sft", "init_from=x.ckpt", "+stage.bogus=1")
+    assert "beta" not in str(e.value)  # each stage has its own section: SFT has no DPO options
+    with pytest.raises(ConfigError, match="unknown key stage.beta; allowed keys in stage: data, epochs,"):
+        check("stage=sft", "init_from=x.ckpt", "+stage.beta=0.1")
     with pytest.raises(ConfigError, match="stage.reference='frozen' is not allowed; allowed: 'cached', 'live'"):
         check("stage=dpo", "init_from=x.ckpt", "stage.reference=frozen")
 
 
-def test_grpo_with_beta_zero_builds_no_reference():
-    from lmstack.adapt.rlvr import GRPOModule
+def test_grpo_with_beta_zero_builds_no_reference(small_cfg, small_ckpt):
+    from omegaconf import OmegaConf
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32).to_dict()
-    sched = {
-        "name": "constant",
-        "peak_lr": 1e-3,
-        "total_tokens": 10,
-        "warmup_tokens": 0,
-        "min_lr": 0.0,
-        "decay_tokens": 0,
-    }
-    m = GRPOModule(cfg, {"lr": 1e-3}, sched, beta=0.0)
-    m.freeze_reference()
-    assert m._ref == []
-    m = GRPOModule(cfg, {"lr": 1e-3}, sched, beta=0.1)
-    m.freeze_reference()
-    assert len(m._ref) == 1 and not any(p.requires_grad for p in m._ref[0].parameters())
+    from lmstack.config.schema import validate
+    from lmstack.stages.rlvr import RLVR
+
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
+
+    def objective(*overrides):
+        cfg = small_cfg("stage=rlvr", f"init_from={small_ckpt}", *overrides)
+        spec = validate(OmegaConf.to_container(cfg, resolve=True))
+        stage = RLVR(spec, {})
+        stage.tasks = {}
+        return stage.objective(model, None)
+
+    assert objective("stage.beta=0.0").reference_model is None
+    ref = objective("stage.beta=0.1").reference_model
+    assert ref is not model and not any(p.requires_grad for p in ref.parameters())

@@ -148,32 +148,73 @@ def test_the_composed_default_config_is_the_schemas_defaults(monkeypatch):
         assert composed[key] == dataclasses.asdict(cls()), key
 
 
-@pytest.mark.parametrize("group", ["model", "attention", "norm", "optimizer", "schedule"])
-def test_group_files_carry_only_what_differs_from_the_schema(group):
-    """No option file repeats a default of the dataclass it fills (a repeated default goes stale when the
-    dataclass changes)."""
+def _repeated(body: dict, defaults: dict, where: str) -> list[str]:
+    """Keys of `body` whose value is the default (nested mappings compared key by key)."""
+    found = []
+    for key, value in body.items():
+        if key == "defaults" or key not in defaults:
+            continue
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            found += _repeated(value, defaults[key], f"{where}{key}.")
+        elif value == defaults[key]:
+            found.append(f"{where}{key}")
+    return found
+
+
+def _section_defaults(cls) -> dict:
+    """A dataclass's defaults by field (nested sections as mappings); required fields have none."""
     import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+GROUP_FILES = [
+    (g, p.name)
+    for g in ("model", "attention", "norm", "optimizer", "schedule", "stage", "prepare", "data_mix")
+    for p in sorted(Path(CONF, g).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("group,name", GROUP_FILES, ids=[f"{g}/{n}" for g, n in GROUP_FILES])
+def test_group_files_carry_only_what_differs_from_the_schema(group, name):
+    """No option file repeats a default of the dataclass it fills (a repeated default goes stale when the
+    dataclass changes): every group with a schema, the stages' (each against its own section, and the
+    sections a stage file sets beside it), the prepare pipelines' and the data mixes' included."""
+    import typing
 
     import yaml
 
-    from lmstack.config.schema import OptimizerSection, ScheduleSection
+    from lmstack.config.prepare import PrepareSection
+    from lmstack.config.schema import DataMixSection, OptimizerSection, RunSpec, ScheduleSection, SourceSection
     from lmstack.model.config import AttentionConfig, ModelConfig, NormConfig
+    from lmstack.registry import lookup
 
-    cls = {
-        "model": ModelConfig,
-        "attention": AttentionConfig,
-        "norm": NormConfig,
-        "optimizer": OptimizerSection,
-        "schedule": ScheduleSection,
-    }[group]
-    defaults = dataclasses.asdict(cls())
-    for path in sorted(Path(CONF, group).glob("*.yaml")):
-        body = yaml.safe_load(path.read_text()) or {}
-        for key, value in body.items():
-            if key == "defaults":
-                continue
-            if isinstance(value, dict):
-                repeated = [k for k, v in value.items() if defaults[key].get(k) == v]
-                assert not repeated, f"{path.name}: {key}.{repeated[0]} repeats the default"
-            else:
-                assert defaults[key] != value, f"{path.name}: {key}: {value!r} repeats the default"
+    body = yaml.safe_load(Path(CONF, group, name).read_text()) or {}
+    if group == "stage":  # a global file: `stage` against its stage's section, the rest against theirs
+        hints = typing.get_type_hints(RunSpec)
+        stage = lookup("stage", body["stage"]["name"], "stage").section
+        found = _repeated(body["stage"], _section_defaults(stage), "stage.")
+        for key in set(body) - {"stage", "defaults"}:
+            found += _repeated(body[key], _section_defaults(hints[key]), f"{key}.")
+    elif group == "data_mix":
+        found = _repeated(body, _section_defaults(DataMixSection), "")
+        for i, src in enumerate(body.get("sources") or []):
+            found += _repeated(src, _section_defaults(SourceSection), f"sources[{i}].")
+    else:
+        cls = {
+            "model": ModelConfig,
+            "attention": AttentionConfig,
+            "norm": NormConfig,
+            "optimizer": OptimizerSection,
+            "schedule": ScheduleSection,
+            "prepare": PrepareSection,
+        }[group]
+        found = _repeated(body, _section_defaults(cls), "")
+    assert not found, f"{group}/{name}: {', '.join(found)} repeat the default"

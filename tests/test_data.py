@@ -178,7 +178,8 @@ def test_curriculum_phase_start_comes_from_tokens(small_cfg):
     from omegaconf import OmegaConf
 
     from lmstack.config.schema import validate
-    from lmstack.run import build, build_trainer
+    from lmstack.stages.pretrain import build
+    from lmstack.stages.trainer import build_trainer
 
     cfg = small_cfg("data_mix=prose_curriculum", "train.max_tokens=2560")  # 10 steps of 4 x 64 tokens
     spec = validate(OmegaConf.to_container(cfg, resolve=True))
@@ -199,11 +200,13 @@ def test_prepared_folders_sharing_a_tokenizer_mix_by_weight(prepared_dir, prepar
     folder with another tokenizer is refused with the fix in the message."""
     import shutil
 
+    from lmstack.config.schema import DataSection, SourceSection
     from lmstack.data.datamodule import LMDataModule
 
     def module(dirs, phases=()):
-        sources = [{"name": n, "prepared": str(d), "weight": w} for n, d, w in dirs]
-        dm = LMDataModule(sources, str(tmp_path), seq_len=64, batch_size=8, vocab_size=512, phases=list(phases))
+        sources = [SourceSection(name=n, prepared=str(d), weight=w) for n, d, w in dirs]
+        data = DataSection(seq_len=64, batch_size=8, vocab_size=512, val_max_blocks=None)
+        dm = LMDataModule(data, sources, str(tmp_path), phases=list(phases))
         dm.setup()
         return dm
 

@@ -54,7 +54,7 @@ def test_inloop_generative_eval_equals_the_stages_exact_match_and_lmstack_eval(s
     from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lmstack.adapt.run import split_examples, stage_tasks
+    from lmstack.adapt.examples import split_examples, stage_tasks
     from lmstack.cli import main
     from lmstack.config.schema import validate
 

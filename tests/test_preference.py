@@ -75,46 +75,35 @@ def test_response_logps_sum_the_labelled_positions():
 
 
 def test_a_cached_reference_equals_the_live_one():
-    from lmstack.adapt.dpo import DPOModule
+    from lmstack.adapt.dpo import DPOObjective, frozen_copy
     from lmstack.adapt.pairs import Pair, collate_pairs, encode_pair
     from lmstack.data.tokenizer import train_bpe
-    from lmstack.model import ModelConfig
+    from lmstack.model import ModelConfig, Transformer
     from lmstack.tasks.chat_template import add_chat_tokens
     from lmstack.tasks.verifiable import make_task
 
     tok = add_chat_tokens(train_bpe(["What is 12 + 30? 42 -7 13"] * 40, 300))
-    cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64).to_dict()
-    opt = {"lr": 1e-3}
-    sched = {
-        "name": "constant",
-        "peak_lr": 1e-3,
-        "total_tokens": 10,
-        "warmup_tokens": 0,
-        "min_lr": 0.0,
-        "decay_tokens": 0,
-    }
+    cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
     task = make_task("arithmetic")
     pairs = [Pair(e, e.answer, str(int(e.answer) + 1), "corrupted") for e in task.generate(6, seed=0)]
     items = [encode_pair(tok, p, None, 64) for p in pairs]
-    live = DPOModule(cfg, opt, sched, reference="live", loss="sigmoid", beta=0.5)
-    live.freeze_reference()
-    cached = DPOModule(cfg, opt, sched, reference="cached", loss="sigmoid", beta=0.5)
-    cached.model.load_state_dict(live.model.state_dict())
+    policy = Transformer(cfg)
+    live = DPOObjective(reference="live", loss="sigmoid", beta=0.5, reference_model=frozen_copy(policy))
+    cached = DPOObjective(reference="cached", loss="sigmoid", beta=0.5)
     with torch.no_grad():
         batch = collate_pairs(items)
-        rc, rr, _, _ = live.logps(live.model, batch)
+        rc, rr, _, _ = live.logps(policy, batch)
     for it, c, r in zip(items, rc.tolist(), rr.tolist()):
         it["ref_chosen"], it["ref_rejected"] = c, r
     batch = collate_pairs(items)
     with torch.no_grad():  # perturb the policy so the log-ratios are not all zero
-        for m in (live, cached):
-            torch.manual_seed(1)
-            for p in m.model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    a = live.reference_logps(batch)
-    b = cached.reference_logps(batch)
+        torch.manual_seed(1)
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    a = live.reference_logps(batch, torch.device("cpu"))
+    b = cached.reference_logps(batch, torch.device("cpu"))
     assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
-    pc, pr, nc, nr = live.logps(live.model, batch)
+    pc, pr, nc, nr = live.logps(policy, batch)
     la, _ = preference_loss(pc, pr, *a, nc, nr, "sigmoid", 0.5)
     lb, _ = preference_loss(pc, pr, *b, nc, nr, "sigmoid", 0.5)
     assert float(la) == pytest.approx(float(lb), abs=1e-5) and float(la) != pytest.approx(math.log(2), abs=1e-4)

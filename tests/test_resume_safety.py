@@ -118,7 +118,7 @@ def test_resume_with_another_batch_size_is_refused_then_allowed_with_the_right_t
 
 
 def test_ckpt_path_last_takes_the_newest_runs_newest_readable_checkpoint(four_steps, tmp_path, caplog):
-    from lmstack.run import resolve_ckpt
+    from lmstack.stages.resume import resolve_ckpt
 
     src = Path(four_steps[1].run_dir)
     root = tmp_path / "outputs"

@@ -68,7 +68,7 @@ class WeightsPerStep(L.Callback):
 
 
 def test_a_planted_noise_batch_is_detected_named_and_skipped(tmp_path, small_cfg, monkeypatch):
-    import lmstack.run as run_mod
+    import lmstack.stages.pretrain as run_mod
 
     watcher = WeightsPerStep()
     build = run_mod.build_trainer
@@ -170,7 +170,7 @@ class NaNGradients(L.Callback):
 
 
 def test_non_finite_steps_are_skipped_then_the_run_checkpoints_and_stops(tmp_path, small_cfg, monkeypatch):
-    import lmstack.run as run_mod
+    import lmstack.stages.pretrain as run_mod
     from lmstack.train.step_guard import TrainingStopped
 
     watcher = WeightsPerStep()

@@ -1,10 +1,10 @@
-"""Supervised fine-tuning data and loss: conversations rendered with the chat template, packed into full
+"""Supervised fine-tuning data, loss and objective: conversations rendered with the chat template, packed into full
 sequences without attention across conversations, and a loss on the assistant's tokens only.
 
 Packing: conversations are placed whole, in order, into rows of `seq_len + 1` tokens (a conversation longer
 than that is cut to its first seq_len + 1 tokens); each token carries its conversation's number in the row
 (`doc`, 0 for padding), and the model keeps attention inside each conversation with the document-aware
-attention of pretraining (`lmstack.model.documents.Documents`). RoPE is relative, so a conversation's scores
+attention of pretraining (`lmstack.model.packed_documents.Documents`). RoPE is relative, so a conversation's scores
 do not depend on where it sits in the row.
 
 Loss reduction (`sft_loss`):
@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lmstack.model import Documents
+from lmstack.train.objective import MicroStep, Objective
 
 IGNORE = -100
 
@@ -65,3 +68,36 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
     if reduction == "mean":
         return total / max(n, 1), n
     return total / labels.numel(), n
+
+
+class SFTObjective(Objective):
+    """The SFT loss on packed conversations (assistant tokens only); a step whose micro-batches hold no trainable
+    token on any rank is skipped by the module (it learned nothing), so it changes nothing."""
+
+    name = "sft"
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = reduction
+
+    def options(self) -> dict:
+        return {"name": self.name, "reduction": self.reduction}
+
+    def training_step(self, module, batch) -> MicroStep:
+        logits = module.model(batch["input_ids"], docs=Documents(batch["doc"]))
+        loss, n = sft_loss(logits, batch["labels"], self.reduction)
+        module.log("train/loss", loss, prog_bar=True)
+        module.log("train/trainable_tokens", float(n))
+        return MicroStep(loss, loss.detach(), learned=n)
+
+    def validation_start(self, module) -> None:
+        self.sums = torch.zeros(2, dtype=torch.float64, device=module.device)
+
+    def validation_step(self, module, batch) -> None:
+        logits = module.model(batch["input_ids"], docs=Documents(batch["doc"]))
+        loss, n = sft_loss(logits, batch["labels"], "mean")
+        self.sums += torch.tensor([float(loss) * n, n], dtype=torch.float64, device=module.device)
+
+    def validation_end(self, module) -> dict:
+        nats, n = module.trainer.strategy.reduce(self.sums, reduce_op="sum").tolist()
+        module.log("val/loss", nats / max(n, 1), prog_bar=True, sync_dist=True)  # equal on all ranks already
+        return {"step": module.trainer.global_step, "val/loss": nats / max(n, 1)}

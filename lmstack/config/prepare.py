@@ -62,4 +62,4 @@ class PrepareSection:
     pii: Optional[bool] = False  # mask e-mail addresses, IP addresses and phone numbers (null: off)
     decontaminate: Optional[DecontaminateSection] = field(default_factory=DecontaminateSection)  # null or {}: off
     dedup: Optional[DedupSection] = field(default_factory=DedupSection)  # null or {}: no dedup step at all
-    tokenize: Optional[TokenizeSection] = None  # null: stop after writing documents.jsonl.gz
+    tokenize: Optional[TokenizeSection] = field(default_factory=TokenizeSection)  # null: stop after the documents

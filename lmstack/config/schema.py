@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from lmstack.model.config import ModelConfig
@@ -76,6 +76,11 @@ class DataSection:
     instance_filter_max_period: int = field_(13, min=1)
     instance_filter_min_count: int = field_(32, min=2)
 
+    @property
+    def instance_filter_rule(self) -> Optional[tuple[int, int]]:
+        """(max period, min count) of the instance filter when it is on."""
+        return (self.instance_filter_max_period, self.instance_filter_min_count) if self.instance_filter else None
+
 
 @dataclass
 class TrainSection:
@@ -128,7 +133,12 @@ class RunSpec:
     logger: Any = None
     callbacks: dict = field_({})
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
-    stage: Optional[StageSection] = None  # an adaptation stage (conf/stage/): sft, dpo, rlvr; None: pretraining
+    stage: StageSection = field(default_factory=StageSection)  # conf/stage/: pretrain (default), anneal, sft, ...
+
+
+@dataclass
+class Imports:
+    imports: list[str] = field_([])  # read first: the modules may register components the rest names
 
 
 TOP_LEVEL_EXTRA = {"hydra", "experiment", "sweep", "sweep_name"}
@@ -149,9 +159,9 @@ DERIVED_TRAINER_KEYS = {
 def validate(cfg: dict) -> RunSpec:
     """Check a composed, resolved config (a plain dict); raise ConfigError naming the first bad key."""
     cfg = {k: v for k, v in cfg.items() if k not in TOP_LEVEL_EXTRA}
-    spec = to_dataclass(RunSpec, cfg, "")
+    import_modules(to_dataclass(Imports, {k: v for k, v in cfg.items() if k == "imports"}, "").imports)
+    spec = to_dataclass(RunSpec, cfg, "")  # a user's stage is registered by now: its section checks `stage`
     check_values(cfg)
-    import_modules(spec.imports)
     lookup("schedule", spec.schedule.name, "schedule.name")
     lookup("optimizer", spec.optimizer.name, "optimizer.name")
     if not spec.data_mix.sources:
@@ -185,7 +195,7 @@ def validate(cfg: dict) -> RunSpec:
         if start <= previous:
             raise ConfigError(f"data_mix.phases[{i}].start_tokens must come after the previous phase's")
         previous = start
-    if spec.stage is not None and not spec.init_from:
+    if lookup("stage", spec.stage.name, "stage.name").starts_from_checkpoint and not spec.init_from:
         raise ConfigError(
             f"stage={spec.stage.name} starts from a checkpoint: set init_from=PATH (lmstack or lmstack import-hf)"
         )

@@ -66,12 +66,28 @@ def register() -> None:
         store.store(name=f"{name}_schema", node=defaults_of(cls, groups))
 
 
+@functools.cache
+def register_stages() -> None:
+    """Each registered stage's section defaults as `stage_schema/<name>`, which `conf/stage/<name>.yaml` starts
+    from, so a stage's options are overridden without `+` and its file carries only what differs. It imports
+    the stages (and Lightning with them): called for the training config only, not for every command."""
+    from hydra.core.config_store import ConfigStore
+
+    from lmstack.registry import table
+
+    store = ConfigStore.instance()
+    for name, stage in table("stage").items():
+        store.store(group="stage_schema", name=name, node=defaults_of(stage.section, set()))
+
+
 def compose(name: str, overrides: list[str] = (), return_hydra_config: bool = False):
     """`conf/<name>.yaml` with `overrides`, as an unresolved DictConfig (what `@hydra.main` would get)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register()
+    if name == "train":
+        register_stages()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     return replace_empty_mappings(cfg, overrides)

@@ -63,6 +63,8 @@ def _coerce(value: Any, tp, key: str):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a mapping")
         return value
     if dataclasses.is_dataclass(tp):
+        if hasattr(tp, "variant"):  # a tagged union (the `stage:` section): the class its `name` picks
+            tp = tp.variant(value, key)
         return to_dataclass(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):

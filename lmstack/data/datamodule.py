@@ -8,12 +8,15 @@ source's held-out blocks in order.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
+
+from lmstack.config.schema import DataSection, SourceSection
 
 from .corpus_cache import prepare_corpus
 from .corpus_format import PreparedCorpus, load_prepared, tokenizer_digest
@@ -27,55 +30,43 @@ class LMDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        sources: list[dict],
+        data: DataSection,
+        sources: list[SourceSection],
         cache_dir: str,
-        seq_len: int,
-        batch_size: int,
-        vocab_size: int,
-        val_fraction: float = 0.02,
-        val_max_blocks: int | None = None,
-        min_frequency: int = 2,
-        tokenizer_train_bytes: int = 20_000_000,
-        max_docs: int | None = None,
-        num_workers: int = 0,
         seed: int = 0,
         total_micro_steps: int | None = None,
         phases: list[dict] | None = None,
-        blocklist: list[str] | None = None,
-        instance_filter: tuple[int, int] | None = None,
         tokenizer: str | None = None,
     ):
+        """`data` and `sources`: the checked config sections (the one place their defaults live)."""
         super().__init__()
-        self.sources, self.cache_dir, self.seq_len = sources, cache_dir, seq_len
-        self.batch_size, self.vocab_size, self.val_fraction = batch_size, vocab_size, val_fraction
-        self.val_max_blocks, self.min_frequency = val_max_blocks, min_frequency
-        self.tokenizer_train_bytes, self.max_docs = tokenizer_train_bytes, max_docs
-        self.num_workers, self.seed, self.total_micro_steps = num_workers, seed, total_micro_steps
+        self.data, self.sources, self.cache_dir = data, list(sources), cache_dir
+        self.seq_len, self.batch_size, self.num_workers = data.seq_len, data.batch_size, data.num_workers
+        self.seed, self.total_micro_steps = seed, total_micro_steps
         # curriculum: [{"start_sample": int, "weights": {source: weight}}], the first phase is the sources'
         self.phases = phases or []
-        self.blocklist = list(blocklist or [])  # files of document ids (e.g. spike_blocklist.txt)
-        self.instance_filter = instance_filter  # (max period, min count) for training blocks, or None
         self.tokenizer = tokenizer  # a tokenizer.json every source must use (init_from's), or None
         self.corpus: PreparedCorpus | None = None  # the (first) corpus: its tokenizer is the run's
         # (index of the configured source, its corpus, the source's name in it, share of the source's weight)
         self.parts: list[tuple[int, PreparedCorpus, str, float]] = []
 
     def prepare_data(self) -> None:
-        if any(s.get("prepared") for s in self.sources):
+        if any(s.prepared for s in self.sources):
             self._load_prepared()
             return
+        d = self.data
         self.corpus = prepare_corpus(
-            self.sources,
+            [asdict(s) for s in self.sources],  # as mappings: what the cache key hashes
             self.cache_dir,
-            self.seq_len,
-            self.val_fraction,
-            self.vocab_size,
-            self.min_frequency,
-            self.tokenizer_train_bytes,
-            self.max_docs,
+            d.seq_len,
+            d.val_fraction,
+            d.vocab_size,
+            d.min_frequency,
+            d.tokenizer_train_bytes,
+            d.max_docs,
             tokenizer=self.tokenizer,
         )
-        self.parts = [(i, self.corpus, s["name"], 1.0) for i, s in enumerate(self.sources)]
+        self.parts = [(i, self.corpus, s.name, 1.0) for i, s in enumerate(self.sources)]
 
     def _load_prepared(self) -> None:
         """Each configured folder's sources (one, for a folder `lmstack prepare` wrote); a folder's weight is
@@ -83,11 +74,11 @@ class LMDataModule(L.LightningDataModule):
         self.parts = []
         first = None
         for i, src in enumerate(self.sources):
-            corpus = load_prepared(src["prepared"], self.seq_len, self.cache_dir)
+            corpus = load_prepared(src.prepared, self.seq_len, self.cache_dir)
             digest = tokenizer_digest(corpus.tokenizer_path)
             if first is None and self.tokenizer and digest != tokenizer_digest(Path(self.tokenizer)):
                 raise ValueError(
-                    f"data_mix: {src['prepared']} was tokenized with another tokenizer than the "
+                    f"data_mix: {src.prepared} was tokenized with another tokenizer than the "
                     f"checkpoint's (init_from); prepare it again with "
                     f"prepare.tokenize.tokenizer={self.tokenizer}"
                 )
@@ -95,7 +86,7 @@ class LMDataModule(L.LightningDataModule):
                 self.corpus, first = corpus, digest
             elif digest != first:
                 raise ValueError(
-                    f"data_mix: {src['prepared']} was tokenized with another tokenizer than "
+                    f"data_mix: {src.prepared} was tokenized with another tokenizer than "
                     f"{self.corpus.root}; prepare it again with "
                     f"prepare.tokenize.tokenizer={self.corpus.tokenizer_path}"
                 )
@@ -107,17 +98,17 @@ class LMDataModule(L.LightningDataModule):
         if self.corpus is None:  # other ranks: the corpus is on disk already, this only finds it
             self.prepare_data()
         self.train_set = BlockDataset(
-            [c.split_dir(n, "train") for _, c, n, _ in self.parts], self._blocked(), self.instance_filter
+            [c.split_dir(n, "train") for _, c, n, _ in self.parts], self._blocked(), self.data.instance_filter_rule
         )
         self.val_set = BlockDataset([c.split_dir(n, "val") for _, c, n, _ in self.parts])
 
     def _blocked(self) -> dict[int, np.ndarray] | None:
         """Document ordinals per source whose ids are on the blocklist: their tokens get no loss."""
-        if not self.blocklist:
+        if not self.data.blocklist:
             return None
         from .curate.blocklists import read_list
 
-        ids = read_list(self.blocklist)
+        ids = read_list(self.data.blocklist)
         blocked = {}
         for src, path in enumerate(self.document_files):
             with open(path) as f:
@@ -132,8 +123,8 @@ class LMDataModule(L.LightningDataModule):
 
     def source_weights(self) -> list[list[float]]:
         """One weight list per phase (the sources' own weights first, then each curriculum phase's)."""
-        phases = [[s.get("weight", 1.0) for s in self.sources]]
-        phases += [[p["weights"].get(s["name"], 0.0) for s in self.sources] for p in self.phases]
+        phases = [[s.weight for s in self.sources]]
+        phases += [[p["weights"].get(s.name, 0.0) for s in self.sources] for p in self.phases]
         return [[w[i] * share for i, _, _, share in self.parts] for w in phases]
 
     @property
@@ -177,9 +168,9 @@ class LMDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         n = len(self.val_set)
         idx = np.arange(n)
-        if self.val_max_blocks and n > self.val_max_blocks:
-            # An even spread over all sources' held-out blocks, the same every time.
-            idx = np.unique(np.linspace(0, n - 1, self.val_max_blocks).round().astype(int))
+        most = self.data.val_max_blocks
+        if most and n > most:  # an even spread over all sources' held-out blocks, the same every time
+            idx = np.unique(np.linspace(0, n - 1, most).round().astype(int))
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:  # each rank scores its share; the module sums
             idx = idx[trainer.global_rank :: trainer.world_size]

@@ -2,7 +2,7 @@
 
 from .attention import ATTENTION_BACKENDS, KVCache, register_attention_backend
 from .config import ModelConfig
-from .documents import Documents
+from .packed_documents import Documents
 from .transformer import Block, Transformer
 
 __all__ = [

@@ -5,7 +5,7 @@ k and v may have fewer heads than q (GQA/MQA) and cover positions 0..q_offset+T-
 name from the registry (`lmstack.registry`, kind `attention`; `ATTENTION_BACKENDS` is that table); plugins
 add their own with `register_attention_backend`.
 
-Packed rows with document boundaries (`lmstack.model.documents.Documents`) go to a backend registered with
+Packed rows with document boundaries (`lmstack.model.packed_documents.Documents`) go to a backend registered with
 `varlen=True` as a fifth argument (e.g. flash-attn's variable-length kernel); every other backend's
 batches are run through SDPA with the documents' block-diagonal causal mask instead.
 """
@@ -21,8 +21,8 @@ from torch import nn
 
 from lmstack.registry import entries, register
 
-from .documents import Documents
 from .norms import make_norm
+from .packed_documents import Documents
 from .rope import apply_rope
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]

@@ -20,7 +20,7 @@ class AttentionConfig:
     n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
     heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
     backend: str = "sdpa"  # a registered attention backend (lmstack.model.attention.ATTENTION_BACKENDS)
-    # Attend only within each packed document (split after each end-of-text token, lmstack.model.documents)
+    # Attend only within each packed document (split after each end-of-text token, lmstack.model.packed_documents)
     document_mask: bool = False
     document_positions: bool = False  # with document_mask: RoPE positions restart at each document
     document_token: Optional[int] = field_(None, min=0)  # the token ending a document: set from the tokenizer

@@ -9,11 +9,11 @@ from torch import nn
 
 from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
-from .documents import Documents
 from .init import init_weights
 from .mlp import SwiGLU
 from .moe import MoE
 from .norms import make_norm
+from .packed_documents import Documents
 from .rope import rope_cache
 
 

@@ -74,11 +74,15 @@ def _tokens_per_step(job_dir: Path) -> int:
     cfg_file = job_dir / "config.yaml"
     if not cfg_file.exists():
         return 0
-    cfg = yaml.safe_load(cfg_file.read_text())
-    trainer = cfg.get("trainer", {})
+    from lmstack.config.schema import DataSection
+    from lmstack.config.validate import to_dataclass
+
+    saved = yaml.safe_load(cfg_file.read_text())  # the job's config as it ran
+    data = to_dataclass(DataSection, saved["data"], "data")
+    trainer = saved["trainer"] if "trainer" in saved else {}  # Lightning's own arguments, with Lightning's defaults
     devices = trainer.get("devices", 1)
     world = devices if isinstance(devices, int) and devices > 0 else 1
-    return cfg["data"]["seq_len"] * cfg["data"]["batch_size"] * trainer.get("accumulate_grad_batches", 1) * world
+    return data.seq_len * data.batch_size * trainer.get("accumulate_grad_batches", 1) * world
 
 
 def _started_at(job_dir: Path) -> float | None:

@@ -7,9 +7,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lmstack.config.store import conf_dir, register
+from lmstack.config.store import conf_dir, register, register_stages
 
 register()
+register_stages()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")

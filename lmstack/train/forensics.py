@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from lmstack.data.documents import DocumentIndex
+from lmstack.data.document_index import DocumentIndex
 
 BLOCKLIST = "spike_blocklist.txt"  # document ids to leave out: data.blocklist, prepare.filters.id_blocklist
 

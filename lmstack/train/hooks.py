@@ -63,8 +63,7 @@ class StepHooks:
 
 def request_rewind(trainer, signal: RewindRequested) -> None:
     """Stop the fit and ask the run to resume from `signal.checkpoint`."""
-    trainer.lightning_module.rewind_requested = signal
-    trainer.should_stop = True
+    trainer.lightning_module.request_rewind(signal)
 
 
 def step_plugins(trainer) -> list[StepHooks]:

@@ -1,38 +1,7 @@
-"""Deciding, after backward and before the update, whether an optimizer step is taken.
-
-The decision (a non-finite loss or gradient norm, or a plugin such as spike detection) is made on
-statistics reduced over all ranks, so every rank skips the same steps. A skipped step still counts: the
-global step, the token counter, the data position and the LR schedule advance as if the update had
-happened (the batch is dropped, not retried), which keeps a resumed run and the schedule in line with
-the token budget; AdamW's moments and step count are left untouched.
-"""
+"""What the optimizer step's skip decision counts (`lmstack.train.module.TrainModule.optimizer_step` decides):
+steps with a non-finite loss or gradient norm, and the stop after too many in a row."""
 
 from __future__ import annotations
-
-import types
-
-import torch
-
-
-def make_skippable(optimizer: torch.optim.Optimizer, should_skip) -> torch.optim.Optimizer:
-    """Run the closure (forward, backward, clipping) first, then update only if `should_skip()` is false.
-
-    Done on the optimizer instance, before an LR scheduler wraps it, so that Lightning's precision
-    plugins, which call `optimizer.step(closure=...)`, keep working unchanged."""
-    inner = optimizer.step
-
-    def step(self, closure=None, **kwargs):  # a method, as LR schedulers expect to find one
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if should_skip():
-            return loss
-        inner(**kwargs)
-        return loss
-
-    optimizer.step = types.MethodType(step, optimizer)
-    return optimizer
 
 
 class NonFinite:

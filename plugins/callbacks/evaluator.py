@@ -48,10 +48,11 @@ class Evaluator(L.Callback):
         if self.suite is None:
             from tokenizers import Tokenizer
 
-            if module.tokenizer_json is None:
-                raise ValueError("in-loop evals need the model's tokenizer (module.tokenizer_json is unset)")
-            tok = Tokenizer.from_str(module.tokenizer_json)
-            self.suite = load_suite(self.sets, self.tasks, tok, module.tokenizer_json, self.seq_len, self.generative)
+            text = module.context.tokenizer_json
+            if text is None:
+                raise ValueError("in-loop evals need the model's tokenizer (the run's context has none)")
+            tok = Tokenizer.from_str(text)
+            self.suite = load_suite(self.sets, self.tasks, tok, text, self.seq_len, self.generative)
             if self.harness:
                 from lmstack.eval.harness_tasks import task_manager
 

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from lmstack.plugins.callbacks import log_metrics
 
-from lmstack.data.documents import DocumentIndex
+from lmstack.data.document_index import DocumentIndex
 from lmstack.train.forensics import append_blocklist, describe, gather, step_documents
 from lmstack.train.hooks import StepHooks, StepRecord
 

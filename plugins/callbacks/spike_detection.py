@@ -9,7 +9,7 @@ batch and a preview of those tokens, worst first; the worst documents' ids are a
 (`data.blocklist`) accept.
 
 Modes: `log` records only; `skip_step` also skips the update on every rank (the step still counts, see
-`lmstack.train.step_guard`); `rewind` skips it too and requests a rewind (`lmstack.train.hooks`): the run
+`lmstack.train.module`); `rewind` skips it too and requests a rewind (`lmstack.train.hooks`): the run
 restarts from the latest checkpoint before the spike, skipping the offending steps on the way forward
 (Lightning's SpikeDetection only raises, and a resumed run meets the same batch again). The windows and the
 steps to skip are saved in checkpoints, so detection resumes warm. Everything it reads of the step comes
@@ -28,7 +28,7 @@ from pathlib import Path
 import lightning as L
 from lmstack.plugins.callbacks import log_metrics
 
-from lmstack.data.documents import DocumentIndex
+from lmstack.data.document_index import DocumentIndex
 from lmstack.train.forensics import append_blocklist, describe, gather, step_documents
 from lmstack.train.hooks import RewindRequested, StepHooks, StepRecord, request_rewind
 

@@ -62,7 +62,7 @@ class Throughput(L.Callback):
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
         elapsed = time.perf_counter() - self.t0
-        tokens_per_s = steps * module.tokens_per_step / elapsed
+        tokens_per_s = steps * module.context.tokens_per_step / elapsed
         logs = {
             "perf/tokens_per_s": tokens_per_s,
             "perf/flops_per_token": float(self.fpt),

@@ -26,19 +26,20 @@ class Probe(L.Callback):
 
 
 def main(out: Path, overrides: list[str]) -> None:
-    import lmstack.run as run_mod
+    import lmstack.stages.pretrain as stage_mod
+    from lmstack.run import run
 
-    probe, build, trainers = Probe(), run_mod.build_trainer, []
+    probe, build, trainers = Probe(), stage_mod.build_trainer, []
 
     def build_with_probe(spec, **kwargs):  # keeps the trainer, to read its callbacks after the run
         trainers.append(build(spec, [probe], **kwargs))
         return trainers[-1]
 
-    run_mod.build_trainer = build_with_probe
+    stage_mod.build_trainer = build_with_probe
     cfg = compose_cfg(
         [*SMALL, *overrides], run_dir=out / "run", cache_dir=os.environ.get("LMSTACK_TEST_CACHE", out / "cache")
     )
-    result = run_mod.run(cfg)
+    result = run(cfg)
     trainer = trainers[-1]
     gc_cb = next((cb for cb in trainer.callbacks if type(cb).__name__ == "GCSync"), None)
     evals = next((cb.history for cb in trainer.callbacks if type(cb).__name__ == "Evaluator"), None)

@@ -20,10 +20,10 @@ from tqdm import tqdm
 from . import partitions as parts
 from . import stages
 from .build import dedup_steps
-from .docstore import concat_members
 from .near_dups import VERIFY_PAIRS_PER_TASK
 from .resume import job_key, task_key
 from .shard_tokenize import make_tokenizer, merge_tokenized, tokenize_task
+from .stage_documents import concat_members
 from .stats import Accounting, StageStats, estimate_tokens
 from .tasks import plan_tasks
 from .workdir import clear_partials, done, result

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .dedup import normalise
-from .docstore import read_some
+from .stage_documents import read_some
 
 VERIFY_PAIRS_PER_TASK = 20_000  # at most; fewer, so that every worker has some
 

@@ -7,7 +7,7 @@ with file, line and reason), `removed/RULE.jsonl.gz` when `keep_removed`, `stats
 CPU and peak memory per stage: how the run went, apart from what it produced).
 
 Every stage is a map over tasks (`stages`), run by one executor (`executors`: local processes or Ray), with
-the documents between stages in the output's `.work/` folder (`docstore`): read tasks over files and byte
+the documents between stages in the output's `.work/` folder (`stage_documents`): read tasks over files and byte
 ranges, dedup over hash partitions of the keys (`partitions`), MinHash pairs joined into components
 (`near_dups`), tokenization per task into one index (`shard_tokenize`). No process holds the corpus, and the
 outputs are the same bytes whatever the executor and the number of workers.

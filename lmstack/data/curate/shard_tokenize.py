@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..corpus_format import _blocks, _shards, corpus_meta, document_row, source_meta, tokenizer_sample, too_few_tokens
 from ..tokenizer import eos_id, train_bpe
-from .docstore import read_docs
+from .stage_documents import read_docs
 from .workdir import committed
 
 TOKENIZER_TRAIN_BYTES = 20_000_000

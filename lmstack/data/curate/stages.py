@@ -15,10 +15,10 @@ import numpy as np
 
 from . import partitions as parts
 from .build import build_filters, dedup_steps
-from .docstore import Members, document_row, read_docs, removed_row, write_docs
 from .near_dups import components_removed, verify_pairs
 from .pii import PiiMasker
 from .readers import Document, Reject, read_inputs
+from .stage_documents import Members, document_row, read_docs, removed_row, write_docs
 from .stats import StageStats
 from .steps import Sizer, StepResults, apply_steps
 from .workdir import committed

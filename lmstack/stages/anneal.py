@@ -7,14 +7,19 @@ mixes or seeds is an ordinary `-m` sweep; `lmstack soup` averages the anneals.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmstack.config import ConfigError
+from lmstack.config.stage import StageSection
+from lmstack.registry import register
+
+from .pretrain import Pretrain
 
 
-def is_anneal(spec) -> bool:
-    return spec.stage is not None and spec.stage.name == "anneal"
+@dataclass
+class AnnealSection(StageSection):
+    """No options of its own: the schedule is derived from the checkpoint (the `schedule` group does not apply)."""
 
 
 def start_lr(path: str) -> float:
@@ -44,3 +49,13 @@ def anneal_spec(spec):
     lr = start_lr(spec.init_from)
     schedule = replace(spec.schedule, name="wsd", warmup_tokens=0.0, decay_tokens=1.0, min_lr=0.0)
     return replace(spec, optimizer=replace(spec.optimizer, lr=lr), schedule=schedule)
+
+
+@register("stage", "anneal")
+class Anneal(Pretrain):
+    section = AnnealSection
+    starts_from_checkpoint = True
+    anneal = True
+
+    def __init__(self, spec, config: dict):
+        super().__init__(anneal_spec(spec), config)
