@@ -272,7 +272,7 @@ def overlap_cmd(a: OverlapArgs) -> None:
     prepared = [os.path.join(c, "documents.jsonl.gz") for c in a.corpus]  # a prepare output: its documents
     paths = [d if os.path.isfile(d) else c for c, d in zip(a.corpus, prepared)]
     table = EvalNgrams(eval_task_paths(a.tasks, a.suite), a.ngram, a.min_words)
-    docs = read_inputs(expand_inputs(paths), "corpus", a.text_field, 10_000_000)
+    docs = read_inputs(expand_inputs(paths), "corpus", a.text_field)  # prepare's max_doc_bytes
     report = overlap(((d.id, d.text) for d in docs if isinstance(d, Document)), table)
     print(f"{report['documents']:,} documents of {', '.join(a.corpus)}; {a.ngram}-grams (shorter items whole)")
     print("| eval set | items | too short | items found in the corpus | documents with a match |")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
+from lmstack.config.prepare import PrepareSection
+
 from .. import storage
 
 
@@ -258,7 +260,11 @@ def read_warc(path: str, source: str, max_bytes: int) -> Iterator[Item]:
 
 
 def read_inputs(
-    files: list[str], source: str, text_field: str = "text", max_doc_bytes: int = 10_000_000, span: tuple | None = None
+    files: list[str],
+    source: str,
+    text_field: str = "text",
+    max_doc_bytes: int = PrepareSection.max_doc_bytes,
+    span: tuple | None = None,
 ) -> Iterator[Item]:
     """Documents and rejects of these files, in order; an error no reader foresaw ends only its file, as
     a reject. `span`: a byte range of a JSONL file (see `read_jsonl`), for a task that reads part of one."""
