@@ -130,8 +130,8 @@ def default_reference(tmp_path_factory) -> dict[str, bytes]:
 
 
 def documented_cluster() -> str:
-    """The README's block that starts a 2-node Ray cluster on one machine and runs a job on it."""
-    text = (ROOT / "README.md").read_text()
+    """The docs' block (docs/guides/data.md) that starts a 2-node Ray cluster on one machine and runs a job on it."""
+    text = (ROOT / "docs" / "guides" / "data.md").read_text()
     start = text.index("```bash\n# lmstack: a 2-node Ray cluster on one machine")
     return text[start + len("```bash\n") : text.index("```", start + 3)]
 
@@ -153,7 +153,7 @@ def in_own_network(lines: str, script: Path, env: dict, flags: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("earlier_token", [False, True], ids=["fresh-home", "earlier-token"])
 def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference):
-    """The README's commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
+    """The documented commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
     ~/.ray/auth_token), inside a network namespace of their own with only loopback: token authentication on,
     both nodes run tasks, and the output is the local executor's."""
     import shutil

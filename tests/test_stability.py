@@ -68,11 +68,11 @@ class WeightsPerStep(L.Callback):
 
 
 def test_a_planted_noise_batch_is_detected_named_and_skipped(tmp_path, small_cfg, monkeypatch):
-    import lmstack.stages.pretrain as run_mod
+    import lmstack.stages.base as run_mod
 
     watcher = WeightsPerStep()
     build = run_mod.build_trainer
-    monkeypatch.setattr(run_mod, "build_trainer", lambda spec: build(spec, [watcher]))
+    monkeypatch.setattr(run_mod, "build_trainer", lambda spec, **kw: build(spec, [watcher], **kw))
     cfg = small_cfg(*spike_overrides(tmp_path, "skip_step"))
     result = run(cfg)
     assert result["steps"] == STEPS
@@ -170,12 +170,12 @@ class NaNGradients(L.Callback):
 
 
 def test_non_finite_steps_are_skipped_then_the_run_checkpoints_and_stops(tmp_path, small_cfg, monkeypatch):
-    import lmstack.stages.pretrain as run_mod
+    import lmstack.stages.base as run_mod
     from lmstack.train.step_guard import TrainingStopped
 
     watcher = WeightsPerStep()
     build = run_mod.build_trainer
-    monkeypatch.setattr(run_mod, "build_trainer", lambda spec: build(spec, [NaNGradients(4), watcher]))
+    monkeypatch.setattr(run_mod, "build_trainer", lambda spec, **kw: build(spec, [NaNGradients(4), watcher], **kw))
     cfg = small_cfg("train.max_tokens=5120", "train.max_nonfinite_steps=3")
     with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss or gradient norm"):
         run(cfg)

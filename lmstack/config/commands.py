@@ -15,26 +15,27 @@ from .validate import field_
 class GenerateArgs:
     ckpt: str  # an lmstack checkpoint (file or sharded folder)
     prompt: str  # Hydra quoting keeps spaces: "prompt='def main('"
-    max_new_tokens: int = field_(64, min=0)
+    max_new_tokens: int = field_(64, min=0)  # tokens to generate at most
     temperature: float = field_(0.8, min=0.0)  # 0: greedy
     top_k: int = field_(50, min=0)  # 0: no top-k cut
+    # nucleus sampling: the smallest set of tokens with this probability (1: off)
     top_p: float = field_(1.0, min=0.0, max=1.0)
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # the sampling seed
+    device: str = "cpu"  # cpu, cuda or cuda:N
 
 
 @dataclass
 class EvalArgs:
-    ckpt: str
+    ckpt: str  # an lmstack checkpoint (file or sharded folder)
     out: str  # the folder that gets eval.json
     tasks: list[str] = field_([])  # names from conf/evals, task folders, prepared folders or JSONL files
     # lm-evaluation-harness tasks (lmstack.eval.harness): lm-eval task names, YAML files or folders of them
     harness_tasks: list[str] = field_([])
     harness_include: list[str] = field_([])  # more folders of lm-eval task YAMLs (lm-eval's include_path)
     num_fewshot: int = field_(-1, min=-1)  # harness tasks: -1 as each task says
-    batch_size: int = field_(16, min=1)
+    batch_size: int = field_(16, min=1)  # sequences scored per forward pass
     limit: int = field_(-1, min=-1)  # questions per task: -1 as configured, 0 all
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or cuda:N
     suite: str = "olmes"  # the conf/evals option whose set and task names `tasks` may use
     seq_len: int = field_(0, min=0)  # 0: the model's max_seq_len
 
@@ -42,19 +43,19 @@ class EvalArgs:
 @dataclass
 class ChatArgs:
     ckpt: str  # a checkpoint of stage=sft, dpo or rlvr (with the chat template's tokens)
-    system: str = ""
-    max_new_tokens: int = field_(128, min=1)
-    temperature: float = field_(0.0, min=0.0)
-    top_k: int = field_(50, min=0)
-    seed: int = 0
-    device: str = "cpu"
+    system: str = ""  # a system prompt for the conversation
+    max_new_tokens: int = field_(128, min=1)  # tokens to generate at most
+    temperature: float = field_(0.0, min=0.0)  # 0: greedy
+    top_k: int = field_(50, min=0)  # 0: no top-k cut
+    seed: int = 0  # the sampling seed
+    device: str = "cpu"  # cpu, cuda or cuda:N
 
 
 @dataclass
 class ExportArgs:
-    ckpt: str
-    out: str
-    format: Literal["hf"] = "hf"
+    ckpt: str  # an lmstack checkpoint (file or sharded folder)
+    out: str  # the folder to write (new, or one lmstack wrote)
+    format: Literal["hf"] = "hf"  # hf: a Hugging Face folder (Llama, OLMo 2 or OLMoE layout)
 
 
 @dataclass
@@ -66,30 +67,30 @@ class ImportHFArgs:
 @dataclass
 class ReportArgs:
     dir: str  # a sweep folder (outputs/sweeps/NAME/TIME)
-    metric: str = "val/bpb"
+    metric: str = "val/bpb"  # the metric that ranks the jobs
     fit: bool = False  # fit L(C) = E + A C^-alpha over the jobs
-    predict_flops: Optional[float] = field_(None, min=0.0)
+    predict_flops: Optional[float] = field_(None, min=0.0)  # with fit=true: the metric predicted at this compute
 
 
 @dataclass
 class PlanArgs:
     flops: float = field_(0.0, min=0.0)  # give any two of compute (flops, gpu_hours or usd), params, tokens
-    gpu_hours: float = field_(0.0, min=0.0)
-    usd: float = field_(0.0, min=0.0)
-    params: float = field_(0.0, min=0.0)
-    tokens: float = field_(0.0, min=0.0)
-    gpu: str = "h100"
-    mfu: float = field_(0.4, min=0.0, max=1.0)
-    usd_per_gpu_hour: float = field_(2.0, min=0.0)
-    gpus: int = field_(1, min=1)
-    tokens_per_param: float = field_(20.0, min=0.0)
-    seq_len: int = field_(2048, min=1)
+    gpu_hours: float = field_(0.0, min=0.0)  # compute as GPU hours (at mfu)
+    usd: float = field_(0.0, min=0.0)  # compute as dollars (at usd_per_gpu_hour)
+    params: float = field_(0.0, min=0.0)  # non-embedding parameters
+    tokens: float = field_(0.0, min=0.0)  # training tokens
+    gpu: str = "h100"  # a GPU of lmstack.train.flops's data-sheet table (h100, a100, ...)
+    mfu: float = field_(0.4, min=0.0, max=1.0)  # model FLOPs utilisation assumed
+    usd_per_gpu_hour: float = field_(2.0, min=0.0)  # the price of one GPU hour
+    gpus: int = field_(1, min=1)  # GPUs the run uses
+    tokens_per_param: float = field_(20.0, min=0.0)  # tokens per parameter when only compute is given (Chinchilla: 20)
+    seq_len: int = field_(2048, min=1)  # the training sequence length (the batch size formula uses it)
 
 
 @dataclass
 class PrepareArgs:
     inputs: list[str]  # files, folders or globs
-    output_dir: str
+    output_dir: str  # the folder to write (new, or one lmstack prepare wrote), or an object-storage URL
     prepare: PrepareSection  # the pipeline (conf/prepare/)
 
 
@@ -105,9 +106,9 @@ class OverlapArgs:
     corpus: list[str]  # prepared folders (their documents.jsonl.gz) or document files (JSONL, parquet, WARC)
     tasks: list[str]  # eval sets: names from conf/evals, OLMES task folders or request files, JSONL files
     ngram: int = field_(13, min=1)  # the same options as prepare.decontaminate
-    min_words: int = field_(8, min=1)
+    min_words: int = field_(8, min=1)  # shorter eval items are matched whole from this many words
     suite: str = "olmes"  # the conf/evals option whose task names `tasks` may use
-    text_field: str = "text"
+    text_field: str = "text"  # the documents' text key in JSONL and Parquet rows
     out: Optional[str] = None  # also write the report as JSON to this new file
 
 

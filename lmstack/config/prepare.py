@@ -24,10 +24,11 @@ class DedupSection:
 
 @dataclass
 class TokenizeSection:
-    vocab_size: int = field_(4096, min=258)
-    seq_len: int = field_(256, min=2)
+    vocab_size: int = field_(4096, min=258)  # the byte-level BPE's vocabulary (when no tokenizer is given)
+    seq_len: int = field_(256, min=2)  # tokens per training block
+    # documents held out for validation, chosen by a hash of their id
     val_fraction: float = field_(0.02, min=0.0, max=1.0)
-    min_frequency: int = field_(2, min=1)
+    min_frequency: int = field_(2, min=1)  # the BPE's minimum pair frequency
     tokenizer: Optional[str] = None  # a tokenizer.json instead of training one; folders with one tokenizer mix
 
 
@@ -49,7 +50,7 @@ class RaySection:
 class PrepareSection:
     imports: list[str] = field_([])  # modules imported first (in every worker): your filters register themselves
     source: str = "data"  # the name documents carry
-    text_field: str = "text"
+    text_field: str = "text"  # the documents' text key in JSONL and Parquet rows
     max_doc_bytes: int = field_(10_000_000, min=1)  # larger documents are rejected, not read
     keep_removed: bool = False  # true: removed/RULE.jsonl.gz holds what each rule dropped
     executor: Literal["local", "ray"] = "local"  # where tasks run: processes here, or Ray tasks

@@ -17,31 +17,31 @@ from .validate import ConfigError, check_kwargs, check_target, check_values, fie
 class OptimizerSection:
     name: str = "adamw"  # a registered optimizer (lmstack.registry, kind `optimizer`)
     lr: float = field_(3e-3, min=0.0)  # the peak the schedule reaches
-    betas: list[float] = field_([0.9, 0.95])
-    eps: float = field_(1e-8, min=0.0)
-    weight_decay: float = field_(0.1, min=0.0)
+    betas: list[float] = field_([0.9, 0.95])  # AdamW's (beta1, beta2)
+    eps: float = field_(1e-8, min=0.0)  # AdamW's epsilon
+    weight_decay: float = field_(0.1, min=0.0)  # decoupled weight decay of the decayed group
     no_decay: list[str] = field_(["embed.*"])  # fnmatch patterns on parameter names
-    decay_norms: bool = False
-    decay_biases: bool = False
-    fused: Optional[bool] = None
+    decay_norms: bool = False  # norm weights are decayed too
+    decay_biases: bool = False  # biases are decayed too
+    fused: Optional[bool] = None  # torch's fused AdamW kernel (null: torch decides)
 
 
 @dataclass
 class ScheduleSection:
-    name: str = "cosine"
+    name: str = "cosine"  # a registered schedule: constant, cosine, wsd, olmo_anneal
     warmup_tokens: float = field_(0.05, min=0.0)  # <= 1: a fraction of train.max_tokens; > 1: tokens
     decay_tokens: float = field_(0.0, min=0.0)  # wsd / olmo_anneal: the final linear decay, same units
-    min_lr: float = field_(3e-5, min=0.0)
+    min_lr: float = field_(3e-5, min=0.0)  # the floor the schedule decays to (cosine, olmo_anneal)
 
 
 @dataclass
 class SourceSection:
-    name: str
-    builtin: Optional[str] = None
-    paths: Optional[list[str]] = None
+    name: str  # the source's name (curriculum phases and logs use it)
+    builtin: Optional[str] = None  # a corpus every machine has: python_stdlib
+    paths: Optional[list[str]] = None  # files, folders or globs of documents (JSONL, Parquet, WARC, text, ...)
     prepared: Optional[str] = None  # a folder written by `lmstack prepare`
-    text_field: str = "text"
-    weight: float = field_(1.0, min=0.0)
+    text_field: str = "text"  # the documents' text key in JSONL and Parquet rows
+    weight: float = field_(1.0, min=0.0)  # the source's share of training samples (weights are normalised)
 
 
 @dataclass
@@ -60,21 +60,21 @@ class DataMixSection:
 
 @dataclass
 class DataSection:
-    seq_len: int = field_(256, min=2)
+    seq_len: int = field_(256, min=2)  # tokens per training block
     batch_size: int = field_(16, min=1)  # micro-batch per device
     val_fraction: float = field_(0.02, min=0.0, max=1.0)  # documents held out, chosen by a hash of their id
     val_max_blocks: Optional[int] = field_(256, min=1)  # validation blocks scored; null: all
     vocab_size: int = field_(4096, min=258)  # the byte-level BPE trained on the training documents
-    min_frequency: int = field_(2, min=1)
-    tokenizer_train_bytes: int = field_(20_000_000, min=1)
+    min_frequency: int = field_(2, min=1)  # the BPE's minimum pair frequency
+    tokenizer_train_bytes: int = field_(20_000_000, min=1)  # text the BPE is trained on (the first training documents)
     max_docs: Optional[int] = field_(None, min=1)  # per source; null: all
-    num_workers: int = field_(0, min=0)
+    num_workers: int = field_(0, min=0)  # DataLoader worker processes
     blocklist: list[str] = field_([])  # files of document ids left out of the loss (spike_blocklist.txt)
     # OLMo-core's instance filter: a training block with an n-gram of <= max_period tokens repeated back to back
     # >= min_count times gets no loss (counted as data/filtered_instances, listed in filtered_instances.jsonl)
     instance_filter: bool = False
-    instance_filter_max_period: int = field_(13, min=1)
-    instance_filter_min_count: int = field_(32, min=2)
+    instance_filter_max_period: int = field_(13, min=1)  # the longest repeated n-gram, in tokens
+    instance_filter_min_count: int = field_(32, min=2)  # repetitions that make a block filtered
 
     @property
     def instance_filter_rule(self) -> Optional[tuple[int, int]]:
@@ -85,10 +85,11 @@ class DataSection:
 @dataclass
 class TrainSection:
     max_tokens: int = field_(1_024_000, min=1)  # the budget (250 steps of 16 x 256); schedules and max_steps follow
-    grad_clip: Optional[float] = field_(1.0, min=0.0)
-    val_every_steps: int = field_(100, min=1)
+    grad_clip: Optional[float] = field_(1.0, min=0.0)  # clip the global gradient norm to this (null: no clipping)
+    val_every_steps: int = field_(100, min=1)  # optimizer steps between validations
+    # optimizer steps between checkpoints (last.ckpt is always written at the end)
     ckpt_every_steps: int = field_(100, min=1)
-    log_every_steps: int = field_(10, min=1)
+    log_every_steps: int = field_(10, min=1)  # optimizer steps between logged metrics
     max_nonfinite_steps: int = field_(5, min=0)  # this many non-finite steps in a row: checkpoint and stop
     max_global_batch_tokens: Optional[int] = field_(None, min=1)  # above it: warn or fail (batch_guard)
     batch_guard: str = "warn"  # warn | fail
@@ -97,18 +98,18 @@ class TrainSection:
     elastic: bool = True  # resumed on another world size: accumulation set to keep the global batch (train.elastic)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     compile: bool = False  # torch.compile each transformer block
-    sample_prompt: str = "def "
-    sample_tokens: int = field_(48, min=0)
+    sample_prompt: str = "def "  # the prompt of the sample printed after training
+    sample_tokens: int = field_(48, min=0)  # tokens sampled after training (0: no sample)
 
 
 @dataclass
 class LossSection:
-    z_loss: float = field_(1e-5, min=0.0)
+    z_loss: float = field_(1e-5, min=0.0)  # weight of the z-loss (log Z squared) in the training loss (PaLM, OLMo 2)
 
 
 @dataclass
 class PathsSection:
-    output_root: str = "outputs"
+    output_root: str = "outputs"  # where run directories and sweeps go (outputs/runs/DATE/TIME)
     cache_dir: str = "~/.cache/lmstack"  # conf/train.yaml: $LMSTACK_CACHE when set
     shared_data: str = "../shared/data"  # real-text samples beside the checkout (tests, benchmarks, data_mix=prose)
 
@@ -122,15 +123,17 @@ class RunSpec:
     data: DataSection
     train: TrainSection
     loss: LossSection
-    paths: PathsSection
-    seed: int = 1234
-    run_dir: str = "outputs/run"
+    paths: PathsSection  # files, folders or globs of documents (JSONL, Parquet, WARC, text, ...)
+    seed: int = 1234  # model init, data order and sampling
+    run_dir: str = "outputs/run"  # the run directory (set by Hydra: PATHS.OUTPUT_ROOT/runs/DATE/TIME)
     ckpt_path: Optional[str] = None  # resume: a checkpoint, a run directory, or `last` (the newest run's)
     init_from: Optional[str] = None  # a checkpoint's weights, tokenizer (stage=anneal: optimizer too)
     imports: list[str] = field_([])  # modules imported at start-up, e.g. plugins registering attention backends
-    trainer: dict = field_({})
+    trainer: dict = field_({})  # Lightning Trainer arguments (conf/trainer/: cpu, gpu, debug)
+    # the Lightning strategy: {name: auto|ddp} or a _target_ (conf/strategy/fsdp.yaml: FSDP2)
     strategy: dict = field_({"name": "auto"})
-    logger: Any = None
+    logger: Any = None  # a Lightning logger by _target_ (conf/logger/: tensorboard, csv)
+    # name -> a Lightning callback by _target_ (conf/callbacks/default.yaml); null drops one
     callbacks: dict = field_({})
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
     stage: StageSection = field(default_factory=StageSection)  # conf/stage/: pretrain (default), anneal, sft, ...

@@ -18,14 +18,15 @@ class ConfigError(ValueError):
     """A composed config that cannot run; the message names the key and what is allowed."""
 
 
-def _type_name(tp) -> str:
+def type_name(tp) -> str:
+    """A type as a config reader would name it (`list of int`, `null | number`)."""
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin is Union:
-        return " | ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+        return " | ".join("null" if a is type(None) else type_name(a) for a in get_args(tp))
     if origin in (list, tuple):
-        return f"list of {_type_name(get_args(tp)[0])}"
+        return f"list of {type_name(get_args(tp)[0])}"
     if origin is dict:
         return "mapping"
     return getattr(tp, "__name__", str(tp))
@@ -52,10 +53,10 @@ def _coerce(value: Any, tp, key: str):
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {type_name(tp)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected {type_name(tp)}")
         (item_tp, *_) = get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:

@@ -16,6 +16,7 @@ from lmstack.config.validate import field_, to_dataclass
 
 @dataclass
 class AttentionConfig:
+    # mha: a key/value head per query head; gqa: groups of query heads share one; mqa: one for all
     type: Literal["mha", "gqa", "mqa"] = "mha"
     n_kv_heads: Optional[int] = field_(None, min=1)  # explicit count; null: derived from the type
     heads_per_kv: int = field_(2, min=1)  # gqa: query heads sharing one key/value head
@@ -52,22 +53,22 @@ class AttentionConfig:
 
 @dataclass
 class NormConfig:
-    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    eps: float = field_(1e-5, min=0.0)
+    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"  # rmsnorm or layernorm
+    eps: float = field_(1e-5, min=0.0)  # added to the variance before the square root
     bias: bool = False  # LayerNorm only
     placement: Literal["pre", "reordered"] = "pre"  # pre: x + f(norm(x)); reordered (OLMo 2): x + norm(f(x))
-    qk_norm: bool = False
+    qk_norm: bool = False  # normalise queries and keys per head before RoPE (OLMo 2)
 
 
 @dataclass
 class MoEConfig:
     """Mixture of Experts (lmstack/model/moe.py); 0 experts: a dense feed-forward everywhere."""
 
-    experts: int = field_(0, min=0)
-    top_k: int = field_(2, min=1)
+    experts: int = field_(0, min=0)  # routed experts per MoE layer
+    top_k: int = field_(2, min=1)  # experts each token is routed to
     hidden: Optional[int] = field_(None, min=1)  # each expert's hidden size; null: the dense hidden size
-    shared_expert: bool = False
-    norm_topk: bool = False
+    shared_expert: bool = False  # one expert every token also goes through (DeepSeek-MoE)
+    norm_topk: bool = False  # renormalise the top-k router weights to sum to 1
     layers: Optional[list[int]] = None  # layer indices with an MoE feed-forward; null: every layer
     impl: Literal["auto", "grouped", "loop"] = "auto"  # grouped: torch._grouped_mm
     lb_coef: float = field_(0.01, min=0.0)  # load-balancing loss weight in the training loss
@@ -78,17 +79,17 @@ class MoEConfig:
 class ModelConfig:
     """The defaults are `model=tiny`: it runs in seconds on a CPU (tests and the default main job)."""
 
-    d_model: int = field_(128, min=8)
-    n_layers: int = field_(4, min=1)
-    n_heads: int = field_(4, min=1)
+    d_model: int = field_(128, min=8)  # the residual stream's width
+    n_layers: int = field_(4, min=1)  # transformer blocks
+    n_heads: int = field_(4, min=1)  # query heads (d_model / n_heads: the head dimension, even for RoPE)
     vocab_size: Optional[int] = field_(None, min=2)  # null: the tokenizer's, rounded up to a multiple of 64
-    max_seq_len: int = field_(1024, min=1)
+    max_seq_len: int = field_(1024, min=1)  # the longest sequence (RoPE tables); data.seq_len must not exceed it
     mlp_hidden: Optional[int] = field_(None, min=1)  # null: 8/3 * d_model rounded up to mlp_multiple_of
-    mlp_multiple_of: int = field_(64, min=1)
-    rope_theta: float = field_(10_000.0, min=1.0)
-    tie_embeddings: bool = False
-    init_std: float = field_(0.02, min=0.0)
-    embed_init_std: float = field_(0.02, min=0.0)
+    mlp_multiple_of: int = field_(64, min=1)  # the MLP hidden size is rounded up to a multiple of this
+    rope_theta: float = field_(10_000.0, min=1.0)  # RoPE's base frequency
+    tie_embeddings: bool = False  # the output head shares the input embedding's weights
+    init_std: float = field_(0.02, min=0.0)  # std of the normal init of every weight matrix
+    embed_init_std: float = field_(0.02, min=0.0)  # std of the embedding's normal init
     init_cutoff: float = field_(3.0, min=0.0)  # truncate the normal at +-cutoff * std
     depth_scaled_init: bool = False  # output projections get std / sqrt(2 * n_layers)
     attention: AttentionConfig = field(default_factory=AttentionConfig)

@@ -32,7 +32,7 @@ class AdaptSection(StageSection):
     tasks: dict = field_({})  # name (arithmetic, reverse, sort, count, constraints) or a .jsonl -> its options
     test_fraction: float = field_(0.2, min=0.0, max=1.0)  # the share of all prompts in the test split
     system: Optional[str] = None  # a system prompt for every conversation
-    epochs: float = field_(1.0, min=0.0)
+    epochs: float = field_(1.0, min=0.0)  # passes over the training examples
     max_new_tokens: int = field_(16, min=1)  # answer length for held-out exact match and sampling
     recipe_file: Optional[str] = None  # a recipe.json shared by the stages of a recipe (null: this run's own)
 

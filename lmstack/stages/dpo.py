@@ -20,9 +20,10 @@ from .adapt import AdaptSection, AdaptStage
 @dataclass
 class DPOSection(AdaptSection):
     data: Optional[str] = None  # a .jsonl(.gz) or .parquet of preference rows instead of the tasks
+    # sigmoid (DPO), dpo_norm (length-normalised, Tulu 3) or simpo (no reference)
     loss: Literal["sigmoid", "dpo_norm", "simpo"] = "dpo_norm"
-    beta: float = field_(0.1, min=0.0)
-    label_smoothing: float = field_(0.0, min=0.0, max=0.5)
+    beta: float = field_(0.1, min=0.0)  # the preference loss's inverse temperature
+    label_smoothing: float = field_(0.0, min=0.0, max=0.5)  # conservative DPO's epsilon
     rpo_alpha: float = field_(0.0, min=0.0)  # + alpha x the chosen answers' NLL (RPO)
     gamma: float = field_(0.5, min=0.0)  # simpo's margin (gamma / beta)
     reference: Literal["cached", "live"] = "cached"  # reference log-probs computed once, or a frozen copy

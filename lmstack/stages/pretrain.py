@@ -30,7 +30,7 @@ from lmstack.train.step_guard import TrainingStopped
 
 from .base import Stage
 from .resume import check_resume, read_resume_record, resolve_ckpt, run_identity
-from .trainer import build_trainer, check_global_batch, set_budget, tokens_per_step
+from .trainer import check_global_batch, set_budget, tokens_per_step
 
 log = logging.getLogger("lmstack")
 
@@ -165,7 +165,7 @@ class Pretrain(Stage):
     def trainer(self, ckpt: str | None = None):
         """The trainer for resuming `ckpt` (this run's, or a rewind's): resumed on another world size, it keeps
         the checkpoint's global batch by accumulation (lmstack.train.elastic)."""
-        trainer = build_trainer(self.spec)
+        trainer = super().trainer()
         self.record = read_resume_record(ckpt or self.ckpt)
         keep_global_batch(self.spec, trainer, self.record)
         return trainer

@@ -21,12 +21,12 @@ from .adapt import AdaptSection, AdaptStage
 class RLVRSection(AdaptSection):
     group_size: int = field_(8, min=1)  # G samples per prompt
     beta: float = field_(0.0, min=0.0)  # the k3 KL weight; 0 loads no reference model
-    clip_low: float = field_(0.2, min=0.0)
+    clip_low: float = field_(0.2, min=0.0)  # the ratio's lower clip (1 - clip_low)
     clip_high: float = field_(0.28, min=0.0)  # DAPO's clip-higher
     scale_advantages: bool = False  # divide by the group's std (GRPO) or only centre (Dr. GRPO)
     updates_per_rollout: int = field_(1, min=1)  # passes over each rollout (PPO epochs): the ratio moves from 1
     minibatches: int = field_(1, min=1)  # each pass split into this many optimizer steps
-    temperature: float = field_(1.0, min=0.0)
+    temperature: float = field_(1.0, min=0.0)  # sampling temperature of the rollouts
     eval_samples: int = field_(4, min=1)  # sampled answers per held-out prompt for the mean reward
 
 

@@ -26,7 +26,7 @@ class Probe(L.Callback):
 
 
 def main(out: Path, overrides: list[str]) -> None:
-    import lmstack.stages.pretrain as stage_mod
+    import lmstack.stages.base as stage_mod
     from lmstack.run import run
 
     probe, build, trainers = Probe(), stage_mod.build_trainer, []
