@@ -321,8 +321,10 @@ def main(argv: list[str] | None = None) -> None:
         return cli(argv[1:])
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(USAGE)
+    from lmstack.console import quiet_dependencies
     from lmstack.failures import one_line
 
+    quiet_dependencies()
     args = command_args(argv[0], argv[1:])
     where = next((getattr(args, k) for k in ("out", "output_dir", "dir") if getattr(args, k, None)), None)
     with one_line(argv[0], where):

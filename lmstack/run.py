@@ -14,12 +14,13 @@ from lmstack.config.schema import validate
 from lmstack.registry import lookup
 
 log = logging.getLogger("lmstack")
-logging.getLogger("litdata").setLevel(logging.WARNING)  # one INFO line per dataset opened otherwise
 
 
 def run(cfg: DictConfig) -> dict:
+    from lmstack.console import quiet_dependencies
     from lmstack.rundir import hold_run_dir
 
+    quiet_dependencies()
     config = OmegaConf.to_container(cfg, resolve=True)
     spec = validate(config)
     stage = lookup("stage", spec.stage.name, "stage.name")(spec, config)

@@ -184,6 +184,7 @@ class Pretrain(Stage):
                 f"budget: {spec.train.max_tokens:,} tokens = {trainer.max_steps} steps of "
                 f"{module.context.tokens_per_step:,} tokens"
             )
+            print(f"run directory: {spec.run_dir}")
         return module, dm
 
     def before(self, trainer, module, data) -> dict:
@@ -242,8 +243,6 @@ class Pretrain(Stage):
             text = sample_text(module, tok, spec.train.sample_prompt, spec.train.sample_tokens, spec.seed)
             if trainer.is_global_zero:
                 print("sample:\n" + text)
-        if trainer.is_global_zero:
-            print(f"run directory: {run_dir}")
         return result
 
     def _diverged(self, trainer, module, before, owned):

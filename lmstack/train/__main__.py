@@ -8,9 +8,11 @@ import hydra
 from omegaconf import DictConfig
 
 from lmstack.config.store import conf_dir, register, register_stages
+from lmstack.console import quiet_dependencies
 
 register()
 register_stages()
+quiet_dependencies()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
