@@ -104,6 +104,7 @@ def test_unknown_group_option_is_refused_by_hydra():
         compose_cfg(["attention=flash"])
 
 
+@pytest.mark.slow
 def test_bad_config_fails_before_any_work(tmp_path):
     """The CLI exits with the message before preparing data or creating a run."""
     import subprocess

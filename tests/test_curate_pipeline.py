@@ -28,6 +28,7 @@ def identity(stats: dict) -> bool:
     return stats["docs_in"] == stats["docs_out"] + sum(stats["removed"].values()) + stats["rejected"]
 
 
+@pytest.mark.slow
 def test_accounting_identity_and_report_on_all_real_inputs(tmp_path):
     out = tmp_path / "all"
     stats = run_prepare(ALL_REAL, str(out), prepare_cfg(**{"tokenize": "null", "keep_removed": "true"}))
@@ -145,6 +146,7 @@ def test_a_finished_run_is_not_redone_and_an_interrupted_one_resumes(tmp_path, m
     assert first == second
 
 
+@pytest.mark.slow
 def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, small_cfg):
     out = subprocess.run(
         [
@@ -171,6 +173,7 @@ def test_cli_prepare_then_train_on_the_prepared_folder(tmp_path, prepared_dir, s
     assert result["steps"] == 2 and result["val/bpb"] > 0
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_output_as_one(tmp_path):
     def run_with(workers, name):
         cfg = prepare_cfg(**{"tokenize": "null", "num_workers": workers})

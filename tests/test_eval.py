@@ -75,6 +75,7 @@ def test_a_uniform_model_picks_the_choice_with_fewest_tokens(tmp_path):
     assert r["acc"] == pytest.approx(expected / len(qs)) and r["questions"] == 60
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_eval_json(tmp_path, small_cfg):
     from lmstack.run import run
 

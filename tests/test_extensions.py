@@ -43,6 +43,7 @@ def lmstack(*args: str, cwd, pythonpath) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_users_filter_from_outside_the_package_runs_in_prepare(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -126,6 +127,7 @@ class Repeat(Stage):
 '''
 
 
+@pytest.mark.slow
 def test_a_users_stage_from_outside_the_package_trains_end_to_end(tmp_path, small_ckpt):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -123,6 +123,7 @@ def crafted_checkpoint(path: Path, witness: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_runs_no_code(tmp_path, small_cfg):
     witness = tmp_path / "pwned"
     ckpt = crafted_checkpoint(tmp_path / "evil.ckpt", witness)
@@ -181,6 +182,7 @@ def test_token_blocks_that_name_the_pickle_serializer_are_refused(tmp_path, prep
     assert len(BlockDataset([str(prepared_dir / "web" / "train")])) > 0
 
 
+@pytest.mark.slow
 def test_import_hf_reads_only_its_folder_and_names_bad_config_keys(tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -191,6 +191,7 @@ def test_run_harness_can_leave_the_random_state_alone(setup):
     assert not torch.equal(seeded, torch.get_rng_state())
 
 
+@pytest.mark.slow
 def test_ranks_of_a_sharded_model_answer_lm_evals_requests_in_step(tmp_path):
     """FSDP2 on 2 processes, each rank with its own requests: generation groups of different sizes and one
     group only rank 1 has (rank 0 decodes stand-ins for it), and different numbers of log-likelihood pairs;

@@ -120,6 +120,7 @@ def test_configs_without_an_equivalent_are_refused_naming_the_option(cfg, option
         hf_architecture(ModelConfig(norm=NormConfig(**cfg)))
 
 
+@pytest.mark.slow
 def test_export_cli_refuses_layernorm_and_writes_nothing(small_cfg, tmp_path):
     from lmstack.run import run
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lmstack.data.instance_filter import repetition
 from lmstack.data.sources import is_validation
@@ -30,6 +31,7 @@ def test_the_rule_counts_back_to_back_copies_of_short_ngrams():
     assert repetition(at(8, np.arange(3)), min_count=8)["period"] == 3
 
 
+@pytest.mark.slow
 def test_repetitive_blocks_get_no_loss_are_counted_and_listed(tmp_path, small_cfg):
     from lmstack.data.dataset import BlockDataset
 

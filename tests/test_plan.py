@@ -58,6 +58,7 @@ def test_overrides_compose_into_a_config_that_validates_with_about_n_parameters(
     assert spec.model.d_model % spec.model.n_heads == 0
 
 
+@pytest.mark.slow
 def test_plan_cli_prints_the_table_and_overrides():
     out = subprocess.run(
         [sys.executable, "-m", "lmstack.cli", "plan", "params=7e9", "tokens=150e9", "gpu=h100", "usd_per_gpu_hour=2"],

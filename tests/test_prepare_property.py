@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +48,7 @@ def write_inputs(folder: Path, jsonl: list, blob: bytes, warc: bytes) -> list[st
     return [str(folder / "*.jsonl*"), str(folder / "page.warc"), str(folder / "texts")]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )

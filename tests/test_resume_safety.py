@@ -43,6 +43,7 @@ def test_nan_inf_bad_betas_and_negative_seeds_are_refused(override, key):
         validate(OmegaConf.to_container(compose_cfg([override]), resolve=True))
 
 
+@pytest.mark.slow
 def test_a_nan_learning_rate_fails_before_any_data_work(tmp_path):
     out = subprocess.run(
         [
@@ -99,6 +100,7 @@ def resume_cfg(four_steps, name, *overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_resume_with_another_batch_size_is_refused_then_allowed_with_the_right_tokens(four_steps):
     from lmstack.run import run
 

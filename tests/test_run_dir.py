@@ -49,6 +49,7 @@ def test_a_second_run_into_a_busy_run_directory_is_refused_at_once(tmp_path, cac
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_finished_run_directory_is_refused_unless_resumed(small_cfg, tmp_path):
     from lmstack.run import run
 

@@ -24,6 +24,7 @@ def two_steps(tmp_path_factory, cache_dir) -> list[Path]:
     return [out / "run" / "checkpoints" / f"step00000{i}.ckpt" for i in (1, 2)]
 
 
+@pytest.mark.slow
 def test_the_soup_is_the_exact_weighted_average_and_a_normal_checkpoint(two_steps, tmp_path, capsys, cache_dir):
     main(["soup", f"ckpts=[{two_steps[0]},{two_steps[1]}]", f"out={tmp_path / 'soup'}", "weights=[1,3]"])
     soup, tok, ckpt = load_checkpoint(str(tmp_path / "soup" / "soup.ckpt"))

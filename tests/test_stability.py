@@ -96,6 +96,7 @@ def spikes_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(tmp_path, small_cfg):
     """`rewind` restarts from the checkpoint before the spike and skips that step on the way forward, so it
     ends exactly where `skip_step` ends; `log` keeps the update; checkpoints carry the warm window."""
@@ -139,6 +140,7 @@ def test_rewind_on_two_fsdp_ranks_equals_skipping(tmp_path, cache_dir):
     assert spikes[0]["documents"][0]["source"] == "planted"
 
 
+@pytest.mark.slow
 def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(tmp_path, small_cfg):
     from lmstack.data.curate.blocklists import IdBlocklist
     from lmstack.data.curate.readers import Document

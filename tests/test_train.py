@@ -44,6 +44,7 @@ def test_fit_writes_logs_checkpoint_and_config(small_cfg):
     assert 0 < result["val/bpb"] < result["val/bpb_before"] + 0.5
 
 
+@pytest.mark.slow
 def test_exact_resume_reproduces_the_losses(small_cfg, tmp_path):
     common = [
         "logger=csv",
@@ -70,6 +71,7 @@ def test_exact_resume_reproduces_the_losses(small_cfg, tmp_path):
     assert len(set(reference.values())) == 6  # the losses do change from step to step
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_finds_the_newest_run(small_cfg, tmp_path):
     first = small_cfg("train.max_tokens=512", f"paths.output_root={tmp_path}")
     first.run_dir = str(tmp_path / "a")
@@ -79,6 +81,7 @@ def test_ckpt_path_last_finds_the_newest_run(small_cfg, tmp_path):
     assert run(second)["steps"] == 4
 
 
+@pytest.mark.slow
 def test_generate_cli_from_checkpoint(small_cfg):
     cfg = small_cfg()
     run(cfg)
