@@ -4,7 +4,6 @@ fit, finish (evaluate, record, report). Every stage, pretraining included, is a 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmstack.config.schema import validate
 from lmstack.registry import lookup
-
-log = logging.getLogger("lmstack")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -32,5 +29,5 @@ def run(cfg: DictConfig) -> dict:
         trainer = stage.trainer()
         module, data = stage.build(trainer)
         before = stage.before(trainer, module, data)
-        trainer, module = stage.fit(trainer, module, data)
+        trainer, module, data = stage.fit(trainer, module, data)
         return stage.finish(trainer, module, data, before, owned)

@@ -7,6 +7,7 @@ stages of the recipe wrote there). A stage subclass says what its data, objectiv
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -76,15 +77,17 @@ class AdaptStage(Stage):
         train, test = split_examples(self.options, tasks, self.spec.seed)
         return train, test, tasks
 
+    @abstractmethod
     def training_data(self, model, tok) -> tuple:
         """(train data, validation data or None, training items, a phrase for them, extra numbers to record)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def objective(self, model, tok):
-        raise NotImplementedError
+        """The stage's objective (lmstack.train.objective.Objective) for the starting `model`."""
 
+    @abstractmethod
     def datamodule(self, train_data, val_data):
-        raise NotImplementedError
+        """The data module serving `training_data`'s train and validation data."""
 
     def before(self, trainer, module, data) -> dict:
         if not trainer.is_global_zero:

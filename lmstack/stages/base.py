@@ -4,7 +4,7 @@ its typed config under `stage:`; the run (`lmstack.run`) drives every stage the 
     trainer = stage.trainer()                         # the Trainer, its callbacks, strategy and logger
     module, data = stage.build(trainer)               # its data, its objective inside the training module
     before = stage.before(trainer, module, data)      # its evaluation before training
-    trainer, module = stage.fit(trainer, module, data)
+    trainer, module, data = stage.fit(trainer, module, data)
     result = stage.finish(trainer, module, data, before, owned)   # its evaluation after, its record
 
 Pretraining, mid-training (anneal), SFT, DPO and GRPO are such classes (`lmstack.stages.*`); a user's own is a
@@ -13,6 +13,7 @@ file of theirs that registers one, loaded with `imports=[module]`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Optional
 
 from lmstack.config.schema import RunSpec
@@ -21,7 +22,7 @@ from lmstack.config.stage import StageSection
 from .trainer import build_trainer
 
 
-class Stage:
+class Stage(ABC):
     section: ClassVar[type] = StageSection  # the dataclass of its `stage:` section
     starts_from_checkpoint: ClassVar[bool] = True  # needs init_from=CKPT (checked by `validate`)
     pretraining_plugins: ClassVar[bool] = False  # keeps the step plugins marked `pretraining_only`
@@ -37,18 +38,19 @@ class Stage:
     def trainer(self):
         return build_trainer(self.spec, pretraining_plugins=self.pretraining_plugins)
 
+    @abstractmethod
     def build(self, trainer) -> tuple:
         """(the training module, the data module) for this trainer."""
-        raise NotImplementedError
 
     def before(self, trainer, module, data) -> dict:
         """What is measured before training (reported with the result)."""
         return {}
 
     def fit(self, trainer, module, data) -> tuple:
+        """(trainer, module, data module) as training left them (a stage may fit more than once)."""
         trainer.fit(module, datamodule=data)
-        return trainer, module
+        return trainer, module, data
 
+    @abstractmethod
     def finish(self, trainer, module, data, before: dict, owned) -> dict:
         """Measure, record, report; returns the run's result (what a sweep reads)."""
-        raise NotImplementedError

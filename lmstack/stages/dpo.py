@@ -75,7 +75,7 @@ class DPO(AdaptStage):
     def fit(self, trainer, module, data):
         trainer.fit(module, datamodule=data)
         trainer.validate(module, datamodule=data, verbose=False)  # the final preference accuracy
-        return trainer, module
+        return trainer, module, data
 
     def recorded(self, module, final, before: dict) -> dict:
         return {"preference_accuracy": module.last_val["val/preference_accuracy"]}

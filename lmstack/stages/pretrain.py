@@ -202,11 +202,10 @@ class Pretrain(Stage):
             for plugin in step_plugins(trainer):
                 plugin.on_rewind(signal)
             trainer.fit(module, datamodule=data, ckpt_path=signal.checkpoint, weights_only=True)
-        self.data = data  # the data module of the last fit (a rewind builds a fresh one)
-        return trainer, module
+        return trainer, module, data  # a rewind builds a fresh trainer, module and data module
 
     def finish(self, trainer, module, data, before: dict, owned) -> dict:
-        spec, run_dir, data = self.spec, Path(self.spec.run_dir), self.data
+        spec, run_dir = self.spec, Path(self.spec.run_dir)
         before = before["val/bpb"]
         if module.stop_reason:
             return self._diverged(trainer, module, before, owned)

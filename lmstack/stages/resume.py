@@ -56,19 +56,13 @@ def run_identity(spec: RunSpec, tps: int, dm, mcfg: ModelConfig) -> dict:
         "seed": spec.seed,
         "data_mix": asdict(spec.data_mix),
         "blocklist": spec.data.blocklist,
-        **({"instance_filter": list(instance_filter(spec))} if instance_filter(spec) else {}),
+        **({"instance_filter": list(spec.data.instance_filter_rule)} if spec.data.instance_filter else {}),
         "corpus": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()[:16],
         "tokenizer": dm.corpus.meta.get("tokenizer"),
         "model": model_identity(mcfg),
         "optimizer": asdict(spec.optimizer),
         "schedule": asdict(spec.schedule),
     }  # not the budget: extending train.max_tokens to train on is what a resume is often for
-
-
-def instance_filter(spec: RunSpec) -> tuple[int, int] | None:
-    """(max period, min count) of the instance filter when it is on."""
-    d = spec.data
-    return (d.instance_filter_max_period, d.instance_filter_min_count) if d.instance_filter else None
 
 
 def model_identity(mcfg: ModelConfig) -> dict:

@@ -10,6 +10,7 @@ target tokens). The adaptation stages' objectives are in `lmstack.adapt`.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +30,7 @@ class MicroStep:
     batch: Optional[dict] = None  # the batch as the step record shows it (None: the micro-batch itself)
 
 
-class Objective:
+class Objective(ABC):
     """The interface; subclasses say what a micro-batch's loss is and how validation is summed up."""
 
     name = "objective"
@@ -38,8 +39,9 @@ class Objective:
         """What the checkpoint's hyper_parameters record of the objective."""
         return {"name": self.name}
 
+    @abstractmethod
     def training_step(self, module, batch) -> MicroStep:
-        raise NotImplementedError
+        """One micro-batch's forward and loss (its metrics logged through `module.log`)."""
 
     def validation_start(self, module) -> None:
         """Called at the start of every validation run (reset the sums)."""
