@@ -250,7 +250,10 @@ def prepare_cmd(a: PrepareArgs) -> None:
     section, decont = a.prepare, a.prepare.decontaminate
     if decont is not None and decont.tasks:  # names of conf/evals tasks, as paths
         section = replace(section, decontaminate=replace(decont, tasks=eval_task_paths(list(decont.tasks))))
+    from lmstack.data.curate.stats import console_table
+
     stats = run_prepare(a.inputs, a.output_dir, section)
+    print(console_table(stats))
     print(
         f"{stats['docs_in']:,} documents in, {stats['docs_out']:,} out ({stats['reduction']}x fewer), "
         f"{stats['rejected']:,} rejected; report: {os.path.join(a.output_dir, 'report.md')}"

@@ -30,7 +30,7 @@ from lmstack.train.step_guard import TrainingStopped
 
 from .base import Stage
 from .resume import check_resume, read_resume_record, resolve_ckpt, run_identity
-from .trainer import check_global_batch, set_budget, tokens_per_step
+from .trainer import check_global_batch, set_budget, tokens_per_step, validate_quietly
 
 log = logging.getLogger("lmstack")
 
@@ -130,6 +130,22 @@ def write_result(run_dir: Path, result: dict) -> None:
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
 
 
+def summary(trainer, module, seconds: float) -> str:
+    """The closing line of a run: what it trained, how long it took, and where its checkpoints are (with the
+    time training waited for them, which the checkpoint callback records per save)."""
+    minutes, secs = divmod(round(seconds), 60)
+    line = (
+        f"trained {trainer.global_step} steps, {module.tokens_at(trainer.global_step):,} tokens in "
+        f"{minutes}m {secs:02d}s"
+    )
+    ckpt = trainer.checkpoint_callback
+    stalls = getattr(ckpt, "stalls", None)
+    if ckpt is not None and getattr(ckpt, "dirpath", None):
+        waited = f" (training waited {sum(s for _, s in stalls):.2f} s for {len(stalls)} saves)" if stalls else ""
+        line += f"; checkpoints in {ckpt.dirpath}{waited}"
+    return line
+
+
 def sample_text(module: TrainModule, tokenizer, prompt: str, n: int, seed: int) -> str:
     from lmstack.generate import generate
 
@@ -190,7 +206,10 @@ class Pretrain(Stage):
     def before(self, trainer, module, data) -> dict:
         if self.ckpt is not None:
             return {"val/bpb": None}
-        return {"val/bpb": trainer.validate(module, datamodule=data, verbose=False)[0]["val/bpb"]}
+        before = validate_quietly(trainer, module, data)["val/bpb"]
+        if trainer.is_global_zero:
+            print(f"val/bpb before training: {before:.4f}")
+        return {"val/bpb": before}
 
     def fit(self, trainer, module, data):
         trainer.fit(module, datamodule=data, ckpt_path=self.ckpt, weights_only=True)
@@ -212,7 +231,7 @@ class Pretrain(Stage):
         if module.last_val and module.last_val["step"] == trainer.global_step:
             after = module.last_val["val/bpb"]  # the fit validated at its last step already
         else:
-            after = trainer.validate(module, datamodule=data, verbose=False)[0]["val/bpb"]
+            after = validate_quietly(trainer, module, data)["val/bpb"]
         result = {"val/bpb": after, "val/bpb_before": before, "steps": trainer.global_step, "run_dir": str(run_dir)}
         if module.context.origin:  # an anneal: where it started, and the learning rate it started at
             result["anneal"] = {**module.context.origin, "start_lr": spec.optimizer.lr}
@@ -233,6 +252,7 @@ class Pretrain(Stage):
                     "pid": os.getpid(),
                 },
             )
+            print(summary(trainer, module, time.time() - self.started))
             if before is not None:
                 print(f"val/bpb before: {before:.4f}  after: {after:.4f}  ({(before - after) / before:.1%} lower)")
             else:

@@ -7,15 +7,37 @@ import logging
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 from lmstack.config.schema import ConfigError, RunSpec
 
 log = logging.getLogger("lmstack")
 
 
+class StepProgress(RichProgressBar):
+    """Lightning's rich bar, named for what a stage counts: optimizer steps out of the budget (Lightning's own
+    title reads `Epoch 0/-2` for a run bounded by steps)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'train':{len(self.validation_description)}}"
+
+
+def validate_quietly(trainer: L.Trainer, module, data) -> dict:
+    """`trainer.validate` without a progress bar of its own: the stage prints the result as one line."""
+    bar = trainer.progress_bar_callback
+    if bar is not None:
+        bar.disable()
+    try:
+        return trainer.validate(module, datamodule=data, verbose=False)[0]
+    finally:
+        if bar is not None:
+            bar.enable()
+
+
 def build_trainer(spec: RunSpec, extra_callbacks=(), pretraining_plugins: bool = True) -> L.Trainer:
     """The Trainer with the configured callbacks (without the step plugins that are `pretraining_only` unless
-    `pretraining_plugins`), the in-loop evaluator, logger and strategy."""
+    `pretraining_plugins`), the in-loop evaluator, logger and strategy, and the step progress bar unless
+    another bar is configured or `trainer.enable_progress_bar=false`."""
     from lmstack.checkpoint import checkpoint_io
     from lmstack.train.hooks import StepHooks
 
@@ -33,6 +55,8 @@ def build_trainer(spec: RunSpec, extra_callbacks=(), pretraining_plugins: bool =
                 "with strategy.save_distributed_checkpoint=true"
             )
         strategy.async_checkpoint = True
+    if spec.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgress())
     accum = spec.trainer.get("accumulate_grad_batches", 1)
     return L.Trainer(
         **spec.trainer,

@@ -15,8 +15,23 @@ register_stages()
 quiet_dependencies()
 
 
+def log_in_run_dir(argv: list[str]) -> list[str]:
+    """A single run given `run_dir=DIR` keeps its log (train.log) and Hydra's record of its config (.hydra/) in
+    DIR too, instead of a dated folder of their own under outputs/runs (a sweep's jobs have their own folders)."""
+    if {"-m", "--multirun"} & set(argv) or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")]
+    return [*argv, f"hydra.run.dir={given[-1]}"] if given else argv
+
+
+def main() -> None:
+    """The command line's entry: `train.py`, `python -m lmstack.train` and `lmstack train` all call this."""
+    sys.argv = log_in_run_dir(sys.argv)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     from lmstack.sweep.job import in_sweep, run_job_process
 
     if in_sweep():

@@ -1,6 +1,7 @@
 """Checkpoints: Lightning's ModelCheckpoint, with `last.ckpt` always the state at the end of training, and
-the time training stalls for each save logged (`checkpoint/stall_s`: gathering the state, and writing it,
-or with `train.async_checkpoint=true` only staging it to CPU and waiting for the write before).
+the time training stalls for each save logged (train.log, and the metric `checkpoint/stall_s`: gathering the
+state, and writing it, or with `train.async_checkpoint=true` only staging it to CPU and waiting for the write
+before); the run's closing summary gives their sum.
 
 A `last.ckpt` due at the step a step checkpoint was just written is that checkpoint, hard-linked
 (`lmstack.checkpoint.copy_checkpoint`), not a second write of the same state.
@@ -46,7 +47,7 @@ class Checkpoint(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
         stall = time.perf_counter() - started
         self.stalls.append((trainer.global_step, stall))
-        log.info("checkpoint %s: training stalled %.3f s", filepath, stall)
+        log.debug("checkpoint %s: training stalled %.3f s", filepath, stall)  # the log file; the run sums them
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({"checkpoint/stall_s": stall}, step=trainer.global_step)

@@ -133,6 +133,25 @@ def report_markdown(d: dict, timing: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def console_table(d: dict, rules: int = 8) -> str:
+    """The closing table `lmstack prepare` prints: documents and megabytes through each stage, and the rules
+    that removed most (report.md has every rule, the tokens and the timing)."""
+    rows = [("stage", "docs in", "docs out", "MB out")]
+    rows += [
+        (s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}", f"{s['bytes_out'] / 1e6:,.2f}") for s in d["stages"]
+    ]
+    top = list(d["removed"].items())[:rules]
+    if top:
+        rows += [("", "", "", ""), ("removed by", "docs", "share", "")]
+        rows += [(rule, f"{n:,}", f"{n / max(d['docs_in'], 1):.1%}", "") for rule, n in top]
+    if len(d["removed"]) > rules:
+        rows.append((f"(and {len(d['removed']) - rules} more rules: report.md)", "", "", ""))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join([r[0].ljust(width[0]), *(c.rjust(w) for c, w in zip(r[1:], width[1:]))]).rstrip() for r in rows
+    )
+
+
 def plot(d: dict, path: Path) -> None:
     import matplotlib
 
