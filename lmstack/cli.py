@@ -92,15 +92,15 @@ def eval_cmd(a: EvalArgs) -> None:
     token_bytes = torch.from_numpy(token_byte_lengths(tok))
     results = {}
     if suite:
-        print("| eval | items | acc | len_norm | bpb | exact_match | items/s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| eval | items | acc | len_norm | bpb | correct_prob | exact_match | items/s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in [*suite.sets, *suite.tasks, *suite.generative]:
         t0 = time.perf_counter()
         r = evaluate(model, suite.only(name), token_bytes, a.batch_size)[name]
         items = r.get("questions", r.get("examples", len(suite.sets.get(name, ()))))
         rate = items / (time.perf_counter() - t0)
         results[name] = r
-        cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb", "exact_match")]
+        cells = [f"{r[k]:.4f}" if k in r else "" for k in ("acc", "len_norm", "bpb", "correct_prob", "exact_match")]
         print(f"| {name} | {items} | {' | '.join(cells)} | {rate:.1f} |")
     if a.harness_tasks:
         results.update(_harness(a, model, tok))
@@ -208,13 +208,19 @@ def soup_cmd(a: SoupArgs) -> None:
 
 
 def report_cmd(a: ReportArgs) -> None:
-    """A sweep folder's jobs ranked, with report.md, report.csv, loss_curves.png; fit=true: a scaling law."""
+    """A sweep folder's jobs ranked, with report.md, report.csv, loss_curves.png; fit=true: a scaling law;
+    fit=ladder: a model ladder (ladder.json, ladder.png); decide=true: data decisions (decisions.json)."""
+    from lmstack.sweep.analyses import write_decisions, write_ladder
     from lmstack.sweep.report import fit_report, write_report
 
     try:
         jobs, md = write_report(a.dir, a.metric)
+        if a.decide:
+            write_decisions(a, jobs, md)
+        if a.fit == "ladder":
+            write_ladder(a, jobs, md)
         print(md.read_text())
-        if a.fit:
+        if a.fit in (True, "compute"):
             print(fit_report(jobs, a.metric, a.predict_flops or None))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None

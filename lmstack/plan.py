@@ -144,6 +144,38 @@ def overrides(budget: Budget, seq_len: int = 2048, decay_fraction: float = 0.1) 
     ]
 
 
+RUNG_KEYS = ("d_model", "n_layers", "n_heads", "batch_size", "max_tokens", "lr", "warmup_tokens", "decay_tokens")
+
+
+def rung(params: float, tokens_per_param: float, seq_len: int, decay_fraction: float = 0.1) -> dict:
+    """One rung of a model ladder (`sweep=ladder`): the shape for about `params` non-embedding parameters, the
+    ladder's batch (in sequences of seq_len) and learning rate for that size, tokens_per_param x N tokens, a
+    warmup of N tokens (at most half the budget) and a linear decay over the last decay_fraction."""
+    if not params > 0 or not tokens_per_param > 0 or not seq_len > 0:
+        raise PlanError(f"a ladder rung needs positive params, tokens_per_param and seq_len; got {params}, "
+                        f"{tokens_per_param}, {seq_len}")  # fmt: skip
+    cfg = shape_for(params)
+    n = cfg.non_embedding_params()
+    tokens = int(tokens_per_param * n)
+    return {
+        "d_model": cfg.d_model,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "batch_size": ladder_batch_tokens(n, seq_len) // seq_len,
+        "max_tokens": tokens,
+        "lr": float(f"{ladder_lr(n):.3g}"),
+        "warmup_tokens": min(int(n), tokens // 2),
+        "decay_tokens": int(decay_fraction * tokens),
+    }
+
+
+def rung_value(key: str, params, tokens_per_param, seq_len):
+    """The `lmstack_ladder` resolver of conf/sweep/ladder.yaml: one value of `rung`."""
+    if key not in RUNG_KEYS:
+        raise PlanError(f"lmstack_ladder: {key!r} is not a rung value; known: {', '.join(RUNG_KEYS)}")
+    return rung(float(params), float(tokens_per_param), int(seq_len))[key]
+
+
 def human(x: float, unit: str = "") -> str:
     for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= scale:

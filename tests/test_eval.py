@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,34 @@ def test_scores_match_a_hand_computation_and_len_norm_differs_from_acc():
     assert r["acc"] == float(acc_pick == 1) and r["len_norm"] == float(norm_pick == 1)
     assert acc_pick != norm_pick  # the long choice loses on the sum and wins per character here
     assert all(v < 0 for v in by_hand)
+
+
+def test_continuous_metrics_equal_a_direct_computation_on_a_real_checkpoint(small_ckpt):
+    """bpb (the correct answer's bits per byte) and correct_prob (its softmax over the choices' sums), from a
+    trained checkpoint on real ARC-Easy questions, against one forward pass per choice done here."""
+    from lmstack.checkpoint import load_checkpoint
+
+    model, tok, _ = load_checkpoint(str(small_ckpt))
+    model.eval()
+    qs = load_requests(SHARED_DATA / "evals" / "arc_easy")[:12]
+    bpb = prob = 0.0
+    for q in qs:
+        sums = []
+        for context, choice in q.pairs():
+            stripped = context.rstrip(" ")
+            ctx, cont = tok.encode(stripped).ids, tok.encode(context[len(stripped) :] + choice).ids
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids[:, :-1]).double(), -1)[0]
+            sums.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+        context, gold = q.pairs()[q.gold]
+        nbytes = len((context[len(context.rstrip(" ")) :] + gold).encode("utf-8"))
+        bpb += -sums[q.gold] / math.log(2) / nbytes / len(qs)
+        prob += math.exp(sums[q.gold]) / sum(math.exp(v) for v in sums) / len(qs)
+    r = score_task(model, tok, qs)
+    assert r["questions"] == 12
+    assert r["bpb"] == pytest.approx(bpb, rel=1e-4) and r["correct_prob"] == pytest.approx(prob, rel=1e-4)
+    assert 0 < r["correct_prob"] < 1 and r["bpb"] > 0.5  # a 2-step model: far from sure of anything
 
 
 def test_a_uniform_model_picks_the_choice_with_fewest_tokens(tmp_path):

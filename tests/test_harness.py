@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from lmstack.eval.harness_tasks import run_harness, write_olmes_task
+from lmstack.eval.harness_tasks import continuous_metrics, run_harness, write_olmes_task
 from lmstack.eval.multiple_choice import load_requests, score_task
 
 from .helpers import ROOT, SHARED_DATA, write_harness_tasks
@@ -62,6 +62,9 @@ def test_harness_acc_equals_lmstack_eval_and_lm_evals_hf_model_on_the_export(set
         assert a["results"][name]["acc,none"] == direct["acc"], t  # exactly: the same questions and scores
         assert a["results"][name]["acc_norm,none"] == direct["len_norm"], t
         assert b["results"][name]["acc,none"] == direct["acc"], t
+        continuous = continuous_metrics(a["samples"][name])  # what run_harness adds to lm-eval's metrics
+        assert continuous["bpb"] == pytest.approx(direct["bpb"], rel=1e-9), t
+        assert continuous["correct_prob"] == pytest.approx(direct["correct_prob"], rel=1e-9), t
         for x, y in zip(a["samples"][name], b["samples"][name]):
             assert x["doc_id"] == y["doc_id"]
             ours_ll = [r[0] for r in x["filtered_resps"]]

@@ -5,7 +5,7 @@ code and messages as the training config. A field without a default is required.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from .prepare import PrepareSection
 from .validate import field_
@@ -68,8 +68,17 @@ class ImportHFArgs:
 class ReportArgs:
     dir: str  # a sweep folder (outputs/sweeps/NAME/TIME)
     metric: str = "val/bpb"  # the metric that ranks the jobs
-    fit: bool = False  # fit L(C) = E + A C^-alpha over the jobs
+    # true or compute: fit L(C) = E + A C^-alpha over the jobs; ladder: a model ladder's two steps (ladder.json)
+    fit: Union[bool, Literal["compute", "ladder"]] = False
     predict_flops: Optional[float] = field_(None, min=0.0)  # with fit=true: the metric predicted at this compute
+    target_params: Optional[float] = field_(None, min=1.0)  # fit=ladder: the run to predict (default 10x the largest)
+    target_tokens: Optional[float] = field_(None, min=1.0)  # fit=ladder: its tokens (default 20 x target_params)
+    accuracy: str = "acc"  # fit=ladder: the accuracy step 2 predicts (acc, len_norm)
+    decide: bool = False  # decisions.json: recipes (overrides without seed) compared per metric, with confidence
+    last: int = field_(3, min=1)  # decide=true: a job's score is the mean of its last this many evaluations
+    confidence: float = field_(0.95, min=0.5, max=1.0)  # decide=true: a call is decided at this bootstrap share
+    against: Optional[str] = None  # decide=true: a sweep of the same recipes at a larger scale (decision accuracy)
+    target: Optional[str] = None  # with against: the larger sweep's metric to agree with (default: each metric)
 
 
 @dataclass

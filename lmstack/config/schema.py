@@ -115,6 +115,12 @@ class PathsSection:
 
 
 @dataclass
+class LadderSection:
+    params: float = field_(200_000, min=1.0)  # the rung's non-embedding parameters (the shape follows)
+    tokens_per_param: float = field_(20.0, min=0.0)  # the rung's training tokens per non-embedding parameter
+
+
+@dataclass
 class RunSpec:
     model: ModelConfig
     optimizer: OptimizerSection
@@ -137,6 +143,8 @@ class RunSpec:
     callbacks: dict = field_({})
     evals: Optional[dict] = None  # the in-loop evaluator (conf/evals/): eval sets and tasks
     stage: StageSection = field(default_factory=StageSection)  # conf/stage/: pretrain (default), anneal, sft, ...
+    # sweep=ladder: the rung this job trains (conf/sweep/ladder.yaml derives shape, batch, LR and budget from it)
+    ladder: Optional[LadderSection] = None
 
 
 @dataclass

@@ -60,6 +60,10 @@ def register() -> None:
 
     if not OmegaConf.has_resolver("lmstack_stamp"):  # the run directory's name, one per launch
         OmegaConf.register_new_resolver("lmstack_stamp", launch_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("lmstack_ladder"):  # a ladder rung's shape, batch, LR and budget (lmstack.plan)
+        from lmstack.plan import rung_value
+
+        OmegaConf.register_new_resolver("lmstack_ladder", rung_value)
     store = ConfigStore.instance()
     groups = {p.name for p in Path(conf_dir()).iterdir() if p.is_dir()}
     for name, cls in {"train": RunSpec, **COMMAND_ARGS}.items():

@@ -15,10 +15,12 @@ choice as its continuation; partial scoring (a context per choice, one continuat
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 
 from .multiple_choice import load_requests
@@ -101,7 +103,7 @@ def run_harness(
             task_manager=manager,
             limit=limit or None,
             num_fewshot=num_fewshot,
-            log_samples=False,
+            log_samples=True,  # each choice's log-likelihood: the continuous metrics below
             bootstrap_iters=0,
         )
     finally:
@@ -116,10 +118,37 @@ def run_harness(
             for k, v in metrics.items()
             if "," in k and "_stderr" not in k and isinstance(v, (int, float))
         }
+        results[task].update(continuous_metrics((out.get("samples") or {}).get(task) or []))
         samples = (out.get("n-samples") or {}).get(task)
         if samples:
             results[task]["samples"] = samples["effective"]
     return results
+
+
+def continuous_metrics(samples: list[dict]) -> dict[str, float]:
+    """`bpb` and `correct_prob` of a multiple-choice task, as lmstack's own scoring computes them
+    (`lmstack.eval.multiple_choice`), from the log-likelihoods lm-eval already computed for its samples: the
+    correct continuation's bits per byte and its softmax over the choices. {} for a task whose samples are not
+    ranked choices or whose gold choice cannot be told from its target (an index, or the one continuation
+    that equals it)."""
+    bpb = prob = 0.0
+    for sample in samples:
+        pairs, resps = sample.get("arguments") or [], sample.get("filtered_resps") or []
+        if len(pairs) < 2 or len(resps) != len(pairs) or not all(isinstance(r, (list, tuple)) for r in resps):
+            return {}
+        target = sample.get("target")
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(pairs):
+            gold = target
+        else:
+            matches = [i for i, p in enumerate(pairs) if isinstance(target, str) and p[1].strip() == target.strip()]
+            if len(matches) != 1:
+                return {}
+            gold = matches[0]
+        lls = torch.tensor([float(r[0]) for r in resps], dtype=torch.float64)
+        bpb += -float(lls[gold]) / math.log(2) / max(len(str(pairs[gold][1]).encode("utf-8")), 1)
+        prob += float(torch.softmax(lls, 0)[gold])
+    n = len(samples)
+    return {"bpb": bpb / n, "correct_prob": prob / n} if n else {}
 
 
 def _random_state() -> tuple:

@@ -10,7 +10,9 @@ are not questions and are left out. A request other than `loglikelihood` is refu
 
 Each choice is scored by the sum of its continuation tokens' log-probabilities given its context. `acc`
 picks the largest sum; `len_norm` the largest sum per character of the continuation (OLMES's per-character
-normalisation). Ties go to the lowest choice index (`argmax`'s first maximum), so a model that gives every
+normalisation). Two continuous metrics come from the same sums (DataDecide, arXiv 2504.11393): `bpb`, the
+correct answer's bits per byte, and `correct_prob`, its probability normalised over the choices (a softmax of
+the sums). Ties go to the lowest choice index (`argmax`'s first maximum), so a model that gives every
 token the same probability picks the choice with the fewest tokens, the first of them on a tie.
 
 Context and continuation are tokenized separately and joined (a trailing space of the context moves to
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -142,6 +145,17 @@ def continuation_scores(
     return out
 
 
+def scored_bytes(q: Question, choice: int) -> int:
+    """UTF-8 bytes of a choice's continuation as it is scored (with the context's trailing spaces, which
+    `encode_pair` moves onto it)."""
+    context, continuation = q.pairs()[choice]
+    return max(len((context[len(context.rstrip(" ")) :] + continuation).encode()), 1)
+
+
+# the sums `task_hits` returns, in order (summed over ranks before `task_metrics` divides by the questions)
+HIT_SUMS = ("acc", "len_norm", "bpb", "correct_prob", "questions")
+
+
 def task_hits(
     model,
     questions: list[Question],
@@ -149,21 +163,32 @@ def task_hits(
     batch_size: int = 32,
     min_batches: int = 0,
 ) -> torch.Tensor:
-    """float64 [3]: questions right by `acc`, right by `len_norm`, and questions scored."""
+    """float64 sums over the questions, as HIT_SUMS names them: right by `acc`, right by `len_norm`, the
+    correct answer's bits per byte, its probability normalised over the choices, and the questions scored.
+    The two continuous ones come from the same forward passes as the accuracies."""
     pairs = [p for e in encoded for p in e]
     sums = continuation_logprobs(model, pairs, batch_size, min_batches)
-    acc = norm = 0
+    acc = norm = bpb = prob = 0.0
     first = 0
     for q in questions:
-        s = torch.tensor(sums[first : first + len(q.choices)])
+        s = torch.tensor(sums[first : first + len(q.choices)], dtype=torch.float64)
         first += len(q.choices)
-        chars = torch.tensor([max(len(c), 1) for c in q.choices], dtype=torch.float)
+        chars = torch.tensor([max(len(c), 1) for c in q.choices], dtype=torch.float64)
         acc += int(int(s.argmax()) == q.gold)
         norm += int(int((s / chars).argmax()) == q.gold)
-    return torch.tensor([acc, norm, len(questions)], dtype=torch.float64)
+        bpb += float(-s[q.gold]) / math.log(2) / scored_bytes(q, q.gold)
+        prob += float(torch.softmax(s, 0)[q.gold])
+    return torch.tensor([acc, norm, bpb, prob, len(questions)], dtype=torch.float64)
+
+
+def task_metrics(sums: list[float]) -> dict:
+    """Means over the questions of `task_hits`'s sums (over every rank's questions, once reduced): acc and
+    len_norm (higher is better), bpb (the correct answer's bits per byte: lower is better) and correct_prob
+    (DataDecide's continuous metrics, which separate small models long before accuracy does)."""
+    n = sums[-1]
+    return {**{k: v / max(n, 1) for k, v in zip(HIT_SUMS[:-1], sums[:-1])}, "questions": int(n)}
 
 
 def score_task(model, tok, questions: list[Question], batch_size: int = 32) -> dict:
-    """acc and len_norm over the questions (and how many there were)."""
-    acc, norm, n = task_hits(model, questions, [encode_question(tok, q) for q in questions], batch_size).tolist()
-    return {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
+    """acc, len_norm, bpb and correct_prob over the questions (and how many there were)."""
+    return task_metrics(task_hits(model, questions, [encode_question(tok, q) for q in questions], batch_size).tolist())

@@ -24,7 +24,7 @@ from lmstack.generate import ranks_done
 from .bpb import blocks_from_prepared, blocks_from_texts, bpb_sums, read_jsonl_texts
 from .generative import GenerativeTask, check_generative, generative_hits, load_generative
 from .harness_tasks import check_harness
-from .multiple_choice import Question, encode_question, load_requests, task_hits
+from .multiple_choice import Question, encode_question, load_requests, task_hits, task_metrics
 
 
 @dataclass
@@ -45,10 +45,17 @@ class EvalSuite:
         )
 
 
+def present(entries: Optional[dict]) -> dict:
+    """A config's sets, tasks or generative tasks without those set to null (a sweep's way to leave one out:
+    `tasks: {copycolors_10way: null}`)."""
+    return {name: spec for name, spec in (entries or {}).items() if spec is not None}
+
+
 def check_specs(
     sets: dict, tasks: dict, where: str = "evals", generative: Optional[dict] = None, harness: Optional[dict] = None
 ) -> None:
     """Raise ValueError naming the first malformed entry (before any data is read)."""
+    sets, tasks, generative = present(sets), present(tasks), present(generative)
     for name, s in (sets or {}).items():
         if not isinstance(s, dict) or sum(bool(s.get(k)) for k in ("jsonl", "prepared")) != 1:
             raise ValueError(
@@ -75,6 +82,7 @@ def load_suite(
 ) -> EvalSuite:
     """Read and tokenize every configured set and task; draw every generative task's prompts."""
     check_specs(sets, tasks, generative=generative)
+    sets, tasks, generative = present(sets), present(tasks), present(generative)
     suite = EvalSuite(tok=tok)
     for name, s in (sets or {}).items():
         if s.get("prepared"):
@@ -127,8 +135,7 @@ def evaluate(
             hits = task_hits(
                 model, questions[rank::world], encoded[rank::world], batch_size, math.ceil(most / batch_size)
             )
-            acc, norm, n = (reduce(hits.to(device)) if reduce else hits).tolist()
-            out[name] = {"acc": acc / max(n, 1), "len_norm": norm / max(n, 1), "questions": int(n)}
+            out[name] = task_metrics((reduce(hits.to(device)) if reduce else hits).tolist())
         for name, g in suite.generative.items():
             sync = ranks_done(reduce, device) if reduce else None
             hits = generative_hits(model, suite.tok, g, batch_size, rank, world, sync)
@@ -140,9 +147,9 @@ def evaluate(
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
-    """`eval/<set>/bpb`, `eval/<task>/acc`, `eval/<task>/len_norm`, `eval/<task>/exact_match` for the loggers;
+    """`eval/<set>/bpb`, `eval/<task>/{acc,len_norm,bpb,correct_prob}`, `eval/<task>/exact_match` for the loggers;
     every metric of lm-eval's tasks (`results["harness"]`) but their document counts."""
-    keep = ("bpb", "acc", "len_norm", "exact_match")
+    keep = ("bpb", "acc", "len_norm", "correct_prob", "exact_match")
     out = {
         f"{prefix}/{name}/{k}": v for name, r in results.items() if name != "harness" for k, v in r.items() if k in keep
     }

@@ -195,12 +195,22 @@ def write_report(sweep_dir: str, metric: str = "val/bpb") -> tuple[list[Job], Pa
     plot = _plot(jobs, keys, metric, root / "loss_curves.png")
     lines += ["", f"![{metric} against tokens]({plot.name})" if plot else "(no curves yet)", ""]
     (root / "report.md").write_text("\n".join(lines))
-    (root / REPORT_MARKER).write_text(json.dumps({"writer": "lmstack report", "files": list(REPORT_FILES)}))
+    claim(root, ["report.md", "report.csv", "loss_curves.png"])
     return jobs, root / "report.md"
 
 
-REPORT_FILES = ("report.md", "report.csv", "loss_curves.png")
+# every file `lmstack report` may write in a sweep folder (decide=true and fit=ladder add the last three)
+REPORT_FILES = ("report.md", "report.csv", "loss_curves.png", "decisions.json", "ladder.json", "ladder.png")
 REPORT_MARKER = ".lmstack-report.json"  # which files in the sweep folder lmstack's report wrote
+
+
+def claim(root: Path, names: list[str]) -> None:
+    """Record files the report wrote in the folder's marker (so a later report may replace them)."""
+    try:
+        ours = set(json.loads((root / REPORT_MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        ours = set()
+    (root / REPORT_MARKER).write_text(json.dumps({"writer": "lmstack report", "files": sorted(ours | set(names))}))
 
 
 def check_report_files(root: Path) -> None:
