@@ -1,16 +1,18 @@
-"""Decontamination: a training document that shares a long word n-gram with an eval item goes (GPT-3's
-13-gram overlap, as datatrove's `pipeline/decont`), as the rule `decontamination/<task>`.
+"""Decontamination: a training document that shares a long word n-gram with an eval item goes (GPT-3's 13-gram
+overlap, as datatrove's `pipeline/decont`), as the rule `decontamination/<task>`.
 
-Text on both sides is compared as lowercase word sequences (`\\w+` runs: punctuation and spacing never
-matter). An eval item is its question with the right answer: for OLMES request files, each question's
-gold context and continuation (as the multiple-choice scorer reads them), with the prompt's template taken
-off, which raw training text would not carry (labels that start a line, such as `Question:` and `Answer:`,
-and the words that start or end at least 90% of the task's contexts); for any other JSONL, each row's
-`text`, or its string fields joined. An item of at least
-`ngram` words contributes every `ngram`-gram; a shorter one of at least `min_words` words is matched whole
-(GPT-3 lowered N for short tasks the same way); a shorter one still cannot be told from chance and is only
-counted. N-grams are hashed with xxhash (64 bits, the same in every process) and looked up with numpy, so a
-document costs one pass over its words per n-gram length.
+Both sides are normalised the same way before they are compared: lowercase word sequences (`\\w+` runs:
+punctuation and spacing never matter) without the prompt's template words. An eval item is its question with
+the right answer: for OLMES request files, each question's gold context and continuation (as the
+multiple-choice scorer reads them). The template is what a leak may or may not carry: the labels that start a
+line in at least 90% of a task's prompts (`Question:`, `Answer:`, `Goal:`), the words that start or end at
+least 90% of its contexts, and the labels a pasted item usually has (`Choices:`, `Options:`); these words are
+dropped wherever they appear, in the items and in the documents, so `Question: Q Answer: A` lines up with Q A.
+An item of at least `ngram` words contributes every `ngram`-gram; a shorter one of at least `min_words` words
+is matched whole, and so is a question alone from `min_words` words up when it is shorter than `ngram` (a leak
+that lists the choices gives the answer as a letter); shorter still cannot be told from chance and is only
+counted (GPT-3 lowered N for short tasks the same way). N-grams are hashed with xxhash (64 bits, the same in
+every process) and looked up with numpy, so a document costs one pass over its words per n-gram length.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .readers import Document
 WORD = re.compile(r"\w+")
 PRIME = np.uint64(1_099_511_628_211)  # FNV's 64-bit prime, for the rolling n-gram hash
 TEMPLATE_SHARE = 0.9  # a start or end word at least this common among a task's contexts is the template
-LABEL = re.compile(r"^[A-Z][a-z]*:", re.M)  # a prompt's line label: `Question:`, `Answer:`, `Goal:`
+LABEL = re.compile(r"^([A-Z][a-z]*):", re.M)  # a prompt's line label: `Question:`, `Answer:`, `Goal:`
+LEAK_LABELS = frozenset({"question", "answer", "choices", "options"})  # what a pasted item is labelled with
 
 
 def words(text: str) -> list[str]:
@@ -62,32 +65,47 @@ def task_name(path: str) -> str:
     return p.name.split(".")[0]
 
 
-def _strip_template(items: list[list[str]]) -> list[list[str]]:
-    """Take off the leading and trailing words that (nearly) every item shares: the prompt's template."""
+def _strip_template(items: list[list[str]]) -> tuple[list[list[str]], set[str]]:
+    """Take off the leading and trailing words that (nearly) every item shares, the prompt's template, and
+    say which they were."""
+    template: set[str] = set()
     for end in (0, -1):
         while items and all(items):
             first = [ws[end] for ws in items]
             common = max(set(first), key=first.count)
             if first.count(common) < TEMPLATE_SHARE * len(items):
                 break
+            template.add(common)
             items = [(ws[1:] if end == 0 else ws[:-1]) if ws[end] == common else ws for ws in items]
-    return items
+    return items, template
 
 
-def _question_items(path: Path) -> list[tuple[str, list[str], list[str]]]:
+Items = list[tuple[str, list[str], list[str]]]  # (item id, question words, answer words)
+
+
+def _question_items(path: Path) -> tuple[Items, set[str]]:
     """OLMES requests as questions (`lmstack.eval.multiple_choice.load_requests`: unconditional requests
-    left out), each its gold choice's context and continuation."""
+    left out), each its gold choice's context and continuation, and the template words of their prompts."""
     from lmstack.eval.multiple_choice import load_requests
 
     questions = load_requests(path)
     golds = [q.pairs()[q.gold] for q in questions]
-    contexts = _strip_template([words(LABEL.sub(" ", context)) for context, _ in golds])
-    return [(str(q.doc_id), c, words(answer)) for q, c, (_, answer) in zip(questions, contexts, golds)]
+    found = [{m.lower() for m in LABEL.findall(context)} for context, _ in golds]
+    labels = {w for w in set().union(*found) if sum(w in f for f in found) >= TEMPLATE_SHARE * len(found)}
+    contexts, template = _strip_template([words(LABEL.sub(" ", context)) for context, _ in golds])
+    items = [(str(q.doc_id), c, words(answer)) for q, c, (_, answer) in zip(questions, contexts, golds)]
+    return items, labels | template
 
 
-def eval_items(path: str) -> list[tuple[str, list[str], list[str]]]:
-    """(item id, question words, answer words) of one eval set: OLMES requests (a task folder or its
-    requests.jsonl.gz) or a JSONL file (rows' `text`, else their string fields; no separate answer)."""
+def eval_items(path: str) -> Items:
+    """(item id, question words, answer words) of one eval set, without its prompt's template."""
+    return eval_set(path)[0]
+
+
+def eval_set(path: str) -> tuple[Items, set[str]]:
+    """The items of one eval set and its template words: OLMES requests (a task folder or its
+    requests.jsonl.gz) or a JSONL file (rows' `text`, else their string fields; no separate answer, no
+    template)."""
     p = Path(os.path.expanduser(path))
     requests = p / "requests.jsonl.gz" if p.is_dir() else p
     if not requests.is_file():
@@ -102,7 +120,7 @@ def eval_items(path: str) -> list[tuple[str, list[str], list[str]]]:
         if not isinstance(text, str):
             text = " ".join(v for k, v in row.items() if isinstance(v, str) and k != "id")
         out.append((str(row.get("id", n)), words(text), []))
-    return out
+    return out, set()
 
 
 class EvalNgrams:
@@ -115,30 +133,41 @@ class EvalNgrams:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"prepare.decontaminate.tasks: two eval sets share a name: {self.names}")
         self.summary: dict[str, dict] = {}
+        sets = [eval_set(path) for path in tasks]
+        self.template = frozenset(LEAK_LABELS.union(*(template for _, template in sets)))
         table: dict[int, dict[int, tuple[int, str]]] = {}  # n -> hash -> (task index, item id)
-        for t, path in enumerate(tasks):
-            items = eval_items(path)
+        for t, (path, (items, _)) in enumerate(zip(tasks, sets)):
             short = 0
             for item_id, question, answer in items:
-                ws = question + answer
+                question = self.normal(question)
+                ws = question + self.normal(answer)
                 if len(ws) < min_words:
                     short += 1
                     continue
-                n = min(ngram, len(ws))
-                for hsh in ngram_hashes(word_hashes(ws), n).tolist():
-                    table.setdefault(n, {}).setdefault(hsh, (t, item_id))
+                alone = [question] if min_words <= len(question) < min(ngram, len(ws)) else []
+                for seq in (ws, *alone):
+                    n = min(ngram, len(seq))
+                    for hsh in ngram_hashes(word_hashes(seq), n).tolist():
+                        table.setdefault(n, {}).setdefault(hsh, (t, item_id))
             self.summary[self.names[t]] = {"items": len(items), "too_short": short, "path": str(path)}
         self.lengths = sorted(table)
         self.sorted = {n: np.array(sorted(table[n]), dtype=np.uint64) for n in self.lengths}
         self.owner = table
+
+    def normal(self, ws: list[str]) -> list[str]:
+        """Words without the template's: how both sides are compared."""
+        return [w for w in ws if w not in self.template]
 
     def find(self, text: str) -> Optional[dict]:
         """The first eval item the text shares an n-gram with: {task, item, ngram} (None: clean)."""
         return next(self.matches(text), None)
 
     def matches(self, text: str):
-        """Every (task, item) the text shares an n-gram with, once each, with the first such n-gram."""
-        ws = words(text)
+        """Every (task, item) the text shares an n-gram with, once each, with the first such n-gram as the
+        text has it (template words in it included)."""
+        every = words(text)
+        at_word = [k for k, w in enumerate(every) if w not in self.template]
+        ws = [every[k] for k in at_word]
         if not ws or not self.lengths:
             return
         h, seen = word_hashes(ws), set()
@@ -151,7 +180,8 @@ class EvalNgrams:
                 t, item = self.owner[n][int(grams[i])]
                 if (t, item) not in seen:
                     seen.add((t, item))
-                    yield {"task": self.names[t], "item": item, "ngram": " ".join(ws[i : i + n])}
+                    span = every[at_word[i] : at_word[i + n - 1] + 1]
+                    yield {"task": self.names[t], "item": item, "ngram": " ".join(span)}
 
 
 def overlap(texts, table: EvalNgrams, examples: int = 3) -> dict:
