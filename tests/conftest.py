@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED_DATA, SMALL, compose_cfg, prepare_cfg
+from .helpers import FSDP_RUN, SHARED_DATA, SMALL, compose_cfg, prepare_cfg, train_on_ranks, write_harness_tasks
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +54,26 @@ def small_ckpt(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("small-pretrain")
     run(compose_cfg(SMALL, run_dir=out / "run", cache_dir=cache_dir))
     return out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """10 steps of FSDP2 on 2 ranks with a sharded checkpoint at step 5 and in-loop evals every 5 steps: the
+    run the FSDP tests compare against and start from (its folder, with the corpus cache, and its reports)."""
+    out = tmp_path_factory.mktemp("fsdp")
+    (out / "tasks").mkdir()
+    mc, gen = write_harness_tasks(out / "tasks")  # lm-eval tasks too: multiple choice and generate_until
+    harness = f"evals.harness={{tasks: [{mc}, {gen}], limit: 15}}"
+    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(fsdp_run, tmp_path_factory) -> list[dict]:
+    """The same 10 steps on 2 DDP ranks (fsdp_run's corpus), garbage collection synchronised every 2 steps:
+    what FSDP2 must match, and the run GC sync is checked on."""
+    out = tmp_path_factory.mktemp("ddp")
+    gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
+    return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", *gc_every)
 
 
 @pytest.fixture

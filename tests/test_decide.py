@@ -108,7 +108,8 @@ def test_real_runs_decide_real_text_over_noise_and_seeds_decide_nothing(tmp_path
     sweep = tmp_path / "sweep"
     recipes_ = {"real": SHARED_DATA / "prose" / "brown.jsonl.gz", "noise": noise}
     evals = ["evals=olmes", "evals.every_steps=4", "~evals.sets.cc", "evals.sets.c4.max_docs=10", "~evals.tasks.piqa",
-             "~evals.tasks.copycolors_10way", "~evals.tasks.sciq", "~evals.tasks.arc_easy", "evals.tasks.copa.limit=40"]  # fmt: skip
+             "~evals.tasks.copycolors_10way", "~evals.tasks.sciq", "~evals.tasks.arc_easy",
+             "evals.tasks.copa.limit=40"]  # fmt: skip
     n = 0
     for name, path in recipes_.items():
         for seed in range(4 if name == "real" else 2):

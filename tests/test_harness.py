@@ -63,8 +63,8 @@ def test_harness_acc_equals_lmstack_eval_and_lm_evals_hf_model_on_the_export(set
         assert a["results"][name]["acc_norm,none"] == direct["len_norm"], t
         assert b["results"][name]["acc,none"] == direct["acc"], t
         continuous = continuous_metrics(a["samples"][name])  # what run_harness adds to lm-eval's metrics
-        assert continuous["bpb"] == pytest.approx(direct["bpb"], rel=1e-9), t
-        assert continuous["correct_prob"] == pytest.approx(direct["correct_prob"], rel=1e-9), t
+        assert continuous["bpb"] == pytest.approx(direct["bpb"], rel=1e-5), t
+        assert continuous["correct_prob"] == pytest.approx(direct["correct_prob"], rel=1e-5), t
         for x, y in zip(a["samples"][name], b["samples"][name]):
             assert x["doc_id"] == y["doc_id"]
             ours_ll = [r[0] for r in x["filtered_resps"]]

@@ -53,7 +53,7 @@ def same_as(reference: dict, out: Path) -> None:
 
 @pytest.mark.slow
 def test_local_and_ray_with_any_number_of_workers_write_the_same_bytes(tmp_path, reference, capfd):
-    for executor, workers in (("local", 2), ("ray", 1), ("ray", 2), ("ray", 4)):
+    for executor, workers in (("local", 2), ("ray", 1), ("ray", 3)):  # one Ray worker, and more than the cores
         out = tmp_path / f"{executor}-{workers}"
         capfd.readouterr()
         run_prepare(INPUTS, str(out), prepare_cfg(**BASE, executor=executor, num_workers=workers))
@@ -176,6 +176,8 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
     stages = json.loads((out / "timing.json").read_text())["stages"].values()
     assert max(s.get("nodes") or 0 for s in stages) == 2  # both nodes ran tasks
     same_as(default_reference, out)
+    if earlier_token:
+        return  # the token checks below do not depend on what HOME held before (the fresh-home run makes them)
     # the same head again, from the same lines: a driver with a wrong token is refused, the right one joins
     head = documented_cluster().split("ray start --address")[0]
     probe = "import ray, sys; ray.init(address='127.0.0.1:6379'); print('joined', len(ray.nodes()))"

@@ -15,9 +15,9 @@ from lmstack.data.sources import is_validation
 from lmstack.run import run
 from lmstack.train.hooks import StepHooks, StepRecord
 
-from .helpers import SHARED_DATA, train_on_ranks
+from .helpers import SHARED_DATA, SMALL, compose_cfg, train_on_ranks
 
-STEPS, SPIKE_STEP, TPS = 40, 30, 4 * 64
+STEPS, SPIKE_STEP, TPS = 30, 25, 4 * 64
 
 
 def planted_corpus(tmp_path: Path) -> tuple[Path, Path, str]:
@@ -36,16 +36,18 @@ def planted_corpus(tmp_path: Path) -> tuple[Path, Path, str]:
     return tmp_path / "prose.jsonl", tmp_path / "planted.jsonl", train_id
 
 
-def spike_overrides(tmp_path: Path, mode: str, tps: int = TPS) -> list[str]:
-    """Prose only, except that step SPIKE_STEP's batch is drawn from the planted source alone (tps: the
-    tokens of a step, over all ranks)."""
+def spike_overrides(
+    tmp_path: Path, mode: str, tps: int = TPS, steps: int = STEPS, spike: int = SPIKE_STEP
+) -> list[str]:
+    """Prose only, except that step `spike`'s batch is drawn from the planted source alone (tps: the tokens of
+    a step, over all ranks), for `steps` steps."""
     prose, planted, _ = planted_corpus(tmp_path)
     return [
         "data_mix=prose_curriculum",
         f"data_mix.sources=[{{name:prose,paths:[{prose}]}},{{name:planted,paths:[{planted}],weight:0}}]",
-        f"data_mix.phases=[{{start_tokens:{SPIKE_STEP * tps},weights:{{planted:1}}}},"
-        f"{{start_tokens:{(SPIKE_STEP + 1) * tps},weights:{{prose:1}}}}]",
-        f"train.max_tokens={STEPS * tps}",
+        f"data_mix.phases=[{{start_tokens:{spike * tps},weights:{{planted:1}}}},"
+        f"{{start_tokens:{(spike + 1) * tps},weights:{{prose:1}}}}]",
+        f"train.max_tokens={steps * tps}",
         "callbacks.spike.window=20",
         "callbacks.spike.min_history=10",
         f"callbacks.spike.mode={mode}",
@@ -67,55 +69,68 @@ class WeightsPerStep(L.Callback):
         self.changes[trainer.global_step - 1] = (change, module.skip_update)
 
 
-def test_a_planted_noise_batch_is_detected_named_and_skipped(tmp_path, small_cfg, monkeypatch):
+def spikes_of(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "spikes.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def spike_runs(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
+    """The planted corpus trained once per spike mode (skip_step with the weights watched, rewind, log):
+    mode -> (result, spikes, run_dir, the watcher's per-step weight changes)."""
     import lmstack.stages.base as run_mod
 
-    watcher = WeightsPerStep()
-    build = run_mod.build_trainer
-    monkeypatch.setattr(run_mod, "build_trainer", lambda spec, **kw: build(spec, [watcher], **kw))
-    cfg = small_cfg(*spike_overrides(tmp_path, "skip_step"))
-    result = run(cfg)
+    root = tmp_path_factory.mktemp("spikes")
+    over = spike_overrides(root, "skip_step")[:-2]  # one planted corpus for every mode
+    runs = {}
+    for mode in ("skip_step", "rewind", "log"):
+        watcher = WeightsPerStep()
+        build = run_mod.build_trainer
+        cfg = compose_cfg(
+            [*SMALL, *over, f"callbacks.spike.mode={mode}", "callbacks.checkpoint.every_n_train_steps=10"],
+            run_dir=root / mode,
+            cache_dir=cache_dir,
+        )
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(run_mod, "build_trainer", lambda spec, **kw: build(spec, [watcher], **kw))
+            result = run(cfg)
+        runs[mode] = (result, spikes_of(cfg.run_dir), Path(cfg.run_dir), watcher.changes)
+    return root, runs
+
+
+@pytest.mark.slow
+def test_a_planted_noise_batch_is_detected_named_and_skipped(spike_runs):
+    root, runs = spike_runs
+    result, spikes, run_dir, changes = runs["skip_step"]
     assert result["steps"] == STEPS
-    run_dir = Path(cfg.run_dir)
-    spikes = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
-    _, _, planted_id = planted_corpus(tmp_path)
+    _, _, planted_id = planted_corpus(root)
     assert spikes and spikes[0]["step"] == SPIKE_STEP, [s["step"] for s in spikes]
     first = spikes[0]
     assert first["action"] == "skipped" and max(first["loss_z"], first["grad_norm_z"]) > 6
     assert first["documents"][0]["id"] == planted_id and first["documents"][0]["source"] == "planted"
     assert first["documents"][0]["preview"]
     assert planted_id in (run_dir / "spike_blocklist.txt").read_text().split()
-    change, skipped = watcher.changes[SPIKE_STEP]
+    change, skipped = changes[SPIKE_STEP]
     assert skipped and change == 0.0  # the weights after the step equal those before it
     # every other step moved the weights (step 0 too, but warmup gives it a learning rate of 0)
-    assert all(c > 0 for s, (c, skip) in watcher.changes.items() if not skip and s > 0), watcher.changes
-
-
-def spikes_of(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "spikes.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    assert all(c > 0 for s, (c, skip) in changes.items() if not skip and s > 0), changes
 
 
 @pytest.mark.slow
-def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(tmp_path, small_cfg):
+def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(spike_runs):
     """`rewind` restarts from the checkpoint before the spike and skips that step on the way forward, so it
     ends exactly where `skip_step` ends; `log` keeps the update; checkpoints carry the warm window."""
-    results = {}
-    for mode in ("skip_step", "rewind", "log"):
-        (tmp_path / mode).mkdir()
-        cfg = small_cfg(*spike_overrides(tmp_path / mode, mode))
-        cfg.run_dir = str(tmp_path / mode / "run")
-        results[mode] = (run(cfg), spikes_of(cfg.run_dir))
-    (skip, skip_spikes), (rewind, rewind_spikes), (logged, log_spikes) = (
-        results[m] for m in ("skip_step", "rewind", "log")
+    root, runs = spike_runs
+    (skip, _, skip_dir, _), (rewind, rewind_spikes, _, _), (logged, log_spikes, _, _) = (
+        runs[m] for m in ("skip_step", "rewind", "log")
     )
     assert rewind_spikes[0]["step"] == SPIKE_STEP and rewind_spikes[0]["action"].startswith("rewind to ")
-    assert rewind_spikes[0]["action"].endswith("step000030.ckpt")
+    assert rewind_spikes[0]["action"].endswith("step000020.ckpt")
     assert rewind["steps"] == skip["steps"] == STEPS
     assert rewind["val/bpb"] == pytest.approx(skip["val/bpb"], abs=1e-5)
     assert log_spikes[0]["step"] == SPIKE_STEP and log_spikes[0]["action"] == "logged"
     assert abs(logged["val/bpb"] - skip["val/bpb"]) > 1e-4  # the noise batch's update was kept
-    state = torch.load(tmp_path / "skip_step" / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(skip_dir / "checkpoints" / "last.ckpt", weights_only=False)
     spike_state = next(v for k, v in state["callbacks"].items() if "SpikeDetection" in k)
     assert len(spike_state["windows"]["loss"]) == 20 and spike_state["spikes"] >= 1
 
@@ -124,38 +139,36 @@ def test_rewind_equals_skipping_log_only_records_and_the_window_is_checkpointed(
 def test_rewind_on_two_fsdp_ranks_equals_skipping(tmp_path, cache_dir):
     """Both ranks decide on the reduced loss, rewind together to the same sharded checkpoint and skip the
     step on the way forward: the same end as `skip_step` on 2 ranks; the spike is recorded once."""
-    runs = {}
+    runs, steps, spike = {}, 20, 15  # a spike at 15 of 20 steps: the rewind goes back to step 10's checkpoint
     for mode in ("skip_step", "rewind"):
         (tmp_path / mode).mkdir()
-        over = spike_overrides(tmp_path / mode, mode, tps=2 * TPS)  # 2 ranks x 4 x 64 tokens a step
+        over = spike_overrides(tmp_path / mode, mode, 2 * TPS, steps, spike)  # 2 ranks x 4 x 64 tokens a step
         runs[mode] = train_on_ranks(tmp_path / mode / "out", cache_dir, "strategy=fsdp", *over, timeout=600)
     skip, rewind = runs["skip_step"], runs["rewind"]
     for rank in range(2):
-        assert skip[rank]["result"]["steps"] == rewind[rank]["result"]["steps"] == STEPS
-        assert rewind[rank]["steps"][-1]["step"] == STEPS
+        assert skip[rank]["result"]["steps"] == rewind[rank]["result"]["steps"] == steps
+        assert rewind[rank]["steps"][-1]["step"] == steps
     assert rewind[0]["result"]["val/bpb"] == pytest.approx(skip[0]["result"]["val/bpb"], abs=1e-5)
     spikes = spikes_of(tmp_path / "rewind" / "out" / "run")
-    assert [s["step"] for s in spikes] == [SPIKE_STEP]  # written once, by rank 0
-    assert spikes[0]["action"].startswith("rewind to ") and spikes[0]["action"].endswith("step000030.ckpt")
+    assert [s["step"] for s in spikes] == [spike]  # written once, by rank 0
+    assert spikes[0]["action"].startswith("rewind to ") and spikes[0]["action"].endswith("step000010.ckpt")
     assert spikes[0]["documents"][0]["source"] == "planted"
 
 
 @pytest.mark.slow
-def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(tmp_path, small_cfg):
+def test_the_spike_blocklist_is_accepted_by_training_and_by_prepare(spike_runs, small_cfg, tmp_path):
     from lmstack.data.curate.blocklists import IdBlocklist
     from lmstack.data.curate.readers import Document
 
-    cfg = small_cfg(*spike_overrides(tmp_path, "log"), "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS))
-    run(cfg)
-    blocklist = Path(cfg.run_dir) / "spike_blocklist.txt"
-    _, _, planted_id = planted_corpus(tmp_path)
+    root, runs = spike_runs
+    blocklist = runs["log"][2] / "spike_blocklist.txt"
+    _, _, planted_id = planted_corpus(root)
     assert IdBlocklist([str(blocklist)])(Document(planted_id, "x", "s")) == "listed"
     again = small_cfg(
-        *spike_overrides(tmp_path, "log"),
+        *spike_overrides(root, "log"),
         "train.max_tokens=" + str((SPIKE_STEP + 1) * TPS),
         f"data.blocklist=[{blocklist}]",
     )
-    again.run_dir = str(tmp_path / "again")
     run(again)
     assert not spikes_of(again.run_dir)  # the planted document's tokens carry no loss now
 
@@ -225,15 +238,14 @@ def test_stability_and_throughput_scalars_reach_tensorboard(small_cfg):
 
 
 @pytest.mark.slow
-def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(tmp_path, cache_dir):
+def test_gc_sync_collects_at_the_same_steps_on_two_ddp_ranks(ddp_run):
     import gc
 
-    gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
-    ranks = train_on_ranks(tmp_path / "out", cache_dir, "strategy=ddp", "train.max_tokens=3072", *gc_every)
+    ranks = ddp_run  # every 2 steps, generation 2
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["gc_collected_at"] == ranks[1]["gc_collected_at"] == [2, 4, 6]  # 3072 / (2 x 4 x 64) = 6 steps
+    assert ranks[0]["gc_collected_at"] == ranks[1]["gc_collected_at"] == [2, 4, 6, 8, 10]  # 5120 / (2 x 4 x 64)
     for r in ranks:
-        assert len(r["steps"]) == 6 and not any(s["gc_enabled"] for s in r["steps"])
+        assert len(r["steps"]) == 10 and not any(s["gc_enabled"] for s in r["steps"])
         assert r["gc_enabled_after"] is True
     assert gc.isenabled()
 

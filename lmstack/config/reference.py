@@ -83,8 +83,9 @@ def sections() -> list[tuple[str, str, type]]:
     hints = typing.get_type_hints(RunSpec)
     out = [("`python train.py`: top-level keys", "", None)]
     for f in dataclasses.fields(RunSpec):
-        if dataclasses.is_dataclass(hints[f.name]) and f.name != "stage":
-            out.append((f"`{f.name}`", f"{f.name}.", hints[f.name]))
+        nested = _nested(hints[f.name])  # a section, or an optional one (`ladder`)
+        if nested is not None and f.name != "stage":
+            out.append((f"`{f.name}`", f"{f.name}.", nested))
     for name, stage in sorted(table("stage").items()):
         out.append((f"`stage=` {name}", "stage.", stage.section))
     out.append(("`lmstack prepare`: the `prepare` section", "prepare.", PrepareSection))
@@ -98,7 +99,7 @@ def top_level_rows() -> list[tuple[str, str, str, str]]:
     from .schema import RunSpec
 
     hints = typing.get_type_hints(RunSpec)
-    return [r for r in rows(RunSpec, "") if "." not in r[0] and not dataclasses.is_dataclass(hints[r[0]])]
+    return [r for r in rows(RunSpec, "") if "." not in r[0] and _nested(hints[r[0]]) is None]
 
 
 def _table(prefix: str, cls) -> list[tuple[str, str, str, str]]:

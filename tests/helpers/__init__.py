@@ -109,6 +109,14 @@ TINY_LLAMA_CONFIG = {
 
 
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
+FSDP_RUN = [  # the shared 2-rank FSDP2 run (conftest.fsdp_run)
+    "strategy=fsdp",
+    "train.activation_checkpointing=true",  # applied before sharding (lmstack.train.parallelize): same math
+    "callbacks.checkpoint.every_n_train_steps=5",
+    *SMALL_EVALS,
+    "evals.every_steps=5",
+    "train.sample_tokens=12",  # the default run's end-of-run sample
+]
 
 
 def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
