@@ -14,6 +14,7 @@ from .config.commands import (
     OverlapArgs,
     PlanArgs,
     PrepareArgs,
+    QualityTrainArgs,
     ReportArgs,
     SoupArgs,
 )
@@ -298,6 +299,15 @@ def overlap_cmd(a: OverlapArgs) -> None:
             json.dump(report, f, indent=2)
 
 
+def quality_train_cmd(a: QualityTrainArgs) -> None:
+    """A fastText quality classifier from positive and negative documents (lmstack.data.curate.quality_train)."""
+    from lmstack.data.curate.quality_train import train_quality
+
+    m = train_quality(a)
+    print(f"held out: accuracy {m['accuracy']:.3f}, ROC AUC {m['auc']:.3f} on {m['examples']['positive']:,} "
+          f"positive and {m['examples']['negative']:,} negative examples; model: {a.out}/model.bin")  # fmt: skip
+
+
 def train_cmd(argv: list[str]) -> None:
     from lmstack.train.__main__ import main as train_main
 
@@ -317,6 +327,7 @@ COMMANDS = {
     "chat": chat_cmd,
     "soup": soup_cmd,
     "overlap": overlap_cmd,
+    "quality-train": quality_train_cmd,
 }
 
 

@@ -20,6 +20,8 @@ USAGE = """usage: lmstack COMMAND [key=value ...]   (Hydra overrides; every comm
   lmstack import-hf dir=DIR [out=DIR/lmstack.ckpt] a Hugging Face Llama / OLMo 2 folder as a checkpoint
   lmstack soup ckpts='[CKPT,...]' out=DIR [weights='[W,...]']   average checkpoints of one model (DIR/soup.ckpt)
   lmstack overlap corpus='[DIR_OR_FILE,...]' tasks='[NAME_OR_PATH,...]' [ngram=13 out=FILE]   eval n-grams in a corpus
+  lmstack quality-train positives='[PATH,...]' negatives='[PATH,...]' out=DIR [unit=paragraph balance=true]
+                                                   a fastText quality classifier with held-out figures
 Values with spaces or Hydra's special characters are quoted inside the argument: "prompt='def main('".
 """
 

@@ -121,6 +121,29 @@ class OverlapArgs:
     out: Optional[str] = None  # also write the report as JSON to this new file
 
 
+@dataclass
+class QualityTrainArgs:
+    positives: list[str]  # documents of the class to keep: files, folders or globs in any format prepare reads
+    negatives: list[str]  # documents of the other class (e.g. random web pages)
+    out: str  # the folder that gets model.bin, metrics.json and report.md (new, or one lmstack wrote)
+    unit: Literal["document", "paragraph"] = "document"  # one example per document, or per paragraph
+    min_chars: int = field_(100, min=1)  # unit=paragraph: shorter paragraphs are left out
+    held_out: float = field_(0.1, min=0.01, max=0.5)  # the share of documents held out (by a hash of their id)
+    min_docs: int = field_(20, min=2)  # a side with fewer documents is refused
+    max_ratio: float = field_(3.0, min=1.0)  # a side this many times larger than the other needs balance=true
+    balance: bool = False  # keep as many documents of the larger side as the smaller has
+    text_field: str = "text"  # the documents' text key in JSONL and Parquet rows
+    # fastText's supervised options, DCLM's training script's defaults with word bigrams:
+    lr: float = field_(0.1, min=0.0)  # fastText's learning rate
+    dim: int = field_(100, min=1)  # the word vectors' size
+    epoch: int = field_(5, min=1)  # passes over the examples (more for a few thousand examples: 25)
+    word_ngrams: int = field_(2, min=1)  # word n-grams as features: 2, bigrams (DCLM)
+    min_count: int = field_(1, min=1)  # words seen fewer times are left out
+    bucket: int = field_(2_000_000, min=1)  # hashed word-bigram slots: the model is about bucket x dim x 4 bytes
+    threads: int = field_(1, min=1)  # fastText's threads: 1 trains the same model on every run
+    seed: int = 0  # fastText's seed
+
+
 # command -> its arguments; each composes conf/<command>.yaml
 COMMAND_ARGS = {
     "generate": GenerateArgs,
@@ -133,4 +156,5 @@ COMMAND_ARGS = {
     "prepare": PrepareArgs,
     "soup": SoupArgs,
     "overlap": OverlapArgs,
+    "quality-train": QualityTrainArgs,
 }
