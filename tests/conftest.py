@@ -84,6 +84,19 @@ def small_cfg(tmp_path, cache_dir):
     return make
 
 
+@pytest.fixture(scope="session")
+def quality_model(tmp_path_factory) -> Path:
+    """A fastText classifier of the Brown Corpus (positive) against nlp-corpus: its folder (model.bin,
+    metrics.json, report.md), trained once for the quality tests and the executors' byte-identity test."""
+    from lmstack.cli import main
+
+    out = tmp_path_factory.mktemp("quality") / "brown-vs-nlp"
+    brown, nlp = SHARED_DATA / "prose" / "brown.jsonl.gz", SHARED_DATA / "prose" / "nlp-corpus.jsonl.gz"
+    main(["quality-train", f"positives=[{brown}]", f"negatives=[{nlp}]", f"out={out}", "balance=true",
+          "bucket=100000", "epoch=25"])  # fmt: skip
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet():
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")

@@ -24,6 +24,12 @@ INPUTS = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "prose" / "
 BASE = {"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "filters.language": "null", "task_bytes": 400_000}
 
 
+@pytest.fixture(scope="module")
+def base(quality_model) -> dict:
+    """BASE with a quality classifier keeping 70% of the job's documents: a global step of its own."""
+    return {**BASE, "+quality.brown": f"{{model: '{quality_model / 'model.bin'}', keep_fraction: 0.7}}"}
+
+
 def outputs(folder: Path) -> dict[str, bytes]:
     """Every file the job wrote, by relative path, except the records of how it ran."""
     return {
@@ -34,9 +40,10 @@ def outputs(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, bytes]:
+def reference(tmp_path_factory, base) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("ref") / "local-1"
-    stats = run_prepare(INPUTS, str(out), prepare_cfg(**BASE))
+    stats = run_prepare(INPUTS, str(out), prepare_cfg(**base))
+    assert stats["removed"]["quality/brown"] > 0
     assert stats["tasks"] > stats["files"] and stats["docs_out"] > 0
     got = outputs(out)
     assert {"documents.jsonl.gz", "stats.json", "web/train/index.json"} <= set(got) and any(
@@ -52,11 +59,11 @@ def same_as(reference: dict, out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_and_ray_with_any_number_of_workers_write_the_same_bytes(tmp_path, reference, capfd):
+def test_local_and_ray_with_any_number_of_workers_write_the_same_bytes(tmp_path, reference, base, capfd):
     for executor, workers in (("local", 2), ("ray", 1), ("ray", 3)):  # one Ray worker, and more than the cores
         out = tmp_path / f"{executor}-{workers}"
         capfd.readouterr()
-        run_prepare(INPUTS, str(out), prepare_cfg(**BASE, executor=executor, num_workers=workers))
+        run_prepare(INPUTS, str(out), prepare_cfg(**base, executor=executor, num_workers=workers))
         if executor == "ray":  # the tasks really went through a Ray of the job's own, shut down after it
             import ray
 
@@ -80,7 +87,7 @@ def ray_task_processes(name: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_path, reference):
+def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_path, reference, base):
     killed = []
 
     def kill_one():
@@ -95,16 +102,16 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_
     killer = threading.Thread(target=kill_one)
     killer.start()
     out = tmp_path / "ray-killed"
-    run_prepare(INPUTS, str(out), prepare_cfg(**BASE, executor="ray", num_workers=2))
+    run_prepare(INPUTS, str(out), prepare_cfg(**base, executor="ray", num_workers=2))
     killer.join()
     assert killed, "no Ray worker was seen running a read task"
     same_as(reference, out)
 
 
 @pytest.mark.slow
-def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference):
+def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base):
     out = tmp_path / "killed"
-    overrides = [f"prepare.{k}={v}" for k, v in BASE.items()]
+    overrides = [f"+prepare.{k[1:]}={v}" if k[0] == "+" else f"prepare.{k}={v}" for k, v in base.items()]
     cmd = [sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{','.join(INPUTS)}]", f"output_dir={out}"]
     job = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -114,7 +121,7 @@ def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference):
     job.wait()
     finished = len(list((out / ".work" / "read").glob("*/result.json")))
     assert finished >= 3 and not (out / "stats.json").exists()
-    stats = run_prepare(INPUTS, str(out), prepare_cfg(**BASE))
+    stats = run_prepare(INPUTS, str(out), prepare_cfg(**base))
     timing = json.loads((out / "timing.json").read_text())
     assert timing["stages"]["read"]["tasks_run"] == stats["tasks"] - finished  # the finished ones were kept
     same_as(reference, out)

@@ -19,11 +19,8 @@ BROWN, NLP = SHARED_DATA / "prose" / "brown.jsonl.gz", SHARED_DATA / "prose" / "
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quality") / "brown-vs-nlp"
-    main(["quality-train", f"positives=[{BROWN}]", f"negatives=[{NLP}]", f"out={out}", "balance=true",
-          "bucket=100000", "epoch=25"])  # fmt: skip
-    return out
+def classifier(quality_model):
+    return quality_model
 
 
 @pytest.mark.slow
@@ -71,3 +68,67 @@ def test_a_file_that_is_not_a_fasttext_model_is_refused_naming_it(tmp_path):
         check_model_path(str(BROWN))
     with pytest.raises(FileNotFoundError, match="no such file"):
         check_model_path(str(tmp_path / "missing.bin"))
+
+
+def mixed_corpus(tmp_path) -> tuple:
+    """40 Brown documents and 40 nlp-corpus ones, interleaved, as one JSONL input."""
+    with gzip.open(BROWN, "rt") as f, gzip.open(NLP, "rt") as g:
+        a = [json.loads(line) for line, _ in zip(f, range(40))]
+        b = [json.loads(line) for line, _ in zip(g, range(40))]
+    docs = [d for pair in zip(a, b) for d in pair]
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
+    return src, docs
+
+
+def rows(path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_threshold_and_keep_fraction_keep_exactly_what_a_direct_scoring_says(quality_model, tmp_path):
+    from lmstack.data.curate.pipeline import run_prepare
+    from lmstack.data.curate.quality import load_model, positive_probs
+
+    from .helpers import prepare_cfg
+
+    src, docs = mixed_corpus(tmp_path)
+    model = quality_model / "model.bin"
+    direct = positive_probs(load_model(str(model)), [d["text"] for d in docs])
+    by_id = {d["id"]: s for d, s in zip(docs, direct)}
+    best = sorted(range(len(docs)), key=lambda i: (-direct[i], i))  # the best first; ties: input order
+    expected = {
+        "threshold: 0.5": {d["id"] for d, s in zip(docs, direct) if s >= 0.5},
+        "keep_fraction: 0.25": {docs[i]["id"] for i in best[:20]},
+    }
+    for option, kept_ids in expected.items():
+        out = tmp_path / option.split(":")[0]
+        cfg = prepare_cfg("prose", tokenize="null", keep_removed="true", filters="{}", dedup="{}",
+                          **{"+quality.brown": f"{{model: '{model}', {option}}}"})  # fmt: skip
+        stats = run_prepare([str(src)], str(out), cfg)
+        kept = rows(out / "documents.jsonl.gz")
+        assert {r["id"] for r in kept} == kept_ids, option
+        assert 0 < len(kept_ids) < len(docs)
+        assert stats["removed"] == {"quality/brown": len(docs) - len(kept_ids)}  # nothing else removed anything
+        assert stats["docs_in"] == stats["docs_out"] + len(docs) - len(kept_ids) + stats["rejected"]
+        removed = rows(out / "removed" / "quality.brown.jsonl.gz")
+        assert {r["id"] for r in removed} == {d["id"] for d in docs} - kept_ids
+        for r in kept:  # the score is in every kept document's metadata, and every removed one keeps it
+            assert r["metadata"]["quality"]["brown"] == pytest.approx(by_id[r["id"]], abs=1e-7)
+        assert all(r["quality"]["brown"] == pytest.approx(by_id[r["id"]], abs=1e-7) for r in removed)
+
+
+def test_a_quality_model_that_is_not_a_fasttext_model_is_refused_before_work(tmp_path):
+    from lmstack.data.curate.pipeline import run_prepare
+
+    from .helpers import prepare_cfg
+
+    out = tmp_path / "out"
+    for option, message in (
+        (f"{{model: '{BROWN}', threshold: 0.5}}", f"prepare.quality.q: quality model {BROWN} is not a fastText"),
+        (f"{{model: '{BROWN}'}}", "prepare.quality.q: give exactly one of threshold"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_prepare([str(BROWN)], str(out), prepare_cfg("prose", **{"+quality.q": option}))
+        assert not out.exists()

@@ -61,6 +61,9 @@ class PrepareSection:
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
     filters: Optional[dict] = field_({})  # name -> its options, in order; null skips one; null or {}: no filter
     pii: Optional[bool] = False  # mask e-mail addresses, IP addresses and phone numbers (null: off)
+    # name -> {model: PATH, threshold: T} or {model: PATH, keep_fraction: F} (and label: the class kept,
+    # __label__hq); a fastText .bin scores every document; null or {}: none
+    quality: Optional[dict] = field_({})
     decontaminate: Optional[DecontaminateSection] = field(default_factory=DecontaminateSection)  # null or {}: off
     dedup: Optional[DedupSection] = field(default_factory=DedupSection)  # null or {}: no dedup step at all
     tokenize: Optional[TokenizeSection] = field(default_factory=TokenizeSection)  # null: stop after the documents

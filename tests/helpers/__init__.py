@@ -79,8 +79,10 @@ def interrupt_prepare_at(monkeypatch, n: int) -> list:
 
 
 def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
-    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys)."""
-    cfg = compose("prepare", [f"prepare={pipeline}", *(f"prepare.{k}={v}" for k, v in overrides.items())])
+    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys; `+KEY` adds
+    a key the section does not have, as `+prepare.quality.NAME=...`)."""
+    given = [f"+prepare.{k[1:]}={v}" if k.startswith("+") else f"prepare.{k}={v}" for k, v in overrides.items()]
+    cfg = compose("prepare", [f"prepare={pipeline}", *given])
     return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 

@@ -12,6 +12,7 @@ from lmstack.registry import import_modules, lookup
 
 from .decontaminate import Decontaminate
 from .pii import PiiMasker
+from .quality import QualityClassifier, QualityScore
 
 STREAM_ORDER = ("url", "exact", "paragraph")  # the exact dedup steps, each one pass over hash partitions
 
@@ -35,7 +36,25 @@ def build_filters(cfg: PrepareSection) -> list:
         steps.append(PiiMasker())
     if cfg.decontaminate is not None and cfg.decontaminate.tasks:
         steps.append(Decontaminate(**asdict(cfg.decontaminate)))
+    if quality_classifiers(cfg):
+        steps.append(QualityScore(quality_classifiers(cfg)))
     return steps
+
+
+def quality_classifiers(cfg: PrepareSection) -> list[QualityClassifier]:
+    """The `prepare.quality` classifiers, in config order (a null entry is off)."""
+    out = []
+    for name, kw in (cfg.quality or {}).items():
+        if kw is None or kw is False:
+            continue
+        if not isinstance(kw, dict) or "model" not in kw:
+            raise ValueError(f"prepare.quality.{name}: give {{model: PATH, threshold: T}} or {{model: PATH, "
+                             "keep_fraction: F}}")  # fmt: skip
+        try:
+            out.append(QualityClassifier(name, **kw))
+        except TypeError as e:
+            raise ValueError(f"prepare.quality.{name}: {e}; the keys are model, threshold, keep_fraction, label")
+    return out
 
 
 def _options(on) -> dict:
@@ -57,6 +76,8 @@ def minhash_step(cfg: PrepareSection):
 
 
 def dedup_steps(cfg: PrepareSection) -> list:
-    """The dedup steps in order: the configured URL/exact/paragraph ones, then MinHash."""
+    """The global steps in order: the configured URL/exact/paragraph dedup, MinHash, then the quality
+    classifiers that keep a share of the whole job (`keep_fraction`)."""
     mh = minhash_step(cfg)
-    return [*build_dedup(cfg), *([mh] if mh else [])]
+    share = [c for c in quality_classifiers(cfg) if c.keep_fraction is not None]
+    return [*build_dedup(cfg), *([mh] if mh else []), *share]

@@ -112,7 +112,7 @@ class PrepareJob:
             decisions, name = [], "write"
         else:
             step, name = steps[k], steps[k].name
-            n = parts.num_partitions(sum(r.get("keys", 0) for r in previous))
+            n = parts.num_partitions(sum(r.get("keys", 0) for r in previous)) if not hasattr(step, "decide") else 1
             base = self.job_dir / f"step{k}"
             jobs = [
                 {"dir": str(base / f"part{p}"), "cfg": self.cfg, "step": k, "p": p, "n": n, "folders": folders}

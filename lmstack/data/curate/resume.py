@@ -21,6 +21,7 @@ def config_files(cfg) -> list[dict]:
     against): a changed blocklist changes the results as much as a changed input."""
     named = [f for kw in (cfg.filters or {}).values() if isinstance(kw, dict) for f in kw.get("files") or []]
     named += [cfg.tokenize.tokenizer if cfg.tokenize is not None else None]
+    named += [kw.get("model") for kw in (cfg.quality or {}).values() if isinstance(kw, dict)]
     evals = cfg.decontaminate.tasks if cfg.decontaminate is not None else []
     for task in evals:  # an eval set is a file or a task folder
         named.append(os.path.join(task, "requests.jsonl.gz") if os.path.isdir(os.path.expanduser(task)) else task)
@@ -35,10 +36,12 @@ def _digest(value) -> str:
 
 def produced_by(cfg) -> dict:
     """The prepare section (a PrepareSection) as a mapping, without the keys that say only where tasks run
-    (and without `imports` when there are none, as before the option existed: the same fingerprints)."""
+    (and without `imports` and `quality` when there are none, as before the options existed: the same
+    fingerprints)."""
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS and (k != "imports" or v)}
+    later = ("imports", "quality")
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS and (k not in later or v)}
 
 
 def task_key(fingerprint: dict, span: dict, cfg, named: list[dict]) -> str:

@@ -87,10 +87,13 @@ def document_row(d: Document) -> dict:
 
 
 def removed_row(d: Document) -> dict:
-    """A removed document for removed/RULE.jsonl.gz, with what matched when a rule says (decontamination)."""
+    """A removed document for removed/RULE.jsonl.gz, with what matched when a rule says (decontamination) and
+    its quality scores."""
     row = {"id": d.id, "source": d.source, "text": d.text}
     if "decontamination" in d.metadata:
         row["matched"] = d.metadata["decontamination"]
+    if isinstance(d.metadata.get("quality"), dict):
+        row["quality"] = d.metadata["quality"]
     return row
 
 

@@ -105,7 +105,9 @@ def _partition(job: dict, tmp: Path) -> dict:
     step = dedup_steps(job["cfg"])[job["step"]]
     extra = {"paragraph_dedup": ("para",), "minhash_dedup": ("band",)}.get(step.name, ())
     g = parts.gather(job["folders"], job["p"], job["n"], extra)
-    if step.name == "paragraph_dedup":
+    if hasattr(step, "decide"):  # a global step with its own rule (quality's keep_fraction)
+        out = step.decide(g)
+    elif step.name == "paragraph_dedup":
         out = parts.paragraphs_seen(g)
     elif step.name == "minhash_dedup":
         out = parts.bucket_edges(g)
@@ -163,6 +165,7 @@ def _pass(job: dict, tmp: Path) -> dict:
         else:
             gone = set(rows.tolist())
         reason = getattr(step, "reason", "near_duplicate")
+        family = getattr(step, "family", step.name)  # the rule's prefix: quality/<name> for the quality share
         kept = []
         for i, d in docs:
             st = part.stages.setdefault(step.name, StageStats(step.name))
@@ -174,9 +177,9 @@ def _pass(job: dict, tmp: Path) -> dict:
             else:
                 rule = reason if i in gone else None
             if rule:
-                part.counts[f"{step.name}/{rule}"] += 1
+                part.counts[f"{family}/{rule}"] += 1
                 if cfg.keep_removed:
-                    members.write(f"{step.name}.{rule}.jsonl.gz", removed_row(d))
+                    members.write(f"{family}.{rule}.jsonl.gz", removed_row(d))
                 continue
             st.count_out(sizer(d))
             kept.append((i, d))
