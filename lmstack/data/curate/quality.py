@@ -51,40 +51,52 @@ def check_model_path(path: str) -> str:
     return path
 
 
+class FastTextModel:
+    """A loaded classifier and how to ask it: fasttext-predict (fastText's own code) answers one line at a
+    time with every label's probability; floret answers lists (its one-line form fails under NumPy 2, and its
+    every-label list form repeats the first probability), so a floret model, always two-class, gives the top
+    label's probability, and one minus it for the other label, as DCLM's scorer does."""
+
+    def __init__(self, model, backend: str):
+        self.model, self.backend = model, backend
+        if backend == "fasttext":
+            self.labels = list(model.predict("the", k=-1)[0])
+        else:
+            self.labels = list(model.get_labels())
+            if len(self.labels) != 2:
+                raise ValueError(f"a floret quality model has two classes; this one has {self.labels}")
+
+    def probs(self, texts: list[str], label: str = POSITIVE) -> np.ndarray:
+        """The probability of `label` for each text."""
+        if label not in self.labels:
+            raise ValueError(f"the quality model has no label {label!r}; its labels are {self.labels}")
+        lines = [fasttext_line(t) for t in texts]
+        if self.backend == "fasttext":
+            answers = [self.model.predict(line, k=-1) for line in lines]
+            return np.array([dict(zip(*a))[label] for a in answers], dtype=np.float64)
+        found, top = self.model.predict(lines, k=1)
+        return np.array([p[0] if f[0] == label else 1.0 - p[0] for f, p in zip(found, top)], dtype=np.float64)
+
+
 @lru_cache(maxsize=4)
-def load_model(path: str):
+def load_model(path: str) -> FastTextModel:
     """A supervised fastText model, once per process and path: a fastText file (DCLM's and any other) through
     fasttext-predict, fastText's own prediction code; a model `lmstack quality-train` wrote, through floret."""
     import fasttext
 
     path = check_model_path(path)
     try:
-        model = fasttext.load_model(path)
+        model = FastTextModel(fasttext.load_model(path), "fasttext")
     except ValueError:  # floret's file carries more training options than fastText's
-        model = trainer_module().load_model(path)
-    if not labels(model):
+        model = FastTextModel(trainer_module().load_model(path), "floret")
+    if not model.labels:
         raise ValueError(f"quality model {path} has no labels: it is not a supervised (classifier) model")
     return model
 
 
-def labels(model) -> list[str]:
-    """Every label of the model (a prediction of all of them for one word; a list: floret's predict of one
-    string fails under NumPy 2, its list form does not)."""
-    return list(model.predict(["the"], k=-1)[0][0])
-
-
-def positive_probs(model, texts: list[str], label: str = POSITIVE) -> np.ndarray:
-    """The model's probability of `label` for each text: of a two-class model, the top label's probability or
-    one minus it (as DCLM's scorer; floret's predict of every label repeats the first probability)."""
-    every = labels(model)
-    if label not in every:
-        raise ValueError(f"the quality model has no label {label!r}; its labels are {every}")
-    lines = [fasttext_line(t) for t in texts]
-    if len(every) == 2:
-        found, probs = model.predict(lines, k=1)
-        return np.array([p[0] if f[0] == label else 1.0 - p[0] for f, p in zip(found, probs)], dtype=np.float64)
-    found, probs = model.predict(lines, k=-1)  # fastText's own (fasttext-predict) for a model of more classes
-    return np.array([dict(zip(ls, ps))[label] for ls, ps in zip(found, probs)], dtype=np.float64)
+def positive_probs(model: FastTextModel, texts: list[str], label: str = POSITIVE) -> np.ndarray:
+    """The model's probability of `label` for each text."""
+    return model.probs(texts, label)
 
 
 @dataclass

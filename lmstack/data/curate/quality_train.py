@@ -21,7 +21,7 @@ import numpy as np
 
 from lmstack.data.sources import is_validation
 
-from .quality import NEGATIVE, POSITIVE, fasttext_line, positive_probs, trainer_module
+from .quality import NEGATIVE, POSITIVE, FastTextModel, fasttext_line, positive_probs, trainer_module
 
 PARAGRAPH = re.compile(r"\n\s*\n")
 KEEP_FRACTIONS = (0.1, 0.25, 0.5)
@@ -137,7 +137,7 @@ def train_quality(a) -> dict:
         os.remove(lines)
         model.save_model(os.path.join(staging, "model.bin"))
         held = pos_held + neg_held
-        scores = positive_probs(model, [t for _, t in held])
+        scores = positive_probs(FastTextModel(model, "floret"), [t for _, t in held])
         metrics = {
             **held_out_metrics(scores, np.array([label == POSITIVE for label, _ in held])),
             "train": {"positive": len(pos_train), "negative": len(neg_train)},
