@@ -17,7 +17,7 @@ import pytest
 
 from lmstack.data.curate.pipeline import run_prepare
 
-from .helpers import ROOT, SHARED_DATA, prepare_cfg
+from .helpers import ROOT, SHARED_DATA, prepare_cfg, prepare_overrides
 
 HOW_IT_RAN = ("timing.json", "report.md", "report.png")  # wall times, CPU, memory: not what the job produced
 INPUTS = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "prose" / "brown.jsonl.gz")]
@@ -111,7 +111,7 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_
 @pytest.mark.slow
 def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base):
     out = tmp_path / "killed"
-    overrides = [f"+prepare.{k[1:]}={v}" if k[0] == "+" else f"prepare.{k}={v}" for k, v in base.items()]
+    overrides = prepare_overrides(base)
     cmd = [sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{','.join(INPUTS)}]", f"output_dir={out}"]
     job = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

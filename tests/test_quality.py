@@ -18,26 +18,21 @@ from .helpers import SHARED_DATA
 BROWN, NLP = SHARED_DATA / "prose" / "brown.jsonl.gz", SHARED_DATA / "prose" / "nlp-corpus.jsonl.gz"
 
 
-@pytest.fixture(scope="module")
-def classifier(quality_model):
-    return quality_model
-
-
 @pytest.mark.slow
-def test_a_classifier_trained_on_a_real_split_separates_held_out_documents(classifier):
-    from lmstack.data.curate.quality import load_model, positive_probs
+def test_a_classifier_trained_on_a_real_split_separates_held_out_documents(quality_model):
+    from lmstack.data.curate.quality import load_model
     from lmstack.data.sources import is_validation
 
-    m = json.loads((classifier / "metrics.json").read_text())
+    m = json.loads((quality_model / "metrics.json").read_text())
     assert m["auc"] > 0.9 and m["accuracy"] > 0.8, m  # measured: 0.959 and 0.899
     assert m["documents"] == {"positive": 500, "negative": 500}  # balanced to the smaller side
     assert m["examples"]["positive"] + m["train"]["positive"] == 500  # every Brown document, once
     assert set(m["keep_fraction"]) == {"0.1", "0.25", "0.5"} and m["keep_fraction"]["0.1"]["precision"] > 0.9
-    assert "ROC AUC" in (classifier / "report.md").read_text()
+    assert "ROC AUC" in (quality_model / "report.md").read_text()
     # the held-out Brown documents, scored again through the module the prepare step uses
     with gzip.open(BROWN, "rt") as f:
         held = [d["text"] for d in map(json.loads, f) if is_validation(f"positives/{d['id']}", 0.1)]
-    scores = positive_probs(load_model(str(classifier / "model.bin")), held)
+    scores = load_model(str(quality_model / "model.bin")).probs(held)
     assert len(held) == m["examples"]["positive"] and float(np.mean(scores >= 0.5)) > 0.8
 
 
@@ -89,13 +84,13 @@ def rows(path) -> list[dict]:
 @pytest.mark.slow
 def test_threshold_and_keep_fraction_keep_exactly_what_a_direct_scoring_says(quality_model, tmp_path):
     from lmstack.data.curate.pipeline import run_prepare
-    from lmstack.data.curate.quality import load_model, positive_probs
+    from lmstack.data.curate.quality import load_model
 
     from .helpers import prepare_cfg
 
     src, docs = mixed_corpus(tmp_path)
     model = quality_model / "model.bin"
-    direct = positive_probs(load_model(str(model)), [d["text"] for d in docs])
+    direct = load_model(str(model)).probs([d["text"] for d in docs])
     by_id = {d["id"]: s for d, s in zip(docs, direct)}
     best = sorted(range(len(docs)), key=lambda i: (-direct[i], i))  # the best first; ties: input order
     expected = {

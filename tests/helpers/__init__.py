@@ -78,11 +78,15 @@ def interrupt_prepare_at(monkeypatch, n: int) -> list:
     return calls
 
 
+def prepare_overrides(overrides: dict) -> list[str]:
+    """Hydra overrides of the `prepare` section from dotted keys; `+KEY` adds a key the section does not have,
+    as `+prepare.quality.NAME=...`."""
+    return [f"+prepare.{k[1:]}={v}" if k.startswith("+") else f"prepare.{k}={v}" for k, v in overrides.items()]
+
+
 def prepare_cfg(pipeline: str = "web", **overrides) -> dict:
-    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (dotted keys; `+KEY` adds
-    a key the section does not have, as `+prepare.quality.NAME=...`)."""
-    given = [f"+prepare.{k[1:]}={v}" if k.startswith("+") else f"prepare.{k}={v}" for k, v in overrides.items()]
-    cfg = compose("prepare", [f"prepare={pipeline}", *given])
+    """conf/prepare.yaml's `prepare` section (the `pipeline` option) with overrides (`prepare_overrides`)."""
+    cfg = compose("prepare", [f"prepare={pipeline}", *prepare_overrides(overrides)])
     return OmegaConf.to_container(cfg.prepare, resolve=True)
 
 

@@ -36,8 +36,9 @@ def build_filters(cfg: PrepareSection) -> list:
         steps.append(PiiMasker())
     if cfg.decontaminate is not None and cfg.decontaminate.tasks:
         steps.append(Decontaminate(**asdict(cfg.decontaminate)))
-    if quality_classifiers(cfg):
-        steps.append(QualityScore(quality_classifiers(cfg)))
+    classifiers = quality_classifiers(cfg)
+    if classifiers:
+        steps.append(QualityScore(classifiers))
     return steps
 
 

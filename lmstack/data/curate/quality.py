@@ -94,11 +94,6 @@ def load_model(path: str) -> FastTextModel:
     return model
 
 
-def positive_probs(model: FastTextModel, texts: list[str], label: str = POSITIVE) -> np.ndarray:
-    """The model's probability of `label` for each text."""
-    return model.probs(texts, label)
-
-
 @dataclass
 class QualityClassifier:
     """One `prepare.quality.<name>` entry: every document gets the model's probability of `label` in its
@@ -133,8 +128,7 @@ class QualityClassifier:
         scores = doc.metadata.setdefault("quality", {})
         if not isinstance(scores, dict):
             raise ValueError(f"the document's metadata has a `quality` that is not a mapping: {scores!r:.80}")
-        model = load_model(os.path.expanduser(self.model))
-        scores[self.classifier] = float(positive_probs(model, [doc.text], self.label)[0])
+        scores[self.classifier] = float(load_model(self.model).probs([doc.text], self.label)[0])
         return scores[self.classifier]
 
     def key(self, doc) -> int:

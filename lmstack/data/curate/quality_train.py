@@ -4,7 +4,7 @@ trained by floret (fastText's supervised training, `lmstack.data.curate.quality.
 
 The held-out split is by document (a hash of side and id, `lmstack.data.sources.is_validation`), so the
 paragraphs of one document never sit on both sides of it. Refused before any work, naming the problem: a side
-with fewer than `min_docs` documents, a document (same text after whitespace) on both sides, and a class more
+with fewer than `min_docs` documents, a document (the same text to exact dedup) on both sides, and a class more
 than `max_ratio` times the other without `balance=true` (which keeps as many of the larger side, chosen by a
 hash of their ids, as the smaller has). The output folder gets `model.bin`, `metrics.json` and `report.md`.
 """
@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import asdict
 
 import numpy as np
 
 from lmstack.data.sources import is_validation
 
-from .quality import NEGATIVE, POSITIVE, FastTextModel, fasttext_line, positive_probs, trainer_module
+from .dedup import ExactDedup
+from .partitions import PARAGRAPH
+from .quality import NEGATIVE, POSITIVE, FastTextModel, fasttext_line, trainer_module
 
-PARAGRAPH = re.compile(r"\n\s*\n")
 KEEP_FRACTIONS = (0.1, 0.25, 0.5)
 
 
@@ -36,17 +36,14 @@ def read_side(paths: list[str], side: str, text_field: str) -> list:
     return [d for d in docs if d.text.strip()]
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
-
-
 def check_sides(pos: list, neg: list, a) -> tuple[list, list]:
     """The two sides as they will be trained on, or a clear refusal (see the module docstring)."""
     for name, docs in (("positives", pos), ("negatives", neg)):
         if len(docs) < a.min_docs:
             raise ValueError(f"quality-train: {name} has {len(docs)} documents; need at least min_docs={a.min_docs}")
-    seen = {_digest(d.text): d for d in pos}
-    both = [(seen[h], d) for d in neg if (h := _digest(d.text)) in seen]
+    same = ExactDedup().key  # the same text as exact dedup tells it (case, punctuation and spacing aside)
+    seen = {same(d): d for d in pos}
+    both = [(seen[h], d) for d in neg if (h := same(d)) in seen]
     if both:
         p, n = both[0]
         raise ValueError(
@@ -137,7 +134,7 @@ def train_quality(a) -> dict:
         os.remove(lines)
         model.save_model(os.path.join(staging, "model.bin"))
         held = pos_held + neg_held
-        scores = positive_probs(FastTextModel(model, "floret"), [t for _, t in held])
+        scores = FastTextModel(model, "floret").probs([t for _, t in held])
         metrics = {
             **held_out_metrics(scores, np.array([label == POSITIVE for label, _ in held])),
             "train": {"positive": len(pos_train), "negative": len(neg_train)},
