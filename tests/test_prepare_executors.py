@@ -20,14 +20,26 @@ from lmstack.data.curate.pipeline import run_prepare
 from .helpers import ROOT, SHARED_DATA, prepare_cfg, prepare_overrides
 
 HOW_IT_RAN = ("timing.json", "report.md", "report.png")  # wall times, CPU, memory: not what the job produced
-INPUTS = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "prose" / "brown.jsonl.gz")]
-BASE = {"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "filters.language": "null", "task_bytes": 400_000}
+BASE = {"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "filters.language": "null", "task_bytes": 150_000}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[str]:
+    """The web samples (JSONL, JSON, WARC) and the first 120 Brown documents (1.4 MB: ~10 read tasks)."""
+    import gzip
+
+    brown = tmp_path_factory.mktemp("inputs") / "brown-120.jsonl.gz"
+    with gzip.open(SHARED_DATA / "prose" / "brown.jsonl.gz", "rt") as f, gzip.open(brown, "wt") as g:
+        g.writelines(line for line, _ in zip(f, range(120)))
+    return [str(SHARED_DATA / "web" / "*.json*.gz"), str(brown)]
 
 
 @pytest.fixture(scope="module")
 def base(quality_model) -> dict:
-    """BASE with a quality classifier keeping 70% of the job's documents: a global step of its own."""
-    return {**BASE, "+quality.brown": f"{{model: '{quality_model / 'model.bin'}', keep_fraction: 0.7}}"}
+    """BASE with a quality classifier keeping 70% of the job's documents (a global step of its own), the
+    corpus tokenized into two buckets of its score (cut at the job's median)."""
+    return {**BASE, "+quality.brown": f"{{model: '{quality_model / 'model.bin'}', keep_fraction: 0.7}}",
+            "tokenize.buckets": "{by: brown, quantiles: [0.5]}"}  # fmt: skip
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -40,13 +52,13 @@ def outputs(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, base) -> dict[str, bytes]:
+def reference(tmp_path_factory, base, inputs) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("ref") / "local-1"
-    stats = run_prepare(INPUTS, str(out), prepare_cfg(**base))
+    stats = run_prepare(inputs, str(out), prepare_cfg(**base))
     assert stats["removed"]["quality/brown"] > 0
     assert stats["tasks"] > stats["files"] and stats["docs_out"] > 0
     got = outputs(out)
-    assert {"documents.jsonl.gz", "stats.json", "web/train/index.json"} <= set(got) and any(
+    assert {"documents.jsonl.gz", "stats.json", "web_q0/train/index.json", "web_q1/val/index.json"} <= set(got) and any(
         k.endswith(".bin") for k in got
     )
     return got
@@ -59,11 +71,11 @@ def same_as(reference: dict, out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_and_ray_with_any_number_of_workers_write_the_same_bytes(tmp_path, reference, base, capfd):
+def test_local_and_ray_with_any_number_of_workers_write_the_same_bytes(tmp_path, reference, base, inputs, capfd):
     for executor, workers in (("local", 2), ("ray", 1), ("ray", 3)):  # one Ray worker, and more than the cores
         out = tmp_path / f"{executor}-{workers}"
         capfd.readouterr()
-        run_prepare(INPUTS, str(out), prepare_cfg(**base, executor=executor, num_workers=workers))
+        run_prepare(inputs, str(out), prepare_cfg(**base, executor=executor, num_workers=workers))
         if executor == "ray":  # the tasks really went through a Ray of the job's own, shut down after it
             import ray
 
@@ -87,7 +99,7 @@ def ray_task_processes(name: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_path, reference, base):
+def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_path, reference, base, inputs):
     killed = []
 
     def kill_one():
@@ -102,17 +114,17 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_the_output_is_the_same(tmp_
     killer = threading.Thread(target=kill_one)
     killer.start()
     out = tmp_path / "ray-killed"
-    run_prepare(INPUTS, str(out), prepare_cfg(**base, executor="ray", num_workers=2))
+    run_prepare(inputs, str(out), prepare_cfg(**base, executor="ray", num_workers=2))
     killer.join()
     assert killed, "no Ray worker was seen running a read task"
     same_as(reference, out)
 
 
 @pytest.mark.slow
-def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base):
+def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base, inputs):
     out = tmp_path / "killed"
     overrides = prepare_overrides(base)
-    cmd = [sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{','.join(INPUTS)}]", f"output_dir={out}"]
+    cmd = [sys.executable, "-m", "lmstack.cli", "prepare", f"inputs=[{','.join(inputs)}]", f"output_dir={out}"]
     job = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while len(list((out / ".work" / "read").glob("*/result.json"))) < 3 and time.time() < deadline:
@@ -121,7 +133,7 @@ def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base
     job.wait()
     finished = len(list((out / ".work" / "read").glob("*/result.json")))
     assert finished >= 3 and not (out / "stats.json").exists()
-    stats = run_prepare(INPUTS, str(out), prepare_cfg(**base))
+    stats = run_prepare(inputs, str(out), prepare_cfg(**base))
     timing = json.loads((out / "timing.json").read_text())
     assert timing["stages"]["read"]["tasks_run"] == stats["tasks"] - finished  # the finished ones were kept
     same_as(reference, out)
@@ -129,10 +141,10 @@ def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base
 
 
 @pytest.fixture(scope="module")
-def default_reference(tmp_path_factory) -> dict[str, bytes]:
-    """INPUTS through the default pipeline on the local executor (what the documented cluster job runs)."""
+def default_reference(tmp_path_factory, inputs) -> dict[str, bytes]:
+    """The inputs through the default pipeline on the local executor (what the documented cluster job runs)."""
     out = tmp_path_factory.mktemp("default") / "local"
-    run_prepare(INPUTS, str(out), prepare_cfg())
+    run_prepare(inputs, str(out), prepare_cfg())
     return outputs(out)
 
 
@@ -159,7 +171,7 @@ def in_own_network(lines: str, script: Path, env: dict, flags: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("earlier_token", [False, True], ids=["fresh-home", "earlier-token"])
-def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference):
+def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference, inputs):
     """The documented commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
     ~/.ray/auth_token), inside a network namespace of their own with only loopback: token authentication on,
     both nodes run tasks, and the output is the local executor's."""
@@ -173,7 +185,7 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
         (home / ".ray").mkdir()
         (home / ".ray" / "auth_token").write_text("an-earlier-local-token\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), INPUTS=",".join(INPUTS), OUT=str(out),
+    env.update(HOME=str(home), INPUTS=",".join(inputs), OUT=str(out),
                PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
     done, log = in_own_network(documented_cluster(), tmp_path / "cluster.sh", env, "-euo")
     assert done.returncode == 0, log[-3000:]

@@ -122,8 +122,88 @@ def test_a_quality_model_that_is_not_a_fasttext_model_is_refused_before_work(tmp
     out = tmp_path / "out"
     for option, message in (
         (f"{{model: '{BROWN}', threshold: 0.5}}", f"prepare.quality.q: quality model {BROWN} is not a fastText"),
-        (f"{{model: '{BROWN}'}}", "prepare.quality.q: give exactly one of threshold"),
+        (
+            f"{{model: '{BROWN}', threshold: 0.5, keep_fraction: 0.5}}",
+            "prepare.quality.q: give threshold (a score) or keep_fraction (a share), not both",
+        ),  # fmt: skip
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             run_prepare([str(BROWN)], str(out), prepare_cfg("prose", **{"+quality.q": option}))
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_buckets_split_the_corpus_at_job_wide_score_quantiles_and_a_mix_upsamples_one(
+    quality_model, tmp_path, small_cfg, capsys
+):
+    """prepare.tokenize.buckets: one source per score range, cut at the quantiles of a direct scoring of the
+    job's documents; a data mix that weights the best bucket up reports the passes over each bucket's blocks
+    that the sampler really makes, and trains on them."""
+    from lmstack.config.schema import DataSection, SourceSection
+    from lmstack.data.curate.pipeline import run_prepare
+    from lmstack.data.curate.quality import load_model
+    from lmstack.data.datamodule import LMDataModule
+    from lmstack.data.dataset import ResumableSampler
+    from lmstack.run import run
+
+    from .helpers import prepare_cfg
+
+    src, docs = mixed_corpus(tmp_path)
+    model = quality_model / "model.bin"
+    direct = dict(zip([d["id"] for d in docs], load_model(str(model)).probs([d["text"] for d in docs])))
+    out = tmp_path / "buckets"
+    cfg = prepare_cfg("prose", filters="{}", dedup="{}", **{
+        "+quality.brown": f"{{model: '{model}'}}",  # scores only: every document is kept
+        "tokenize.buckets": "{by: brown, quantiles: [0.5]}", "tokenize.vocab_size": 512, "tokenize.seq_len": 64,
+        "tokenize.val_fraction": 0.2, "source": "mixed",
+    })  # fmt: skip
+    stats = run_prepare([str(src)], str(out), cfg)
+    assert stats["docs_out"] == len(docs)
+    meta = json.loads((out / "meta.json").read_text())
+    assert list(meta["sources"]) == ["mixed_q0", "mixed_q1"]
+    edge = float(np.quantile(list(direct.values()), 0.5))
+    assert meta["sources"]["mixed_q1"]["bucket"] == {"by": "brown", "quantiles": [0.5, 1.0], "scores": [edge, None]}
+    for name, low in (("mixed_q0", False), ("mixed_q1", True)):
+        ids = {json.loads(line)["id"] for line in (out / name / "documents.jsonl").read_text().splitlines()}
+        assert ids == {i for i, s in direct.items() if (s >= edge) == low}, name
+        assert meta["sources"][name]["documents"] == len(ids) == 40
+    # a mix drawing 90% of its samples from the best bucket: the sampler's own draws, per bucket
+    sources = [SourceSection(name=n, prepared=str(out), part=f"mixed_q{k}", weight=w)
+               for n, k, w in (("low", 0, 1.0), ("top", 1, 9.0))]  # fmt: skip
+    dm = LMDataModule(DataSection(seq_len=64, batch_size=4), sources, str(tmp_path), total_micro_steps=1500)
+    dm.setup()
+    epochs = dm.epochs(world_size=1)
+    drawn = np.bincount(np.searchsorted(dm.train_set.offsets, list(ResumableSampler(
+        dm.train_set.lengths, dm.source_weights(), 4, 1500, 0, 0, 1, 0)), side="right") - 1, minlength=2)  # fmt: skip
+    assert epochs == {n: d / b for n, d, b in zip(("low", "top"), drawn, dm.train_set.lengths)}
+    blocks = dict(zip(("low", "top"), dm.train_set.lengths))
+    assert epochs["top"] / epochs["low"] == pytest.approx(9 * blocks["low"] / blocks["top"], rel=0.15)
+    assert epochs["top"] > 1.5  # the best bucket's documents repeat
+    with pytest.raises(ValueError, match=r"has no source 'mixed_q7'; its sources are \['mixed_q0', 'mixed_q1'\]"):
+        LMDataModule(DataSection(seq_len=64), [SourceSection(name="x", prepared=str(out), part="mixed_q7")],
+                     str(tmp_path)).prepare_data()  # fmt: skip
+    mix = f"data_mix.sources=[{{name: low, prepared: '{out}', part: mixed_q0, weight: 1}}, " \
+          f"{{name: top, prepared: '{out}', part: mixed_q1, weight: 9}}]"  # fmt: skip
+    result = run(small_cfg("data.seq_len=64", mix, "train.max_tokens=2048"))
+    printed = capsys.readouterr().out
+    assert result["steps"] == 8 and "epochs: low " in printed
+    written = json.loads((tmp_path / "run" / "result.json").read_text())["epochs"]
+    assert set(written) == {"low", "top"} and written["top"] > written["low"]
+
+
+def test_buckets_name_a_configured_classifier_and_increasing_quantiles(quality_model, tmp_path):
+    from lmstack.data.curate.pipeline import run_prepare
+
+    from .helpers import prepare_cfg
+
+    model = quality_model / "model.bin"
+    out = tmp_path / "out"
+    for buckets, message in (
+        ("{by: edu, quantiles: [0.5]}", "prepare.tokenize.buckets.by='edu' names no prepare.quality classifier"),
+        ("{by: brown, quantiles: [0.9, 0.5]}", "prepare.tokenize.buckets.quantiles=[0.9, 0.5]: increasing"),
+        ("{by: brown, quantiles: [1.0]}", "prepare.tokenize.buckets.quantiles=[1.0]: increasing"),
+    ):
+        cfg = prepare_cfg("prose", **{"+quality.brown": f"{{model: '{model}'}}", "tokenize.buckets": buckets})
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_prepare([str(BROWN)], str(out), cfg)
         assert not out.exists()

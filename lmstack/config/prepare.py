@@ -23,6 +23,15 @@ class DedupSection:
 
 
 @dataclass
+class BucketsSection:
+    """Quality buckets: the corpus tokenized into one source per score range of a `prepare.quality` classifier,
+    cut at job-wide quantiles of its score, so that a data mix can weight them (upsample the best)."""
+
+    by: str  # the prepare.quality classifier whose score decides a document's bucket
+    quantiles: list[float] = field_([0.5, 0.9])  # the cuts, job-wide score quantiles: [0.5, 0.9] gives 3 buckets
+
+
+@dataclass
 class TokenizeSection:
     vocab_size: int = field_(4096, min=258)  # the byte-level BPE's vocabulary (when no tokenizer is given)
     seq_len: int = field_(256, min=2)  # tokens per training block
@@ -30,6 +39,8 @@ class TokenizeSection:
     val_fraction: float = field_(0.02, min=0.0, max=1.0)
     min_frequency: int = field_(2, min=1)  # the BPE's minimum pair frequency
     tokenizer: Optional[str] = None  # a tokenizer.json instead of training one; folders with one tokenizer mix
+    # sources <source>_q0 (lowest scores) .. <source>_qN (highest) instead of one <source>; null: one source
+    buckets: Optional[BucketsSection] = None
 
 
 @dataclass
@@ -61,8 +72,8 @@ class PrepareSection:
     count_tokens: bool = False  # count every stage's tokens exactly (needs tokenize.tokenizer)
     filters: Optional[dict] = field_({})  # name -> its options, in order; null skips one; null or {}: no filter
     pii: Optional[bool] = False  # mask e-mail addresses, IP addresses and phone numbers (null: off)
-    # name -> {model: PATH, threshold: T} or {model: PATH, keep_fraction: F} (and label: the class kept,
-    # __label__hq); a fastText .bin scores every document; null or {}: none
+    # name -> {model: PATH, threshold: T} or {model: PATH, keep_fraction: F} or {model: PATH} (scores only), and
+    # label: the class kept (__label__hq); a fastText .bin scores every document; null or {}: none
     quality: Optional[dict] = field_({})
     decontaminate: Optional[DecontaminateSection] = field(default_factory=DecontaminateSection)  # null or {}: off
     dedup: Optional[DedupSection] = field(default_factory=DedupSection)  # null or {}: no dedup step at all

@@ -40,6 +40,7 @@ class SourceSection:
     builtin: Optional[str] = None  # a corpus every machine has: python_stdlib
     paths: Optional[list[str]] = None  # files, folders or globs of documents (JSONL, Parquet, WARC, text, ...)
     prepared: Optional[str] = None  # a folder written by `lmstack prepare`
+    part: Optional[str] = None  # with `prepared`: one of the folder's sources (a quality bucket); null: all of them
     text_field: str = "text"  # the documents' text key in JSONL and Parquet rows
     weight: float = field_(1.0, min=0.0)  # the source's share of training samples (weights are normalised)
 
@@ -182,6 +183,8 @@ def validate(cfg: dict) -> RunSpec:
             raise ConfigError(
                 f"data_mix.sources[{i}] ({src.name}) needs exactly one of `builtin`, `paths` or `prepared`"
             )
+        if src.part and not src.prepared:
+            raise ConfigError(f"data_mix.sources[{i}] ({src.name}): `part` picks a source of a `prepared` folder")
     if len({bool(s.prepared) for s in spec.data_mix.sources}) > 1:
         raise ConfigError(
             "data_mix: mix `prepared` folders only with other `prepared` folders (raw sources are "

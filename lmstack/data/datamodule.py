@@ -8,6 +8,7 @@ source's held-out blocks in order.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 from lmstack.config.schema import DataSection, SourceSection
 
 from .corpus_cache import prepare_corpus
-from .corpus_format import PreparedCorpus, load_prepared, tokenizer_digest
-from .dataset import BlockDataset, ResumableSampler, StreamLoader
+from .corpus_format import PreparedCorpus, block_count, load_prepared, tokenizer_digest
+from .dataset import BlockDataset, MixtureStream, ResumableSampler, StreamLoader
 from .tokenizer import token_byte_lengths
 
 
@@ -69,8 +70,9 @@ class LMDataModule(L.LightningDataModule):
         self.parts = [(i, self.corpus, s.name, 1.0) for i, s in enumerate(self.sources)]
 
     def _load_prepared(self) -> None:
-        """Each configured folder's sources (one, for a folder `lmstack prepare` wrote); a folder's weight is
-        shared among its sources in proportion to their training blocks."""
+        """Each configured folder's sources (one, for a folder `lmstack prepare` wrote, or its quality buckets),
+        or the one its `part` names; a folder's weight is shared among its sources in proportion to their
+        training blocks."""
         self.parts = []
         first = None
         for i, src in enumerate(self.sources):
@@ -91,6 +93,13 @@ class LMDataModule(L.LightningDataModule):
                     f"prepare.tokenize.tokenizer={self.corpus.tokenizer_path}"
                 )
             blocks = {n: m["blocks"]["train"] for n, m in corpus.meta["sources"].items()}
+            if src.part is not None:
+                if src.part not in blocks:
+                    raise ValueError(
+                        f"data_mix.sources ({src.name}): {src.prepared} has no source {src.part!r}; "
+                        f"its sources are {sorted(blocks)}"
+                    )
+                blocks = {src.part: blocks[src.part]}
             total = sum(blocks.values()) or 1
             self.parts += [(i, corpus, n, b / total) for n, b in blocks.items()]
 
@@ -126,6 +135,22 @@ class LMDataModule(L.LightningDataModule):
         phases = [[s.weight for s in self.sources]]
         phases += [[p["weights"].get(s.name, 0.0) for s in self.sources] for p in self.phases]
         return [[w[i] * share for i, _, _, share in self.parts] for w in phases]
+
+    def epochs(self, world_size: int) -> dict[str, float]:
+        """Passes over each source's training blocks that the run's samples make, counted on the sampler's own
+        stream: above 1, the source's documents repeat (an upsampled quality bucket, a small source)."""
+        if not self.total_micro_steps:
+            return {}
+        lengths = [block_count(c.split_dir(n, "train")) for _, c, n, _ in self.parts]
+        starts = [0] + [p["start_sample"] for p in self.phases]
+        stream = MixtureStream(lengths, self.source_weights(), self.seed, starts)
+        samples = self.total_micro_steps * self.batch_size * world_size
+        stream.take(samples, samples)  # the samples before are only counted
+        many = Counter(i for i, *_ in self.parts)
+        return {
+            (self.sources[i].name if many[i] == 1 else f"{self.sources[i].name}/{n}"): int(d) / max(length, 1)
+            for (i, _, n, _), d, length in zip(self.parts, stream.drawn, lengths)
+        }
 
     @property
     def tokenizer_vocab_size(self) -> int:

@@ -173,6 +173,7 @@ class Pretrain(Stage):
         super().__init__(spec, config)
         self.ckpt = resolve_ckpt(spec.ckpt_path, spec.paths.output_root, spec.run_dir)
         self.started = time.time()
+        self.epochs: dict[str, float] = {}  # passes over each source's training blocks (rank 0's record)
 
     @property
     def resume_from(self):
@@ -201,6 +202,9 @@ class Pretrain(Stage):
                 f"{module.context.tokens_per_step:,} tokens"
             )
             print(f"run directory: {spec.run_dir}")
+            self.epochs = dm.epochs(trainer.world_size)
+            if len(self.epochs) > 1 or any(e > 1 for e in self.epochs.values()):
+                print("epochs: " + ", ".join(f"{name} {e:.2f}" for name, e in self.epochs.items()))
         return module, dm
 
     def before(self, trainer, module, data) -> dict:
@@ -248,6 +252,7 @@ class Pretrain(Stage):
                     "non_embedding_params": module.model.num_params(non_embedding=True),
                     "nonfinite_steps": module.nonfinite.total,
                     "skipped_steps": module.skipped_steps,
+                    "epochs": self.epochs,
                     "wall_s": time.time() - self.started,
                     "pid": os.getpid(),
                 },

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import buckets, stages
 from . import partitions as parts
-from . import stages
 from .build import dedup_steps
 from .near_dups import VERIFY_PAIRS_PER_TASK
 from .resume import job_key, task_key
@@ -193,6 +193,12 @@ class PrepareJob:
         tok = make_tokenizer(finals, tok_cfg, self.out)
         self.timing["tokenizer"] = {"wall": time.time() - t0}
         first = np.cumsum([0] + [r["kept"] for r in last]).tolist()
+        spec, described, cut = tok_cfg.buckets, {}, None
+        parts_ = buckets.names(self.cfg.source, spec)
+        if spec is not None:
+            cut = {"by": spec.by, "edges": buckets.cuts(finals, spec.quantiles)}
+            described = {p: {"bucket": buckets.describe(spec.by, spec.quantiles, cut["edges"], k)}
+                         for k, p in enumerate(parts_)}  # fmt: skip
         base = self.job_dir / "tokenize"
         jobs = [
             {
@@ -202,12 +208,14 @@ class PrepareJob:
                 "tokenizer": str(tok),
                 "seq_len": tok_cfg.seq_len,
                 "val_fraction": tok_cfg.val_fraction,
-                "source": self.cfg.source,
+                "parts": parts_,
+                "buckets": cut,
             }
             for t, f in enumerate(finals)
         ]
         res = self.stage("tokenize", tokenize_task, jobs)
-        meta = merge_tokenized([Path(j["dir"]) for j in jobs], res, self.out, jobs[0]["source"], tok_cfg.seq_len)
-        size = sum(r["bytes"] for r in res)
-        acct.stages.append(tokenize_stage(meta, sum(r["documents"] for r in res), size))
+        meta = merge_tokenized([Path(j["dir"]) for j in jobs], res, self.out, tok_cfg.seq_len, described)
+        size = sum(p["bytes"] for r in res for p in r["parts"].values())
+        docs = sum(p["documents"] for r in res for p in r["parts"].values())
+        acct.stages.append(tokenize_stage(meta, docs, size))
         estimate_tokens(acct)

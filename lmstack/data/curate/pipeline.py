@@ -20,6 +20,7 @@ import logging
 
 from lmstack.config.prepare import PrepareSection
 
+from .buckets import check_buckets
 from .build import build_dedup, build_filters, minhash_step
 from .inputs import expand_inputs, file_fingerprint
 from .resume import changes, config_files, produced_by
@@ -40,6 +41,7 @@ def check_config(cfg: dict | PrepareSection) -> PrepareSection:
     check_values(cfg, "prepare")
     section = to_dataclass(PrepareSection, cfg, "prepare")
     build_filters(section), build_dedup(section), Sizer.from_section(section), minhash_step(section)
+    check_buckets(section)
     return section
 
 

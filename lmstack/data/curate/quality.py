@@ -100,7 +100,8 @@ class QualityClassifier:
     metadata (`quality.<name>`); with `threshold` a document below it is removed as `quality/<name>` as it is
     read, with `keep_fraction` the global step after dedup keeps that share of the whole job's documents, the
     best-scored (ties: the earlier in input order), so it needs every task's scores first: its keys are the
-    scores (`key`), decided in one partition (`decide`)."""
+    scores (`key`), decided in one partition (`decide`). With neither, it only scores (for buckets, or to
+    filter later)."""
 
     classifier: str
     model: str
@@ -110,8 +111,8 @@ class QualityClassifier:
 
     def __post_init__(self):
         where = f"prepare.quality.{self.classifier}"
-        if (self.threshold is None) == (self.keep_fraction is None):
-            raise ValueError(f"{where}: give exactly one of threshold (a score) and keep_fraction (a share)")
+        if self.threshold is not None and self.keep_fraction is not None:
+            raise ValueError(f"{where}: give threshold (a score) or keep_fraction (a share), not both")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"{where}.threshold={self.threshold}: a probability, 0 to 1")
         if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:

@@ -36,12 +36,15 @@ def _digest(value) -> str:
 
 def produced_by(cfg) -> dict:
     """The prepare section (a PrepareSection) as a mapping, without the keys that say only where tasks run
-    (and without `imports` and `quality` when there are none, as before the options existed: the same
-    fingerprints)."""
+    (and without `imports`, `quality` and `tokenize.buckets` when there are none, as before the options existed:
+    the same fingerprints)."""
     from dataclasses import asdict
 
     later = ("imports", "quality")
-    return {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS and (k not in later or v)}
+    out = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS and (k not in later or v)}
+    if out["tokenize"] is not None and out["tokenize"]["buckets"] is None:
+        del out["tokenize"]["buckets"]
+    return out
 
 
 def task_key(fingerprint: dict, span: dict, cfg, named: list[dict]) -> str:

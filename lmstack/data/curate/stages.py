@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import buckets
 from . import partitions as parts
 from .build import build_filters, dedup_steps
 from .near_dups import components_removed, verify_pairs
@@ -36,15 +37,17 @@ def _result(part: StepResults, members: Members, kept: int, extra: dict | None =
     }
 
 
-def _finish(tmp: Path, docs: list, steps: list, step_index: int, members: Members) -> dict:
+def _finish(tmp: Path, docs: list, cfg, steps: list, step_index: int, members: Members) -> dict:
     """What every task that holds documents ends with: its documents, then the keys of dedup step
-    `step_index`, or (after the last step) the documents' output member."""
+    `step_index`, or (after the last step) the documents' output member (and their bucket scores)."""
     write_docs(tmp, docs)
     if step_index < len(steps):
         parts.write_keys(tmp, steps[step_index], docs)
         return {"keys": parts.key_count(tmp)}
     for _, d in docs:
         members.write("documents.jsonl.gz", document_row(d))
+    if cfg.tokenize is not None and cfg.tokenize.buckets is not None:  # the job-wide cuts need every score
+        buckets.write_scores(tmp, docs, cfg.tokenize.buckets.by)
     return {}
 
 
@@ -92,7 +95,7 @@ def _read(job: dict, tmp: Path) -> dict:
     for s in steps:
         if isinstance(s, PiiMasker):
             pii.update(s.counts)
-    extra = _finish(tmp, list(enumerate(kept)), dedup_steps(cfg), 0, members)
+    extra = _finish(tmp, list(enumerate(kept)), cfg, dedup_steps(cfg), 0, members)
     return _result(part, members, len(kept), {**extra, "pii": dict(pii)})
 
 
@@ -184,5 +187,5 @@ def _pass(job: dict, tmp: Path) -> dict:
             st.count_out(sizer(d))
             kept.append((i, d))
         docs = kept
-    extra = _finish(tmp, docs, steps, (k + 1) if k is not None else len(steps), members)
+    extra = _finish(tmp, docs, cfg, steps, (k + 1) if k is not None else len(steps), members)
     return _result(part, members, len(docs), extra)
