@@ -22,7 +22,7 @@ _BUILTIN = {
     "filter": ("lmstack.data.curate.filters", "lmstack.data.curate.blocklists"),
     "dedup": ("lmstack.data.curate.dedup",),
     "schedule": ("lmstack.train.schedules",),
-    "optimizer": ("lmstack.train.optim",),
+    "optimizer": ("lmstack.train.optim", "lmstack.train.muon"),
     "stage": ("lmstack.stages",),
     "task": ("lmstack.tasks.verifiable",),
     "attention": ("lmstack.model.attention",),

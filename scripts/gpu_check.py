@@ -1,6 +1,7 @@
 """GPU check (not part of the tests or CI): short bf16 FSDP2 runs of the 150m and 1b presets on one GPU,
-with sdpa (and flash-attn when it imports), with and without torch.compile; prints tokens/s, MFU and
-peak memory of each run, read back from its TensorBoard events (the Throughput plugin's perf/* scalars).
+with sdpa (and flash-attn when it imports), with and without torch.compile, and with optimizer=muon (sdpa,
+its Newton-Schulz in bfloat16 on a gathered matrix per FSDP2 shard); prints tokens/s, MFU and peak memory of
+each run, read back from its TensorBoard events (the Throughput plugin's perf/* scalars).
 
     python scripts/gpu_check.py [--steps 30] [--models 150m 1b] [--out /tmp/gpu_check]
     python scripts/gpu_check.py --cpu-smoke   # the same path on CPU with `tiny`, to check the script itself
@@ -47,8 +48,10 @@ def main() -> None:
     else:
         hw = ["trainer=gpu", "trainer.devices=1", "trainer.precision=32-true", "strategy=fsdp"]  # FSDP2 casts to bf16
     rows = []
-    for model, backend, compile_ in itertools.product(args.models, backends, [False, True]):
-        name = f"{model}-{backend}-{'compile' if compile_ else 'eager'}"
+    runs = [(*r, "adamw") for r in itertools.product(args.models, backends, [False, True])]
+    runs += [(m, "sdpa", c, "muon") for m, c in itertools.product(args.models, [False, True])]
+    for model, backend, compile_, optimizer in runs:
+        name = f"{model}-{backend}-{'compile' if compile_ else 'eager'}" + ("-muon" if optimizer == "muon" else "")
         run_dir = Path(args.out) / name
         tokens = args.steps * args.seq_len * args.batch
         cmd = [
@@ -57,6 +60,7 @@ def main() -> None:
             f"model={model}",
             *hw,
             f"model.attention.backend={backend}",
+            f"optimizer={optimizer}",
             f"data.seq_len={args.seq_len}",
             f"data.batch_size={args.batch}",
             f"train.max_tokens={tokens}",

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import FSDP_RUN, SHARED_DATA, SMALL, compose_cfg, prepare_cfg, train_on_ranks, write_harness_tasks
+from .helpers import (
+    FSDP_RUN,
+    MUON,
+    SHARED_DATA,
+    SMALL,
+    compose_cfg,
+    prepare_cfg,
+    train_on_ranks,
+    write_harness_tasks,
+)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +73,7 @@ def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     (out / "tasks").mkdir()
     mc, gen = write_harness_tasks(out / "tasks")  # lm-eval tasks too: multiple choice and generate_until
     harness = f"evals.harness={{tasks: [{mc}, {gen}], limit: 15}}"
-    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness)
+    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness, launcher="lightning")
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +82,7 @@ def ddp_run(fsdp_run, tmp_path_factory) -> list[dict]:
     what FSDP2 must match, and the run GC sync is checked on."""
     out = tmp_path_factory.mktemp("ddp")
     gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
-    return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", *gc_every)
+    return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", MUON, *gc_every)
 
 
 @pytest.fixture

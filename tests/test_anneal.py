@@ -13,6 +13,7 @@ import torch
 from lmstack.config import ConfigError
 from lmstack.run import run
 
+from .helpers import SMALL, compose_cfg
 from .test_stability import scalars
 
 
@@ -57,3 +58,39 @@ def test_an_anneal_needs_the_optimizer_state_of_its_checkpoint(pretrained, small
         run(small_cfg("stage=anneal", f"init_from={weights_only}"))
     with pytest.raises(ConfigError, match="set init_from=PATH"):
         run(small_cfg("stage=anneal"))
+
+
+def test_a_muon_anneal_carries_muons_momentum_and_both_learning_rates(cache_dir, small_cfg, tmp_path):
+    """optimizer=muon: the hidden matrices' lr (muon.lr) and AdamW's start from their own values, and Muon's
+    momentum goes on from the checkpoint's: one step from the checkpoint and from a copy whose momentum is
+    doubled (the same weights, so the same gradient) differ by exactly 0.95 x the momentum; annealing with the
+    other optimizer is refused, naming it."""
+    from lmstack.checkpoint import atomic_save
+
+    pre = compose_cfg([*SMALL, "train.max_tokens=2048", "optimizer=muon", "optimizer.muon.lr=0.02"],
+                      run_dir=tmp_path / "pre", cache_dir=cache_dir)  # fmt: skip
+    run(pre)
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    lr0 = {g["group"]: g["lr"] for g in saved["optimizer_states"][0]["param_groups"]}
+    assert lr0["muon"] == pytest.approx(lr0["decay"] * 0.02 / 3e-3)  # one schedule, two peaks
+    with pytest.raises(ConfigError, match="was trained with optimizer=muon.* set optimizer=muon"):
+        run(small_cfg("stage=anneal", f"init_from={ckpt}", "train.max_tokens=512"))
+    muon_ids = [i for g in saved["optimizer_states"][0]["param_groups"] if g["group"] == "muon" for i in g["params"]]
+    assert len(muon_ids) == 7 * 4  # tiny: 4 blocks of q, k, v, o, gate, up, down
+    for i in muon_ids:
+        saved["optimizer_states"][0]["state"][i]["momentum_buffer"] *= 2
+    doubled = tmp_path / "doubled.ckpt"
+    atomic_save(saved, doubled)
+    after = {}
+    for name, path in (("saved", ckpt), ("doubled", doubled)):
+        cfg = compose_cfg([*SMALL, "stage=anneal", f"init_from={path}", "optimizer=muon", "train.max_tokens=256"],
+                          run_dir=tmp_path / name, cache_dir=cache_dir)  # fmt: skip
+        run(cfg)
+        assert scalars(Path(cfg.run_dir))["train/lr"][0] == pytest.approx(lr0["muon"])  # Muon's group: the first
+        after[name] = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    original = torch.load(ckpt, weights_only=True)["optimizer_states"][0]["state"]
+    for i in muon_ids:
+        a, b = (after[n]["optimizer_states"][0]["state"][i]["momentum_buffer"] for n in ("saved", "doubled"))
+        scale = float(b.abs().max())  # float32 rounding of the two buffers, relative to their size
+        assert torch.allclose(b - a, 0.95 * original[i]["momentum_buffer"], rtol=0, atol=1e-5 * scale), i

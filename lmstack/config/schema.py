@@ -14,6 +14,20 @@ from .validate import ConfigError, check_kwargs, check_target, check_values, fie
 
 
 @dataclass
+class MuonSection:
+    """optimizer=muon's hidden matrices (lmstack/train/muon.py); the rest use AdamW's keys of the section."""
+
+    lr: Optional[float] = field_(None, min=0.0)  # their peak learning rate; null: optimizer.lr
+    momentum: float = field_(0.95, min=0.0, max=1.0)  # the gradients' exponential average
+    nesterov: bool = True  # Nesterov momentum
+    ns_steps: int = field_(5, min=1, max=99)  # Newton-Schulz iterations
+    # the update's scale per matrix shape (A, B): match_rms_adamw (Moonlight, 0.2 sqrt(max(A, B)): AdamW's lr and
+    # weight decay carry over), original (Keller Jordan's sqrt(max(1, A/B))), spectral_unclamped (sqrt(A/B))
+    adjust_lr: Literal["match_rms_adamw", "original", "spectral_unclamped"] = "match_rms_adamw"
+    ns_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # Newton-Schulz's dtype; auto: bf16 on GPU, fp32 on CPU
+
+
+@dataclass
 class OptimizerSection:
     name: str = "adamw"  # a registered optimizer (lmstack.registry, kind `optimizer`)
     lr: float = field_(3e-3, min=0.0)  # the peak the schedule reaches
@@ -24,6 +38,7 @@ class OptimizerSection:
     decay_norms: bool = False  # norm weights are decayed too
     decay_biases: bool = False  # biases are decayed too
     fused: Optional[bool] = None  # torch's fused AdamW kernel (null: torch decides)
+    muon: MuonSection = field(default_factory=MuonSection)  # optimizer=muon: its hidden matrices' options
 
 
 @dataclass

@@ -22,9 +22,10 @@ class AnnealSection(StageSection):
     """No options of its own: the schedule is derived from the checkpoint (the `schedule` group does not apply)."""
 
 
-def start_lr(path: str) -> float:
-    """The learning rate the checkpoint's optimizer holds for its next step (refusing checkpoints whose
-    optimizer state an anneal cannot take over)."""
+def start_lrs(path: str) -> dict[str, float]:
+    """The learning rates the checkpoint's optimizer holds for its next step, by algorithm (`adamw`, and
+    `muon` for optimizer=muon's hidden matrices), refusing checkpoints whose optimizer state an anneal cannot
+    take over."""
     from lmstack.checkpoint import read_metadata
 
     if Path(path).is_dir():
@@ -40,15 +41,27 @@ def start_lr(path: str) -> float:
             "stage=anneal keeps the optimizer: start it from a training checkpoint, or train from these "
             "weights with init_from= and a schedule of your own"
         )
-    return float(groups[0]["lr"])
+    lrs = {}
+    for g in groups:
+        lrs.setdefault(g.get("algorithm", "adamw"), float(g["lr"]))
+    return lrs
 
 
 def anneal_spec(spec):
-    """The run's spec for an anneal: the optimizer's learning rate at the checkpoint's current value and a
-    schedule from it linearly to zero over the run's budget, without warmup."""
-    lr = start_lr(spec.init_from)
+    """The run's spec for an anneal: the optimizer's learning rates at the checkpoint's current values and a
+    schedule from them linearly to zero over the run's budget, without warmup; the optimizer must be the
+    checkpoint's (its state is taken over)."""
+    lrs = start_lrs(spec.init_from)
+    trained = "muon" if "muon" in lrs else "adamw"
+    if (spec.optimizer.name == "muon") != (trained == "muon"):
+        raise ConfigError(
+            f"init_from={spec.init_from} was trained with optimizer={trained}, this run has "
+            f"optimizer={spec.optimizer.name}; stage=anneal takes over the optimizer state: set optimizer={trained}"
+        )
+    muon = replace(spec.optimizer.muon, lr=lrs["muon"]) if "muon" in lrs else spec.optimizer.muon
+    optimizer = replace(spec.optimizer, lr=lrs.get("adamw", lrs.get("muon")), muon=muon)
     schedule = replace(spec.schedule, name="wsd", warmup_tokens=0.0, decay_tokens=1.0, min_lr=0.0)
-    return replace(spec, optimizer=replace(spec.optimizer, lr=lr), schedule=schedule)
+    return replace(spec, optimizer=optimizer, schedule=schedule)
 
 
 @register("stage", "anneal")

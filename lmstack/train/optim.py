@@ -30,13 +30,15 @@ def param_groups(
     no_decay_patterns: list[str],
     decay_norms: bool = False,
     decay_biases: bool = False,
+    exclude: set[int] = frozenset(),
 ) -> list[dict]:
-    """Split parameters into a decayed and a non-decayed group; both are always returned (maybe empty)."""
+    """Split parameters into a decayed and a non-decayed group; both are always returned (maybe empty).
+    `exclude`: ids of parameters another algorithm trains (optimizer=muon's hidden matrices)."""
     norms = _norm_param_names(model)
     decay, no_decay = [], []
     decay_names, no_decay_names = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in exclude:
             continue
         skip = (
             any(fnmatch(name, pat) for pat in no_decay_patterns)

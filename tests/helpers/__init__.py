@@ -115,8 +115,10 @@ TINY_LLAMA_CONFIG = {
 
 
 TWO_RANKS = ["trainer.devices=2", "train.max_tokens=5120"]  # 10 steps of 2 ranks x 4 x 64 tokens
+MUON = "optimizer=muon"  # the shared 2-rank runs train with Muon: FSDP2 == DDP, resume and elastic resume cover it
 FSDP_RUN = [  # the shared 2-rank FSDP2 run (conftest.fsdp_run)
     "strategy=fsdp",
+    MUON,
     "train.activation_checkpointing=true",  # applied before sharding (lmstack.train.parallelize): same math
     "callbacks.checkpoint.every_n_train_steps=5",
     *SMALL_EVALS,
@@ -125,18 +127,24 @@ FSDP_RUN = [  # the shared 2-rank FSDP2 run (conftest.fsdp_run)
 ]
 
 
-def train_on_ranks(out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2) -> list[dict]:
-    """Every multi-process test's runner: `tests/workers/run_worker.py` (lmstack's own `run`, whose strategy
-    starts the other ranks) on 2 processes, or `ranks`; returns each rank's report (rank 0's with the output
-    of all, as `stdout` and `stderr`)."""
+def train_on_ranks(
+    out: Path, cache: Path, *overrides: str, timeout: int = 600, ranks: int = 2, launcher: str = "torchrun"
+) -> list[dict]:
+    """Every multi-process test's runner: `tests/workers/run_worker.py` (lmstack's own `run`) on 2 processes, or
+    `ranks`, started by torchrun (the ranks start at once: their imports overlap) or with `launcher="lightning"`
+    by the run's own strategy (rank 0 starts the other ranks, as `python train.py trainer.devices=2` does);
+    returns each rank's report (rank 0's with the output of all, as `stdout` and `stderr`)."""
     import json
     import subprocess
     import sys
 
     out.mkdir(parents=True)
     launch = TWO_RANKS if ranks == 2 else [f"trainer.devices={ranks}", TWO_RANKS[1]]
+    worker = [str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *launch, *overrides]
+    if ranks > 1 and launcher == "torchrun":
+        worker = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), *worker]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "workers" / "run_worker.py"), str(out), *launch, *overrides],
+        [sys.executable, *worker],
         cwd=ROOT,
         timeout=timeout,
         env=clean_env(LMSTACK_TEST_CACHE=str(cache)),
