@@ -36,6 +36,18 @@ def test_rpo_alpha_adds_the_chosen_answers_mean_token_nll():
     assert float(m["chosen_nll"]) == pytest.approx(2.0) and float(m2["rewards/margin"]) == float(m["rewards/margin"])
 
 
+def test_dpop_penalises_a_chosen_answer_below_its_reference_likelihood():
+    # pair 1: chosen log-ratio +1 (no penalty); pair 2: chosen log-ratio -2 (penalty lambda x 2 inside)
+    pc, pr, rc, rr, n = t(-5.0, -8.0), t(-7.0, -9.0), t(-6.0, -6.0), t(-6.0, -6.0), t(1, 1)
+    loss, _ = preference_loss(pc, pr, rc, rr, n, n, "sigmoid", beta=0.1, dpop_lambda=5.0)
+    h = [(1.0 - (-1.0)), (-2.0 - (-3.0)) - 5.0 * 2.0]
+    assert float(loss) == pytest.approx(sum(math.log1p(math.exp(-0.1 * x)) for x in h) / 2)
+    plain, _ = preference_loss(pc, pr, rc, rr, n, n, "sigmoid", beta=0.1)
+    assert float(loss) > float(plain)
+    with pytest.raises(ValueError, match="simpo has none"):
+        preference_loss(pc, pr, rc, rr, n, n, "simpo", dpop_lambda=1.0)
+
+
 def test_dpo_norm_equals_sigmoid_at_equal_lengths_and_differs_otherwise():
     torch.manual_seed(0)
     pc, pr, rc, rr = (torch.randn(8, dtype=torch.float64) * 5 for _ in range(4))

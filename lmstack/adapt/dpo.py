@@ -35,6 +35,7 @@ class DPOObjective(Objective):
         reference: str = "cached",
         rpo_alpha: float = 0.0,
         reference_model: torch.nn.Module | None = None,  # reference=live: the frozen starting model
+        dpop_lambda: float = 0.0,
     ):
         if reference not in ("cached", "live"):
             raise ValueError(f"dpo reference={reference!r}; allowed: cached, live")
@@ -42,9 +43,12 @@ class DPOObjective(Objective):
             raise ValueError("dpo reference=live needs the frozen starting model (reference_model)")
         self.loss_name, self.beta, self.label_smoothing, self.gamma = loss, beta, label_smoothing, gamma
         self.reference, self.rpo_alpha, self.reference_model = reference, rpo_alpha, reference_model
+        self.dpop_lambda = dpop_lambda
+        if dpop_lambda and loss == "simpo":
+            raise ValueError("dpo dpop_lambda needs a reference: not with loss=simpo")
 
     def options(self) -> dict:
-        keys = ("beta", "label_smoothing", "gamma", "reference", "rpo_alpha")
+        keys = ("beta", "label_smoothing", "gamma", "reference", "rpo_alpha", "dpop_lambda")
         return {"name": self.name, "loss": self.loss_name, **{k: getattr(self, k) for k in keys}}
 
     def logps(self, model, batch) -> tuple[torch.Tensor, ...]:
@@ -70,7 +74,18 @@ class DPOObjective(Objective):
         pc, pr, nc, nr = self.logps(module.model, batch)
         rc, rr = self.reference_logps(batch, module.device)
         loss, metrics = preference_loss(
-            pc, pr, rc, rr, nc, nr, self.loss_name, self.beta, self.label_smoothing, self.gamma, self.rpo_alpha
+            pc,
+            pr,
+            rc,
+            rr,
+            nc,
+            nr,
+            self.loss_name,
+            self.beta,
+            self.label_smoothing,
+            self.gamma,
+            self.rpo_alpha,
+            self.dpop_lambda,
         )
         module.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=prefix == "val")
         for k, v in metrics.items():

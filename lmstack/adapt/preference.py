@@ -11,6 +11,8 @@ Label smoothing eps (conservative DPO): loss = -(1 - eps) logsigmoid(beta h) - e
 `rpo_alpha` adds alpha x the chosen responses' mean per-token negative log-likelihood (RPO, Pang et al. 2024;
 Llama 3's DPO; TRL's `rpo_alpha`): when chosen and rejected answers share most tokens ("87" vs "88"), plain
 DPO lowers both likelihoods and greedy answers get worse; the NLL term keeps the chosen ones likely.
+`dpop_lambda` (DPO-Positive, Pal et al. 2024) subtracts lambda x max(0, -chosen log-ratio) from h inside the
+sigmoid: a chosen answer less likely than under the reference is penalised as the rejected one is rewarded.
 Rewards are beta x the (normalised) log-ratios; accuracy is the share of pairs with reward_c > reward_r.
 """
 
@@ -42,11 +44,14 @@ def preference_loss(
     label_smoothing: float = 0.0,
     gamma: float = 0.5,
     rpo_alpha: float = 0.0,
+    dpop_lambda: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """(mean loss over pairs, plus rpo_alpha x the chosen tokens' mean NLL; metrics: rewards, margin,
     accuracy, the chosen NLL)."""
     if loss not in LOSSES:
         raise ValueError(f"preference loss={loss!r}; allowed: {', '.join(LOSSES)}")
+    if dpop_lambda and loss == "simpo":
+        raise ValueError("dpop_lambda penalises the chosen answer's log-ratio to the reference; simpo has none")
     nc, nr = nc.clamp(min=1).to(pc.dtype), nr.clamp(min=1).to(pc.dtype)
     if loss == "sigmoid":
         chosen, rejected = pc - rc, pr - rr
@@ -55,6 +60,8 @@ def preference_loss(
     else:
         chosen, rejected = pc / nc, pr / nr
     h = chosen - rejected - (gamma / beta if loss == "simpo" else 0.0)
+    if dpop_lambda:
+        h = h - dpop_lambda * F.relu(-chosen)
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     nll = -pc.sum() / nc.sum()
     total = losses.mean() + rpo_alpha * nll if rpo_alpha else losses.mean()

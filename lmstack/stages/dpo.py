@@ -25,6 +25,7 @@ class DPOSection(AdaptSection):
     beta: float = field_(0.1, min=0.0)  # the preference loss's inverse temperature
     label_smoothing: float = field_(0.0, min=0.0, max=0.5)  # conservative DPO's epsilon
     rpo_alpha: float = field_(0.0, min=0.0)  # + alpha x the chosen answers' NLL (RPO)
+    dpop_lambda: float = field_(0.0, min=0.0)  # DPO-Positive: - lambda x max(0, -chosen log-ratio) inside the loss
     gamma: float = field_(0.5, min=0.0)  # simpo's margin (gamma / beta)
     reference: Literal["cached", "live"] = "cached"  # reference log-probs computed once, or a frozen copy
     rejected_samples: int = field_(4, min=0)  # sampled answers tried per prompt for a wrong one (0: corrupt)
@@ -65,6 +66,7 @@ class DPO(AdaptStage):
             gamma=o.gamma,
             reference=o.reference,
             rpo_alpha=o.rpo_alpha,
+            dpop_lambda=o.dpop_lambda,
             reference_model=frozen_copy(model) if live else None,
         )
 
