@@ -19,10 +19,35 @@ from .helpers import (
 )
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder of an expensive session fixture, built once per test run: under pytest-xdist by the first
+    worker that asks (the others wait on a file lock and reuse it), else in this process. `build(folder)`
+    fills the (existing, empty) folder."""
+    import json
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died while building left it half done
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").write_text(json.dumps({"by": worker}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """One prepared-corpus cache for the whole session."""
-    return tmp_path_factory.mktemp("lmstack-cache")
+    """One prepared-corpus cache for the whole run (lmstack's cache locks a corpus while one process builds it)."""
+    return built_once(tmp_path_factory, "lmstack-cache", lambda folder: None)
 
 
 @pytest.fixture(scope="session")
@@ -30,29 +55,25 @@ def prepared_dir(tmp_path_factory):
     """The shared web samples through the whole `lmstack prepare` pipeline, tokenized into 64-token blocks."""
     from lmstack.data.curate.pipeline import run_prepare
 
-    out = tmp_path_factory.mktemp("prepared") / "web"
-    cfg = prepare_cfg(**{"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "tokenize.val_fraction": 0.1})
-    run_prepare([str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz")], str(out), cfg)
-    return out
+    def build(folder: Path) -> None:
+        cfg = prepare_cfg(**{"tokenize.vocab_size": 512, "tokenize.seq_len": 64, "tokenize.val_fraction": 0.1})
+        web = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz")]
+        run_prepare(web, str(folder / "web"), cfg)
+
+    return built_once(tmp_path_factory, "prepared", build) / "web"
 
 
 @pytest.fixture(scope="session")
-def prepared_prose_dir(prepared_dir):
+def prepared_prose_dir(tmp_path_factory, prepared_dir):
     """The Brown Corpus prepared with `prepared_dir`'s tokenizer, so that the two folders can be mixed."""
     from lmstack.data.curate.pipeline import run_prepare
 
-    out = prepared_dir.parent / "brown"
-    cfg = prepare_cfg(
-        "prose",
-        **{
-            "tokenize.seq_len": 64,
-            "tokenize.val_fraction": 0.1,
-            "source": "brown",
-            "tokenize.tokenizer": str(prepared_dir / "tokenizer.json"),
-        },
-    )
-    run_prepare([str(SHARED_DATA / "prose" / "brown.jsonl.gz")], str(out), cfg)
-    return out
+    def build(folder: Path) -> None:
+        cfg = prepare_cfg("prose", **{"tokenize.seq_len": 64, "tokenize.val_fraction": 0.1, "source": "brown",
+                                      "tokenize.tokenizer": str(prepared_dir / "tokenizer.json")})  # fmt: skip
+        run_prepare([str(SHARED_DATA / "prose" / "brown.jsonl.gz")], str(folder / "brown"), cfg)
+
+    return built_once(tmp_path_factory, "prepared-brown", build) / "brown"
 
 
 @pytest.fixture(scope="session")
@@ -60,29 +81,47 @@ def small_ckpt(tmp_path_factory, cache_dir):
     """A real 2-step run of the SMALL config: the checkpoint adaptation tests start from."""
     from lmstack.run import run
 
-    out = tmp_path_factory.mktemp("small-pretrain")
-    run(compose_cfg(SMALL, run_dir=out / "run", cache_dir=cache_dir))
-    return out / "run" / "checkpoints" / "last.ckpt"
+    folder = built_once(
+        tmp_path_factory, "small-pretrain", lambda f: run(compose_cfg(SMALL, run_dir=f / "run", cache_dir=cache_dir))
+    )
+    return folder / "run" / "checkpoints" / "last.ckpt"
+
+
+def _reports(tmp_path_factory, name: str, train) -> tuple[Path, list[dict]]:
+    """A multi-rank run built once (`built_once`), its folder and its ranks' reports."""
+    import json
+
+    def build(folder: Path) -> None:
+        (folder / "reports.json").write_text(json.dumps(train(folder)))
+
+    folder = built_once(tmp_path_factory, name, build)
+    return folder, json.loads((folder / "reports.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     """10 steps of FSDP2 on 2 ranks with a sharded checkpoint at step 5 and in-loop evals every 5 steps: the
     run the FSDP tests compare against and start from (its folder, with the corpus cache, and its reports)."""
-    out = tmp_path_factory.mktemp("fsdp")
-    (out / "tasks").mkdir()
-    mc, gen = write_harness_tasks(out / "tasks")  # lm-eval tasks too: multiple choice and generate_until
-    harness = f"evals.harness={{tasks: [{mc}, {gen}], limit: 15}}"
-    return out, train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness, launcher="lightning")
+
+    def train(out: Path) -> list[dict]:
+        (out / "tasks").mkdir()
+        mc, gen = write_harness_tasks(out / "tasks")  # lm-eval tasks too: multiple choice and generate_until
+        harness = f"evals.harness={{tasks: [{mc}, {gen}], limit: 15}}"
+        return train_on_ranks(out / "fsdp", out / "cache", *FSDP_RUN, harness, launcher="lightning")
+
+    return _reports(tmp_path_factory, "fsdp", train)
 
 
 @pytest.fixture(scope="session")
 def ddp_run(fsdp_run, tmp_path_factory) -> list[dict]:
     """The same 10 steps on 2 DDP ranks (fsdp_run's corpus), garbage collection synchronised every 2 steps:
     what FSDP2 must match, and the run GC sync is checked on."""
-    out = tmp_path_factory.mktemp("ddp")
     gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
-    return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", MUON, *gc_every)
+
+    def train(out: Path) -> list[dict]:
+        return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", MUON, *gc_every)
+
+    return _reports(tmp_path_factory, "ddp", train)[1]
 
 
 @pytest.fixture
@@ -99,14 +138,21 @@ def quality_model(tmp_path_factory) -> Path:
     metrics.json, report.md), trained once for the quality tests and the executors' byte-identity test."""
     from lmstack.cli import main
 
-    out = tmp_path_factory.mktemp("quality") / "brown-vs-nlp"
     brown, nlp = SHARED_DATA / "prose" / "brown.jsonl.gz", SHARED_DATA / "prose" / "nlp-corpus.jsonl.gz"
-    main(["quality-train", f"positives=[{brown}]", f"negatives=[{nlp}]", f"out={out}", "balance=true",
-          "bucket=100000", "epoch=25"])  # fmt: skip
-    return out
+
+    def build(folder: Path) -> None:
+        main(["quality-train", f"positives=[{brown}]", f"negatives=[{nlp}]", f"out={folder / 'brown-vs-nlp'}",
+              "balance=true", "bucket=100000", "epoch=25"])  # fmt: skip
+
+    return built_once(tmp_path_factory, "quality", build) / "brown-vs-nlp"
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet():
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers side by side: one compute thread each, subprocesses too
+        import torch  # (OpenMP threads of two processes on the same cores wait on each other at every barrier)
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"

@@ -3,7 +3,6 @@ same global batch."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from lmstack.model import ModelConfig, Transformer
 from lmstack.train.losses import lm_loss
 
+from .helpers import clean_env
 from .helpers.ddp_data import global_batch, model_config
 
 HERE = Path(__file__).resolve().parent
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp_grads.pt"
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = clean_env()  # without an earlier in-process run's rendezvous variables
     subprocess.run(
         [sys.executable, str(HERE / "workers" / "ddp_grads_worker.py"), str(out)],
         check=True,

@@ -3,10 +3,7 @@ and MoE models in real fits: logging, checkpoint resume, FSDP on 2 processes."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from lmstack.model import ModelConfig, Transformer
 from lmstack.model.config import MoEConfig
 from lmstack.model.moe import GROUPED_MM, MoE
 
-from .helpers import clean_env
+from .helpers import train_on_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,24 +141,14 @@ def test_a_moe_fit_logs_routing_and_resumes_exactly(small_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_moe_trains_with_fsdp_on_two_processes(tmp_path):
-    cmd = [
-        sys.executable,
-        str(ROOT / "tests" / "workers" / "run_worker.py"),
-        str(tmp_path),
-        "strategy=fsdp",
-        "trainer.devices=2",
-        "model=moe-tiny",
-        "train.max_tokens=2048",
-        "callbacks.checkpoint.every_n_train_steps=2",
-    ]
-    subprocess.run(cmd, check=True, cwd=ROOT, timeout=600, env=clean_env())
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def test_moe_trains_with_fsdp_on_two_processes(tmp_path, cache_dir):
+    ranks = train_on_ranks(tmp_path / "moe", cache_dir, "strategy=fsdp", "model=moe-tiny", "train.max_tokens=2048",
+                           "callbacks.checkpoint.every_n_train_steps=2", launcher="torchrun")  # fmt: skip
     for r in ranks:
         assert r["world_size"] == 2 and len(r["steps"]) == 4 and all(math.isfinite(s["loss"]) for s in r["steps"])
     from lmstack.checkpoint import load_checkpoint
 
-    model, _, state = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "step000004.ckpt"))
+    model, _, state = load_checkpoint(str(tmp_path / "moe" / "run" / "checkpoints" / "step000004.ckpt"))
     assert state["global_step"] == 4 and model.cfg.moe.experts == 8  # the experts' shards gathered back
     assert all(p.isfinite().all() for p in model.parameters())
 

@@ -33,16 +33,18 @@ def only_run_dir(root) -> dict:
 
 @pytest.fixture(scope="module")
 def one_node(tmp_path_factory) -> dict:
+    """2 processes on one node (Lightning's launcher): the result the two nodes must match; its corpus cache
+    is the torchrun nodes' (the Slurm tasks build their own, both at once)."""
     out = tmp_path_factory.mktemp("one-node")
     overrides = [*TRAIN[:-2], "trainer.devices=2", f"paths.output_root={out}"]
     env = clean_env(LMSTACK_CACHE=str(out / "cache"))
     subprocess.run([sys.executable, "-m", "lmstack.train", *overrides], cwd=ROOT, env=env, check=True, timeout=600)
-    return only_run_dir(out)
+    return {**only_run_dir(out), "cache": str(out / "cache")}
 
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_share_one_run_dir_and_match_one_node(tmp_path, one_node):
-    port, env = free_port(), clean_env(LMSTACK_CACHE=str(tmp_path / "cache"))
+    port, env = free_port(), clean_env(LMSTACK_CACHE=one_node["cache"])
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",

@@ -210,9 +210,9 @@ def test_the_slurm_launcher_config_asks_for_one_task_per_gpu_on_each_node(tmp_pa
 
 
 @pytest.mark.slow
-def test_optuna_searches_lr_and_warmup(tmp_path):
+def test_optuna_searches_lr_and_warmup(tmp_path, cache_dir):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep_dir = sweep(tmp_path, "sweep=lr_optuna", "hydra.sweeper.n_trials=2")
+    sweep_dir = sweep(tmp_path, "sweep=lr_optuna", "hydra.sweeper.n_trials=2", cache=cache_dir)
     best = (sweep_dir / "optimization_results.yaml").read_text()
     assert "optimizer.lr" in best and "schedule.warmup_tokens" in best
     values = [json.loads((sweep_dir / j / "result.json").read_text())["val/bpb"] for j in ("0", "1")]
