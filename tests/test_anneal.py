@@ -67,8 +67,8 @@ def test_a_muon_anneal_carries_muons_momentum_and_both_learning_rates(cache_dir,
     other optimizer is refused, naming it."""
     from lmstack.checkpoint import atomic_save
 
-    pre = compose_cfg([*SMALL, "train.max_tokens=2048", "optimizer=muon", "optimizer.muon.lr=0.02"],
-                      run_dir=tmp_path / "pre", cache_dir=cache_dir)  # fmt: skip
+    muon = ["optimizer=muon", "optimizer.lr=3e-3", "optimizer.muon.lr=0.02"]
+    pre = compose_cfg([*SMALL, "train.max_tokens=2048", *muon], run_dir=tmp_path / "pre", cache_dir=cache_dir)
     run(pre)
     ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)

@@ -25,7 +25,7 @@ SCHEDULE = {"name": "constant", "peak_lr": 1e-2, "total_tokens": 10_000, "warmup
 def test_the_step_equals_a_plain_pytorch_loop(tmp_path, clip):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
-    opt = OptimizerSection(lr=1e-2)
+    opt = OptimizerSection(name="adamw", lr=1e-2)
     module = TrainModule(cfg.to_dict(), opt, SCHEDULE, TrainSection(grad_clip=clip), NextToken(), RunContext())
     ref = Transformer(cfg)
     ref.load_state_dict(copy.deepcopy(module.model.state_dict()))

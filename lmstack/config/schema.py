@@ -29,8 +29,8 @@ class MuonSection:
 
 @dataclass
 class OptimizerSection:
-    name: str = "adamw"  # a registered optimizer (lmstack.registry, kind `optimizer`)
-    lr: float = field_(3e-3, min=0.0)  # the peak the schedule reaches
+    name: str = "muon"  # a registered optimizer (lmstack.registry, kind `optimizer`): muon, adamw
+    lr: float = field_(6e-3, min=0.0)  # the peak the schedule reaches (Muon's on the main job; adamw's file: 3e-3)
     betas: list[float] = field_([0.9, 0.95])  # AdamW's (beta1, beta2)
     eps: float = field_(1e-8, min=0.0)  # AdamW's epsilon
     weight_decay: float = field_(0.1, min=0.0)  # decoupled weight decay of the decayed group
