@@ -113,13 +113,14 @@ def fsdp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 @pytest.fixture(scope="session")
-def ddp_run(fsdp_run, tmp_path_factory) -> list[dict]:
-    """The same 10 steps on 2 DDP ranks (fsdp_run's corpus), garbage collection synchronised every 2 steps:
-    what FSDP2 must match, and the run GC sync is checked on."""
+def ddp_run(tmp_path_factory, cache_dir) -> list[dict]:
+    """The same 10 steps on 2 DDP ranks (the same corpus, from the session's cache: no wait for fsdp_run on
+    another worker), garbage collection synchronised every 2 steps: what FSDP2 must match, and the run GC
+    sync is checked on."""
     gc_every = ("callbacks.gc.every_n_steps=2", "callbacks.gc.generation=2")
 
     def train(out: Path) -> list[dict]:
-        return train_on_ranks(out / "ddp", fsdp_run[0] / "cache", "strategy=ddp", MUON, *gc_every)
+        return train_on_ranks(out / "ddp", cache_dir, "strategy=ddp", MUON, *gc_every)
 
     return _reports(tmp_path_factory, "ddp", train)[1]
 

@@ -140,11 +140,15 @@ def test_a_killed_job_reruns_only_its_unfinished_tasks(tmp_path, reference, base
     assert not (out / ".work").exists()
 
 
+WEB = [str(SHARED_DATA / "web" / "*.json*.gz"), str(SHARED_DATA / "web" / "*.warc.gz")]  # 6 files: 6 read tasks
+
+
 @pytest.fixture(scope="module")
-def default_reference(tmp_path_factory, inputs) -> dict[str, bytes]:
-    """The inputs through the default pipeline on the local executor (what the documented cluster job runs)."""
+def default_reference(tmp_path_factory) -> dict[str, bytes]:
+    """The web samples through the default pipeline on the local executor (what the documented cluster job
+    runs: enough read tasks for both nodes)."""
     out = tmp_path_factory.mktemp("default") / "local"
-    run_prepare(inputs, str(out), prepare_cfg())
+    run_prepare(WEB, str(out), prepare_cfg())
     return outputs(out)
 
 
@@ -171,7 +175,7 @@ def in_own_network(lines: str, script: Path, env: dict, flags: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("earlier_token", [False, True], ids=["fresh-home", "earlier-token"])
-def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference, inputs):
+def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, earlier_token, default_reference):
     """The documented commands as they stand, in a fresh HOME (and again with a token an earlier local Ray left in
     ~/.ray/auth_token), inside a network namespace of their own with only loopback: token authentication on,
     both nodes run tasks, and the output is the local executor's."""
@@ -185,7 +189,7 @@ def test_the_documented_ray_cluster_starts_closed_and_runs_the_job(tmp_path, ear
         (home / ".ray").mkdir()
         (home / ".ray" / "auth_token").write_text("an-earlier-local-token\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), INPUTS=",".join(inputs), OUT=str(out),
+    env.update(HOME=str(home), INPUTS=",".join(WEB), OUT=str(out),
                PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
     done, log = in_own_network(documented_cluster(), tmp_path / "cluster.sh", env, "-euo")
     assert done.returncode == 0, log[-3000:]

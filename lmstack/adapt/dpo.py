@@ -73,20 +73,8 @@ class DPOObjective(Objective):
     def step(self, module, batch, prefix: str):
         pc, pr, nc, nr = self.logps(module.model, batch)
         rc, rr = self.reference_logps(batch, module.device)
-        loss, metrics = preference_loss(
-            pc,
-            pr,
-            rc,
-            rr,
-            nc,
-            nr,
-            self.loss_name,
-            self.beta,
-            self.label_smoothing,
-            self.gamma,
-            self.rpo_alpha,
-            self.dpop_lambda,
-        )
+        opts = (self.loss_name, self.beta, self.label_smoothing, self.gamma, self.rpo_alpha, self.dpop_lambda)
+        loss, metrics = preference_loss(pc, pr, rc, rr, nc, nr, *opts)
         module.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=prefix == "val")
         for k, v in metrics.items():
             module.log(f"{prefix}/{k}", v, sync_dist=prefix == "val")
