@@ -143,7 +143,7 @@ def test_a_moe_fit_logs_routing_and_resumes_exactly(small_cfg, tmp_path):
 @pytest.mark.slow
 def test_moe_trains_with_fsdp_on_two_processes(tmp_path, cache_dir):
     ranks = train_on_ranks(tmp_path / "moe", cache_dir, "strategy=fsdp", "model=moe-tiny", "train.max_tokens=2048",
-                           "callbacks.checkpoint.every_n_train_steps=2", launcher="torchrun")  # fmt: skip
+                           "callbacks.checkpoint.every_n_train_steps=2")  # fmt: skip
     for r in ranks:
         assert r["world_size"] == 2 and len(r["steps"]) == 4 and all(math.isfinite(s["loss"]) for s in r["steps"])
     from lmstack.checkpoint import load_checkpoint

@@ -27,7 +27,7 @@ from torch import nn
 
 from lmstack.registry import register
 
-from .optim import param_groups
+from .optim import adamw
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic, as torch.optim.Muon
 EPS = 1e-7
@@ -88,15 +88,14 @@ def hidden_matrices(model: nn.Module) -> set[int]:
 
 class MuonAdamW(torch.optim.Optimizer):
     """One optimizer (one state dict, one schedule, one checkpoint entry) whose groups say their `algorithm`:
-    `muon` groups are stepped here, `adamw` groups by a torch AdamW given those groups and this state."""
+    `muon` groups are stepped here, `adamw` groups by the torch AdamW given, on those groups and this state."""
 
-    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], adamw_kw: dict, muon_kw: dict):
-        for g in muon_groups:
-            g.update(algorithm="muon", **muon_kw)
-        self._adamw = torch.optim.AdamW(adamw_groups, **adamw_kw)  # fills AdamW's keys into its groups
-        for g in self._adamw.param_groups:
+    def __init__(self, muon_group: dict, adamw: torch.optim.AdamW):
+        muon_group["algorithm"] = "muon"
+        for g in adamw.param_groups:
             g["algorithm"] = "adamw"
-        super().__init__([*muon_groups, *self._adamw.param_groups], {})
+        self._adamw = adamw
+        super().__init__([muon_group, *adamw.param_groups], {})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -141,17 +140,20 @@ def ns_dtype(name: str, model: nn.Module) -> str:
 @register("optimizer", "muon")
 def muon(model: nn.Module, o) -> MuonAdamW:
     """`optimizer=muon`: the hidden matrices with Muon at `optimizer.muon.lr` (null: optimizer.lr), decayed by
-    optimizer.weight_decay; the rest in AdamW's decay / no-decay groups of `optimizer` (OptimizerSection)."""
+    optimizer.weight_decay; the rest in `optimizer=adamw`'s decay / no-decay groups (OptimizerSection `o`)."""
     hidden = hidden_matrices(model)
-    rest = param_groups(model, o.weight_decay, o.no_decay, o.decay_norms, o.decay_biases, exclude=hidden)
-    names = {id(p): n for n, p in model.named_parameters()}
-    mine = [p for p in model.parameters() if id(p) in hidden]
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in hidden]
     m = o.muon
-    muon_groups = [
-        {"params": mine, "lr": m.lr if m.lr is not None else o.lr, "weight_decay": o.weight_decay}
-        | {"names": [names[id(p)] for p in mine], "group": "muon"}
-    ]
-    muon_kw = {"momentum": m.momentum, "nesterov": m.nesterov, "ns_steps": m.ns_steps, "adjust_lr": m.adjust_lr}
-    muon_kw["ns_dtype"] = ns_dtype(m.ns_dtype, model)
-    adamw_kw = {"lr": o.lr, "betas": tuple(o.betas), "eps": o.eps, "fused": o.fused}
-    return MuonAdamW([g for g in muon_groups if g["params"]], [g for g in rest if g["params"]], adamw_kw, muon_kw)
+    group = {
+        "params": [p for _, p in named],
+        "names": [n for n, _ in named],
+        "group": "muon",
+        "lr": m.lr if m.lr is not None else o.lr,
+        "weight_decay": o.weight_decay,
+        "momentum": m.momentum,
+        "nesterov": m.nesterov,
+        "ns_steps": m.ns_steps,
+        "adjust_lr": m.adjust_lr,
+        "ns_dtype": ns_dtype(m.ns_dtype, model),
+    }
+    return MuonAdamW(group, adamw(model, o, exclude=hidden))

@@ -63,12 +63,17 @@ def build_adamw(
     decay_norms: bool,
     decay_biases: bool,
     fused: bool | None = None,
+    exclude: set[int] = frozenset(),
 ) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases) if g["params"]]
+    groups = param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases, exclude)
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
 @register("optimizer", "adamw")
-def adamw(model: nn.Module, o) -> torch.optim.AdamW:
-    """`optimizer=adamw`: AdamW over the parameter groups of `o` (the optimizer section, OptimizerSection)."""
-    return build_adamw(model, o.lr, o.betas, o.eps, o.weight_decay, o.no_decay, o.decay_norms, o.decay_biases, o.fused)
+def adamw(model: nn.Module, o, exclude: set[int] = frozenset()) -> torch.optim.AdamW:
+    """`optimizer=adamw`: AdamW over the parameter groups of `o` (the optimizer section, OptimizerSection), but
+    the parameters in `exclude` (ids: those another algorithm trains, as optimizer=muon's hidden matrices)."""
+    return build_adamw(
+        model, o.lr, o.betas, o.eps, o.weight_decay, o.no_decay, o.decay_norms, o.decay_biases, o.fused, exclude
+    )

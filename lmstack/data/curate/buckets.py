@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .build import quality_classifiers
+
 SCORES = "scores.npy"  # an output task's file: its documents' scores, in its documents' order
 
 
@@ -20,7 +22,7 @@ def check_buckets(cfg) -> None:
     buckets = cfg.tokenize.buckets if cfg.tokenize is not None else None
     if buckets is None:
         return
-    names = [n for n, kw in (cfg.quality or {}).items() if kw]
+    names = [c.classifier for c in quality_classifiers(cfg)]
     if buckets.by not in names:
         raise ValueError(
             f"prepare.tokenize.buckets.by={buckets.by!r} names no prepare.quality classifier (configured: {names}); "
