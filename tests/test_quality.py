@@ -207,3 +207,101 @@ def test_buckets_name_a_configured_classifier_and_increasing_quantiles(quality_m
         with pytest.raises(ValueError, match=re.escape(message)):
             run_prepare([str(BROWN)], str(out), cfg)
         assert not out.exists()
+
+
+def hf_classifier(folder, num_labels: int, docs: list) -> str:
+    """A small BERT sequence classifier saved as a Hugging Face folder (FineWeb-Edu's shape with one output:
+    a regression head), its WordPiece vocabulary the words of `docs`; random weights, seeded."""
+    import collections
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir()
+    words = collections.Counter(w for d in docs for w in re.findall(r"\w+|[^\w\s]", d["text"].lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(w for w, _ in words.most_common(3000))]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=96).save_pretrained(folder)
+    labels = {0: "LABEL_0"} if num_labels == 1 else {0: "low", 1: "high"}
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.5, id2label=labels,
+                        label2id={v: k for k, v in labels.items()},
+                        problem_type="regression" if num_labels == 1 else None)  # fmt: skip
+    torch.manual_seed(num_labels)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+def direct_hf_scores(folder: str, texts: list[str], column=None) -> np.ndarray:
+    """Each text scored alone as the model card shows: truncated to the tokenizer's length, the regression
+    output itself or the softmax probability of a class."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            logits = model(**tok(t, return_tensors="pt", truncation=True)).logits[0]
+            out.append(float(logits[0] if column is None else torch.softmax(logits, -1)[column]))
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_hugging_face_folders_keep_exactly_what_a_direct_scoring_says(tmp_path):
+    """A regression folder with keep_fraction (negative scores sort below positive ones) and a two-class
+    folder with a threshold keep the documents the model card's own scoring says; FineWeb-Edu's kind of
+    threshold (above 1) is a score on the regression scale, refused for a probability."""
+    from lmstack.data.curate.pipeline import run_prepare
+
+    from .helpers import prepare_cfg
+
+    src, docs = mixed_corpus(tmp_path)
+    texts = [d["text"] for d in docs]
+    regression = hf_classifier(tmp_path / "edu", 1, docs)
+    two_class = hf_classifier(tmp_path / "hq", 2, docs)
+    reg_scores, cls_scores = direct_hf_scores(regression, texts), direct_hf_scores(two_class, texts, column=1)
+    edge = float(np.median(cls_scores))
+    best = sorted(range(len(docs)), key=lambda i: (-reg_scores[i], i))
+    cases = {
+        (regression, "keep_fraction: 0.5"): ({docs[i]["id"] for i in best[:40]}, reg_scores),
+        (two_class, f"threshold: {edge}"): ({d["id"] for d, s in zip(docs, cls_scores) if s >= edge}, cls_scores),
+    }
+    for (model, option), (kept_ids, scores) in cases.items():
+        out = tmp_path / option.split(":")[0]
+        cfg = prepare_cfg("prose", tokenize="null", filters="{}", dedup="{}",
+                          **{"+quality.q": f"{{model: '{model}', {option}}}"})  # fmt: skip
+        stats = run_prepare([str(src)], str(out), cfg)
+        kept = rows(out / "documents.jsonl.gz")
+        assert {r["id"] for r in kept} == kept_ids and 0 < len(kept_ids) < len(docs), option
+        assert stats["removed"] == {"quality/q": len(docs) - len(kept_ids)}
+        by_id = {d["id"]: s for d, s in zip(docs, scores)}
+        for r in kept:
+            assert r["metadata"]["quality"]["q"] == pytest.approx(by_id[r["id"]], abs=1e-5)
+    assert reg_scores.min() < 0 < reg_scores.max()  # the keys sort negative and positive scores alike
+    # a threshold on the regression scale is taken as it is; for a probability it is refused
+    from lmstack.data.curate.quality import QualityClassifier
+
+    assert QualityClassifier("edu", regression, threshold=3.0).threshold == 3.0
+    with pytest.raises(ValueError, match=r"prepare.quality.hq.threshold=3.0: a probability, 0 to 1"):
+        QualityClassifier("hq", two_class, threshold=3.0)
+
+
+def test_a_folder_that_is_not_a_sequence_classifier_is_refused_naming_it(tmp_path):
+    from lmstack.data.curate.quality import QualityClassifier
+
+    empty, encoder, hf = tmp_path / "empty", tmp_path / "encoder", tmp_path / "hq"
+    empty.mkdir(), encoder.mkdir(), hf.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    (hf / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"],
+                                               "id2label": {"0": "a", "1": "b", "2": "c"}}))  # fmt: skip
+    for kw, message in (
+        ({"model": str(empty)}, f"prepare.quality.q: quality model {empty} is a folder without config.json"),
+        ({"model": str(encoder)}, f"quality model {encoder} is not a Hugging Face sequence-classification model "
+                                  "(config.json architectures: ['BertModel'])"),
+        ({"model": str(hf)}, f"quality model {hf} has 3 classes ['a', 'b', 'c']: name the one to score with label="),
+        ({"model": str(hf), "label": "z"}, f"quality model {hf} has no label 'z'; its labels are ['a', 'b', 'c']"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            QualityClassifier("q", **kw)
+    assert QualityClassifier("q", str(hf), label="c").label == "c"

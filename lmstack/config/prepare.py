@@ -73,7 +73,8 @@ class PrepareSection:
     filters: Optional[dict] = field_({})  # name -> its options, in order; null skips one; null or {}: no filter
     pii: Optional[bool] = False  # mask e-mail addresses, IP addresses and phone numbers (null: off)
     # name -> {model: PATH, threshold: T} or {model: PATH, keep_fraction: F} or {model: PATH} (scores only), and
-    # label: the class kept (__label__hq); a fastText .bin scores every document; null or {}: none
+    # label: the class kept (__label__hq); a fastText .bin or a Hugging Face sequence-classification folder
+    # scores every document; null or {}: none
     quality: Optional[dict] = field_({})
     decontaminate: Optional[DecontaminateSection] = field(default_factory=DecontaminateSection)  # null or {}: off
     dedup: Optional[DedupSection] = field(default_factory=DedupSection)  # null or {}: no dedup step at all

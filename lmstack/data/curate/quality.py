@@ -5,7 +5,8 @@ A document goes to the model as DCLM's enricher gives it: its lines joined by sp
 per example and splits words on whitespace). Text that spells a label (`__label__hq`) loses the prefix, so a
 document cannot add labels to a training line. Any supervised fastText `.bin` is read by path (ours, DCLM's
 `fasttext_oh_eli5.bin`, ...): its first bytes are checked before it is opened, so a file that is not a
-fastText model is refused naming it, before any work.
+fastText model is refused naming it, before any work. A folder is a Hugging Face sequence classifier
+(`quality_hf`, FineWeb-Edu's shape).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from functools import lru_cache
 from typing import Optional
 
 import numpy as np
+
+from .quality_hf import HFClassifier, folder_info, resolve_label
 
 POSITIVE, NEGATIVE = "__label__hq", "__label__cc"  # DCLM's labels: high quality, Common Crawl
 MAGIC = (793712314).to_bytes(4, "little")  # fastText's file-format magic number, the first 4 bytes of a .bin
@@ -40,14 +43,19 @@ def trainer_module():
 
 
 def check_model_path(path: str) -> str:
-    """The path of a fastText model file, refused naming it when it is missing or is not one."""
+    """The path of a fastText model file or a Hugging Face classifier folder, refused naming it when it is
+    missing or is neither."""
     path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        folder_info(path)
+        return path
     if not os.path.isfile(path):
         raise FileNotFoundError(f"quality model {path}: no such file")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != MAGIC:
-        raise ValueError(f"quality model {path} is not a fastText model (its first bytes are not fastText's)")
+        raise ValueError(f"quality model {path} is not a fastText model (its first bytes are not fastText's) "
+                         "or a Hugging Face classifier folder")  # fmt: skip
     return path
 
 
@@ -66,8 +74,9 @@ class FastTextModel:
             if len(self.labels) != 2:
                 raise ValueError(f"a floret quality model has two classes; this one has {self.labels}")
 
-    def probs(self, texts: list[str], label: str = POSITIVE) -> np.ndarray:
-        """The probability of `label` for each text."""
+    def probs(self, texts: list[str], label: Optional[str] = None) -> np.ndarray:
+        """The probability of `label` (`__label__hq` by default) for each text."""
+        label = POSITIVE if label is None else label
         if label not in self.labels:
             raise ValueError(f"the quality model has no label {label!r}; its labels are {self.labels}")
         lines = [fasttext_line(t) for t in texts]
@@ -79,12 +88,15 @@ class FastTextModel:
 
 
 @lru_cache(maxsize=4)
-def load_model(path: str) -> FastTextModel:
-    """A supervised fastText model, once per process and path: a fastText file (DCLM's and any other) through
-    fasttext-predict, fastText's own prediction code; a model `lmstack quality-train` wrote, through floret."""
+def load_model(path: str):
+    """A classifier, once per process and path: a fastText file (DCLM's and any other) through
+    fasttext-predict, fastText's own prediction code; a model `lmstack quality-train` wrote, through floret; a
+    Hugging Face folder through transformers."""
+    path = check_model_path(path)
+    if os.path.isdir(path):
+        return HFClassifier(path)
     import fasttext
 
-    path = check_model_path(path)
     try:
         model = FastTextModel(fasttext.load_model(path), "fasttext")
     except ValueError:  # floret's file carries more training options than fastText's
@@ -96,31 +108,36 @@ def load_model(path: str) -> FastTextModel:
 
 @dataclass
 class QualityClassifier:
-    """One `prepare.quality.<name>` entry: every document gets the model's probability of `label` in its
-    metadata (`quality.<name>`); with `threshold` a document below it is removed as `quality/<name>` as it is
-    read, with `keep_fraction` the global step after dedup keeps that share of the whole job's documents, the
-    best-scored (ties: the earlier in input order), so it needs every task's scores first: its keys are the
-    scores (`key`), decided in one partition (`decide`). With neither, it only scores (for buckets, or to
-    filter later)."""
+    """One `prepare.quality.<name>` entry: every document gets the model's score (the probability of `label`,
+    or a regression head's value) in its metadata (`quality.<name>`); with `threshold` a document below it is
+    removed as `quality/<name>` as it is read, with `keep_fraction` the global step after dedup keeps that share
+    of the whole job's documents, the best-scored (ties: the earlier in input order), so it needs every task's
+    scores first: its keys are the scores (`key`), decided in one partition (`decide`). With neither, it only
+    scores (for buckets, or to filter later)."""
 
     classifier: str
     model: str
     threshold: Optional[float] = None
     keep_fraction: Optional[float] = None
-    label: str = POSITIVE
+    label: Optional[str] = None  # null: __label__hq, a folder's second class; a regression head has none
 
     def __post_init__(self):
         where = f"prepare.quality.{self.classifier}"
         if self.threshold is not None and self.keep_fraction is not None:
             raise ValueError(f"{where}: give threshold (a score) or keep_fraction (a share), not both")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"{where}.threshold={self.threshold}: a probability, 0 to 1")
         if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"{where}.keep_fraction={self.keep_fraction}: a share of documents, above 0 up to 1")
         try:
             check_model_path(self.model)
+            regression = False
+            if os.path.isdir(os.path.expanduser(self.model)):
+                info = folder_info(os.path.expanduser(self.model))
+                resolve_label(self.model, info, self.label)
+                regression = info["regression"]
         except (OSError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
+        if self.threshold is not None and not regression and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"{where}.threshold={self.threshold}: a probability, 0 to 1")
         # the global step's stage is quality_share; what it removes counts as quality/<classifier>
         self.name, self.family, self.reason = "quality_share", "quality", self.classifier
 
@@ -133,8 +150,11 @@ class QualityClassifier:
         return scores[self.classifier]
 
     def key(self, doc) -> int:
-        """The score the read step wrote, as a uint64 that sorts as the score does (scores are >= 0)."""
-        return int(np.float64(doc.metadata["quality"][self.classifier]).view(np.uint64))
+        """The score the read step wrote, as a uint64 that sorts as the score does (a regression head's score
+        may be negative: the sign bit is set for positives, every bit flipped for negatives)."""
+        score = np.float64(doc.metadata["quality"][self.classifier])
+        bits = int(score.view(np.uint64))
+        return bits ^ 0xFFFFFFFFFFFFFFFF if score < 0 else bits | 1 << 63
 
     def decide(self, g: dict) -> np.ndarray:
         """The positions to remove: all but the best `keep_fraction` of the job's documents, sorted."""
@@ -152,6 +172,7 @@ class QualityScore:
 
     def __call__(self, doc) -> Optional[str]:
         for c in self.classifiers:
-            if c.score(doc) < (c.threshold if c.threshold is not None else -1.0):
+            score = c.score(doc)
+            if c.threshold is not None and score < c.threshold:
                 return c.classifier
         return None
