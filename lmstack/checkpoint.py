@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import pickle
-import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 MANIFEST = "lmstack-checkpoint.json"  # in a sharded checkpoint folder: what wrote it, the .metadata digest
 DCP_METADATA = ".metadata"
@@ -112,8 +108,19 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
         return obj
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file, or of a sharded folder's files (names and contents, in name order): what
+    a LoRA stage's checkpoints record of their base."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0" + checkpoint_digest(f).encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_sharded(folder: Path) -> None:
@@ -128,7 +135,7 @@ def check_sharded(folder: Path) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{manifest} is not an lmstack checkpoint manifest ({e})") from None
     meta = folder / DCP_METADATA
-    if not meta.is_file() or _digest(meta) != expected:
+    if not meta.is_file() or checkpoint_digest(meta) != expected:
         raise CheckpointError(
             f"{folder}: {DCP_METADATA} is missing or differs from what lmstack wrote "
             f"(digest in {MANIFEST}); refusing to unpickle it"
@@ -200,16 +207,43 @@ def load_checkpoint(path: str, device: str = "cpu"):
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not isinstance(hp, dict) or "model_cfg" not in hp:
         raise CheckpointError(f"{path} is not an lmstack checkpoint (no hyper_parameters.model_cfg)")
+    lora = extras(ckpt)["record"].get("lora")
     try:
-        model = Transformer(ModelConfig.from_dict(hp["model_cfg"]))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        if lora:  # a LoRA stage's adapters: its base, checked, with them merged in (lmstack.adapt.lora)
+            from lmstack.adapt.lora import adapted_model
+
+            vocab = ModelConfig.from_dict(hp["model_cfg"]).vocab_size
+            model = adapted_model(lora_base(lora, str(path)), lora, state, vocab)
+        else:
+            model = Transformer(ModelConfig.from_dict(hp["model_cfg"]))
+            model.load_state_dict(state)
+    except CheckpointError:
+        raise
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:  # a damaged or foreign file
         raise CheckpointError(f"{path}: not a loadable lmstack checkpoint ({type(e).__name__}: {e})") from None
     model.to(device).eval()
     text = extras(ckpt)["tokenizer_json"]
     tok = Tokenizer.from_str(text) if text else None
     return model, tok, ckpt
+
+
+def base_record(path: str) -> dict:
+    """What a LoRA stage's checkpoints record of the checkpoint they adapt: its absolute path and digest."""
+    path = os.path.abspath(path)
+    return {"base": path, "digest": checkpoint_digest(path)}
+
+
+def lora_base(record: dict, where: str):
+    """The base model a LoRA checkpoint (`where`) adapts, refused when it is missing or its digest differs."""
+    base = record["base"]
+    if not os.path.exists(base):
+        raise CheckpointError(f"{where}: its LoRA base {base} is missing (the adapters need it)")
+    digest = checkpoint_digest(base)
+    if digest != record["digest"]:
+        raise CheckpointError(f"{where}: its LoRA base {base} has changed: sha256 {digest}, the adapters were "
+                              f"trained on sha256 {record['digest']}")  # fmt: skip
+    return load_checkpoint(base)[0]
 
 
 # ---- writing ------------------------------------------------------------------------------------------
@@ -299,7 +333,7 @@ def write_manifest(folder: Path) -> None:
                 "writer": "lmstack",
                 "format": "torch.distributed.checkpoint",
                 "created": time.time(),
-                "metadata_sha256": _digest(folder / DCP_METADATA),
+                "metadata_sha256": checkpoint_digest(folder / DCP_METADATA),
             }
         )
     )
@@ -313,44 +347,6 @@ def readable(path: Path) -> bool:
         return True
     except (CheckpointError, FileNotFoundError):
         return False
-
-
-def _step(path: Path) -> int:
-    m = re.search(r"step(\d+)", path.name)
-    return int(m.group(1)) if m else -1
-
-
-def find_resume_checkpoint(ckpt_path: str, output_root: str, run_dir: str) -> Path:
-    """What `ckpt_path=last` or `ckpt_path=RUN_DIR` resumes: the newest readable last.ckpt of that run (of
-    the newest other run under `output_root` for `last`), else its newest readable step checkpoint; says
-    which it took when it is not last.ckpt. Raises FileNotFoundError when there is none."""
-    if ckpt_path == "last":
-        mine = Path(run_dir).resolve()
-        runs = [
-            p.parent
-            for p in Path(output_root).glob("**/checkpoints")
-            if p.parent.resolve() != mine and (p.parent / "config.yaml").is_file()
-        ]
-        if not runs:
-            raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints under {output_root!r}")
-        run = max(runs, key=lambda r: (r / "config.yaml").stat().st_mtime)
-    else:
-        run = Path(ckpt_path)
-    folder = run / "checkpoints"
-    last = folder / "last.ckpt"
-    candidates = ([last] if last.exists() else []) + sorted(folder.glob("step*.ckpt"), key=_step, reverse=True)
-    for c in candidates:
-        if readable(c):
-            if c != last:
-                log.warning(
-                    "ckpt_path=%s: resuming %s (%s)",
-                    ckpt_path,
-                    c,
-                    "last.ckpt does not read completely" if last.exists() else "the run has no last.ckpt",
-                )
-            return c
-        log.warning("ckpt_path=%s: skipping %s, which does not read completely", ckpt_path, c)
-    raise FileNotFoundError(f"ckpt_path={ckpt_path}: no readable checkpoint in {folder}")
 
 
 def checkpoint_io():

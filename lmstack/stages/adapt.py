@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from lmstack.adapt.examples import record, split_examples, stage_tasks
+from lmstack.adapt.lora import AdaptersOff, LoraSection, apply_lora, lora_record
 from lmstack.config.stage import StageSection
 from lmstack.config.validate import field_
 from lmstack.tasks.answers import exact_match
@@ -36,6 +37,7 @@ class AdaptSection(StageSection):
     epochs: float = field_(1.0, min=0.0)  # passes over the training examples
     max_new_tokens: int = field_(16, min=1)  # answer length for held-out exact match and sampling
     recipe_file: Optional[str] = None  # a recipe.json shared by the stages of a recipe (null: this run's own)
+    lora: Optional[LoraSection] = None  # low-rank adapters on a frozen base (lmstack.adapt.lora); null: full
 
 
 class AdaptStage(Stage):
@@ -45,7 +47,7 @@ class AdaptStage(Stage):
     steps_per_batch = 1  # optimizer steps taken on each batch (GRPO's updates per rollout)
 
     def build(self, trainer):
-        from lmstack.checkpoint import load_checkpoint
+        from lmstack.checkpoint import base_record, load_checkpoint
         from lmstack.config.schema import ConfigError
         from lmstack.data.tokenizer import token_byte_lengths
 
@@ -53,9 +55,12 @@ class AdaptStage(Stage):
         model, tok, _ = load_checkpoint(spec.init_from)
         if tok is None:
             raise ConfigError(f"init_from={spec.init_from!r} carries no tokenizer")
+        known = tok.get_vocab_size()
         tok = add_chat_tokens(tok)
+        new_tokens = list(range(known, tok.get_vocab_size()))  # the chat tokens this stage adds
         resize_vocab(model, tok.get_vocab_size())
         self.tok, self.start = tok, model
+        self.adapters_off = AdaptersOff() if opts.lora else None
         self.train, self.test, self.tasks = self.examples(tok)
         per_step = spec.data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
         train_data, val_data, n_train, self.what, self.extra = self.training_data(model, tok)
@@ -64,12 +69,25 @@ class AdaptStage(Stage):
         self.max_steps = max_steps
         tps = per_step * spec.data.seq_len
         context = RunContext(
-            tokenizer_json=tok.to_str(), token_bytes=torch.from_numpy(token_byte_lengths(tok)), tokens_per_step=tps
+            tokenizer_json=tok.to_str(),
+            token_bytes=torch.from_numpy(token_byte_lengths(tok)),
+            tokens_per_step=tps,
+            lora=lora_record(base_record(spec.init_from), opts.lora, new_tokens) if opts.lora else None,
         )
         cfg = model.cfg.with_backend(spec.model.attention.backend).to_dict()
         module = build_module(spec, cfg, max_steps * tps, self.objective(model, tok), context, self.config)
         module.model.load_state_dict(model.state_dict())
+        if opts.lora:
+            apply_lora(module.model, opts.lora, new_tokens)
+            self.adapters_off.policy = module.model
         return module, self.datamodule(train_data, val_data)
+
+    def reference(self, model):
+        """The frozen starting model as a reference policy: a copy, or with LoRA the policy with its adapters
+        off (no second copy of the weights)."""
+        from lmstack.adapt.dpo import frozen_copy
+
+        return self.adapters_off if self.options.lora else frozen_copy(model)
 
     def examples(self, tok) -> tuple[list, list, dict]:
         """(train examples, held-out examples, the tasks that verify them by name): the configured tasks'."""
@@ -90,9 +108,10 @@ class AdaptStage(Stage):
         """The data module serving `training_data`'s train and validation data."""
 
     def before(self, trainer, module, data) -> dict:
+        start, self.start = self.start, None  # not kept through training: a reference is the objective's own
         if not trainer.is_global_zero:
             return {}
-        before = {"exact_match": self._exact_match(self.start)["exact_match"], **self.measure(self.start)}
+        before = {"exact_match": self._exact_match(start)["exact_match"], **self.measure(start)}
         extra = "".join(f", {self.describe(k)} {v:.3f}" for k, v in before.items() if k != "exact_match")
         print(
             f"stage {self.spec.stage.name}: {self.what}, {len(self.test)} held out; {self.max_steps} steps; "

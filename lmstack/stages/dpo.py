@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from lmstack.adapt.data import PairsDataModule
-from lmstack.adapt.dpo import DPOObjective, frozen_copy
+from lmstack.adapt.dpo import DPOObjective
 from lmstack.adapt.examples import dpo_data
 from lmstack.config.schema import ConfigError
 from lmstack.config.validate import field_
@@ -67,7 +67,7 @@ class DPO(AdaptStage):
             reference=o.reference,
             rpo_alpha=o.rpo_alpha,
             dpop_lambda=o.dpop_lambda,
-            reference_model=frozen_copy(model) if live else None,
+            reference_model=self.reference(model) if live else None,
         )
 
     def datamodule(self, train_data, val_data):

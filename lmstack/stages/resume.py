@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
+from lmstack.checkpoint import readable
 from lmstack.config.schema import ConfigError, RunSpec
 from lmstack.model import ModelConfig
 
@@ -18,7 +20,6 @@ log = logging.getLogger("lmstack")
 def resolve_ckpt(ckpt_path: str | None, output_root: str, run_dir: str) -> str | None:
     """`last` or a run directory: that run's newest readable checkpoint (`lmstack.checkpoint`); a
     checkpoint path: must exist."""
-    from lmstack.checkpoint import find_resume_checkpoint
 
     if ckpt_path is None:
         return None
@@ -90,3 +91,41 @@ def check_resume(record: dict, identity: dict, policy: str, ckpt: str) -> None:
             "an exact resume needs them unchanged; set train.resume_changes=allow to resume anyway"
         )
     log.warning("resuming %s with changes (train.resume_changes=allow): %s", ckpt, detail)
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"step(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_resume_checkpoint(ckpt_path: str, output_root: str, run_dir: str) -> Path:
+    """What `ckpt_path=last` or `ckpt_path=RUN_DIR` resumes: the newest readable last.ckpt of that run (of
+    the newest other run under `output_root` for `last`), else its newest readable step checkpoint; says
+    which it took when it is not last.ckpt. Raises FileNotFoundError when there is none."""
+    if ckpt_path == "last":
+        mine = Path(run_dir).resolve()
+        runs = [
+            p.parent
+            for p in Path(output_root).glob("**/checkpoints")
+            if p.parent.resolve() != mine and (p.parent / "config.yaml").is_file()
+        ]
+        if not runs:
+            raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints under {output_root!r}")
+        run = max(runs, key=lambda r: (r / "config.yaml").stat().st_mtime)
+    else:
+        run = Path(ckpt_path)
+    folder = run / "checkpoints"
+    last = folder / "last.ckpt"
+    candidates = ([last] if last.exists() else []) + sorted(folder.glob("step*.ckpt"), key=_step, reverse=True)
+    for c in candidates:
+        if readable(c):
+            if c != last:
+                log.warning(
+                    "ckpt_path=%s: resuming %s (%s)",
+                    ckpt_path,
+                    c,
+                    "last.ckpt does not read completely" if last.exists() else "the run has no last.ckpt",
+                )
+            return c
+        log.warning("ckpt_path=%s: skipping %s, which does not read completely", ckpt_path, c)
+    raise FileNotFoundError(f"ckpt_path={ckpt_path}: no readable checkpoint in {folder}")

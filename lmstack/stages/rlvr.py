@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmstack.adapt.data import PromptsDataModule
-from lmstack.adapt.dpo import frozen_copy
 from lmstack.adapt.examples import sampled_reward
 from lmstack.adapt.rlvr import GRPOObjective
 from lmstack.config.schema import ConfigError
@@ -64,7 +63,7 @@ class RLVR(AdaptStage):
             system=o.system,
             updates_per_rollout=o.updates_per_rollout,
             minibatches=o.minibatches,
-            reference_model=frozen_copy(model) if o.beta > 0 else None,
+            reference_model=self.reference(model) if o.beta > 0 else None,
         )
 
     def datamodule(self, train_data, val_data):

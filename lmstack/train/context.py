@@ -20,6 +20,7 @@ class RunContext:
     document_files: list = field(default_factory=list)  # per data source: its documents.jsonl (step records)
     optimizer_state: Optional[dict] = None  # stage=anneal: the checkpoint's AdamW state, loaded at fit start
     origin: Optional[dict] = None  # stage=anneal: the checkpoint it started from (kept in its checkpoints)
+    lora: Optional[dict] = None  # stage.lora: the base and the adapters' options (lmstack.adapt.lora.lora_record)
 
 
 class TrainingRun(Protocol):

@@ -63,6 +63,7 @@ class TrainModule(L.LightningModule):
         self.model = Transformer(self.model_cfg)
         self.optimizer_cfg, self.schedule_cfg, self.train_cfg = optimizer, schedule, train
         self.objective, self.context = objective, context
+        self.strict_loading = not context.lora  # a LoRA stage's checkpoints hold only what trains
         tb = torch.ones(self.model_cfg.vocab_size, dtype=torch.long)
         if context.token_bytes is not None:
             tb.zero_()
@@ -254,8 +255,12 @@ class TrainModule(L.LightningModule):
             "world_size": self.trainer.world_size,  # for an elastic resume (lmstack.train.elastic)
             "accumulate": self.trainer.accumulate_grad_batches,
             **({"anneal_from": origin} if origin else {}),
+            **({"lora": self.context.lora} if self.context.lora else {}),
         }
         add_extras(checkpoint, self.context.tokenizer_json, self.token_bytes.cpu(), guard, record)
+        if self.context.lora:  # a LoRA stage keeps what trains; the frozen base is its recorded checkpoint
+            keep = {"model." + n for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint):
         saved = extras(checkpoint)
