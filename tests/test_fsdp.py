@@ -196,7 +196,7 @@ ADAPT = {  # each stage a few steps on 2 ranks, from the FSDP run's last (sharde
     "dpo": ["stage=dpo", "stage.train_examples=32", "stage.test_examples=8", "data.batch_size=4"]
     + ["stage.rejected_samples=2"],
     "rlvr": ["stage=rlvr", "stage.train_examples=16", "stage.test_examples=4", "data.batch_size=2"]
-    + ["stage.group_size=4", "stage.eval_samples=2"],
+    + ["stage.group_size=4", "stage.eval_samples=2", "stage.lora={rank: 4}", "stage.beta=0.05"],
 }
 
 
@@ -230,9 +230,22 @@ def test_sft_and_dpo_on_two_ranks_train_on_their_own_rows_and_sft_matches_ddp(st
 
 
 @pytest.mark.slow
-def test_grpo_on_two_fsdp_ranks_runs_every_step(fsdp_run, tmp_path):
+def test_lora_grpo_on_two_fsdp_ranks_runs_every_step(fsdp_run, tmp_path):
     """GRPO's rollouts decode a different group on each rank through the sharded model: every rank runs the
-    same forward passes until all groups are done, so no rank waits alone in a parameter gather."""
+    same forward passes until all groups are done, so no rank waits alone in a parameter gather. With LoRA
+    (stage.lora) on the sharded model: only the adapters train, the KL reference is the sharded policy with
+    its adapters off, and the sharded checkpoint holds the adapters alone, which merge onto the base."""
+    import torch
+
+    from lmstack.checkpoint import load_checkpoint, read_checkpoint
+
     reports = adapt(fsdp_run, tmp_path / "rlvr", "rlvr", "fsdp")
     assert [len(r["steps"]) for r in reports] == [reports[0]["result"]["steps"]] * 2 == [4, 4]  # 16 / (2 x 2)
-    assert "mean sampled reward" in reports[0]["stdout"]
+    assert "mean sampled reward" in reports[0]["stdout"] and "parameters train (LoRA rank 4)" in reports[0]["stdout"]
+    last = tmp_path / "rlvr" / "run" / "checkpoints" / "last.ckpt"
+    assert last.is_dir()  # sharded
+    state = read_checkpoint(last)["state_dict"]
+    assert state and all(".lora_A." in k or ".lora_B." in k or "trainable_tokens_delta" in k for k in state)
+    merged, _, _ = load_checkpoint(str(last))
+    base, _, _ = load_checkpoint(str(fsdp_run[0] / "fsdp" / "run" / "checkpoints" / "last.ckpt"))
+    assert torch.equal(merged.norm.weight, base.norm.weight)

@@ -118,6 +118,12 @@ class AdaptersOff:
             return self.policy(*args, **kwargs)
 
 
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameters that train, all parameters) of a model (a DTensor counts its whole size)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def trainable_keys(model: torch.nn.Module, prefix: str = "") -> set[str]:
     """State-dict keys of the parameters that train (what a LoRA stage's checkpoint holds)."""
     return {prefix + n for n, p in model.named_parameters() if p.requires_grad}

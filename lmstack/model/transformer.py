@@ -110,7 +110,7 @@ class Transformer(nn.Module):
         return lb, z
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
-        p = self.lm_head.weight
+        p = next(self.parameters())  # the device and dtype (not through `.weight`: a LoRA wrapper computes it)
         return KVCache(
             self.cfg.n_layers,
             batch,
@@ -122,9 +122,5 @@ class Transformer(nn.Module):
         )
 
     def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.embed.weight.numel()
-            if not self.cfg.tie_embeddings:
-                n -= self.lm_head.weight.numel()
-        return n
+        skip = ("embed.", "lm_head.") if non_embedding else ()  # a tied head is embed's (counted once)
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith(skip))

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from lmstack.adapt.examples import record, split_examples, stage_tasks
-from lmstack.adapt.lora import AdaptersOff, LoraSection, apply_lora, lora_record
+from lmstack.adapt.lora import AdaptersOff, LoraSection, apply_lora, lora_record, trainable_parameters
 from lmstack.config.stage import StageSection
 from lmstack.config.validate import field_
 from lmstack.tasks.answers import exact_match
@@ -113,8 +113,11 @@ class AdaptStage(Stage):
             return {}
         before = {"exact_match": self._exact_match(start)["exact_match"], **self.measure(start)}
         extra = "".join(f", {self.describe(k)} {v:.3f}" for k, v in before.items() if k != "exact_match")
+        trains, total = trainable_parameters(module.model)
+        lora = f" (LoRA rank {self.options.lora.rank})" if self.options.lora else ""
         print(
             f"stage {self.spec.stage.name}: {self.what}, {len(self.test)} held out; {self.max_steps} steps; "
+            f"{trains:,} of {total:,} parameters train{lora}; "
             f"held-out exact match before: {before['exact_match']:.3f}" + extra
         )
         return before
@@ -146,6 +149,7 @@ class AdaptStage(Stage):
             "held_out": after["n"],
             "train_examples": len(self.train),
             "steps": trainer.global_step,
+            "trainable_parameters": trainable_parameters(module.model)[0],
             "checkpoint": str(last),
             **self.extra,
             **self.recorded(module, final, before),

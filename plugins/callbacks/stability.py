@@ -116,6 +116,7 @@ class StabilityMetrics(L.Callback):
             total_w = math.sqrt(sum(v * v for v in w.values()))
             logs["stability/update_ratio"] = math.sqrt(sum(v * v for v in d.values())) / max(total_w, 1e-30)
             del self.before
-        logs["stability/embed_norm"] = self._norms(trainer, module, {"e": [_sq(module.model.embed.weight)]})["e"]
+        embed = next(module.model.embed.parameters())  # the parameter itself (a LoRA wrapper computes `.weight`)
+        logs["stability/embed_norm"] = self._norms(trainer, module, {"e": [_sq(embed)]})["e"]
         log_metrics(trainer, logs)
         self.step = None
