@@ -1,7 +1,8 @@
 """GPU check (not part of the tests or CI): short bf16 FSDP2 runs of the 150m and 1b presets on one GPU,
-with sdpa (and flash-attn when it imports), with and without torch.compile, and with optimizer=muon (sdpa,
-its Newton-Schulz in bfloat16 on a gathered matrix per FSDP2 shard); prints tokens/s, MFU and peak memory of
-each run, read back from its TensorBoard events (the Throughput plugin's perf/* scalars).
+with sdpa (and flash-attn when it imports), with and without torch.compile, with optimizer=muon (sdpa,
+its Newton-Schulz in bfloat16 on a gathered matrix per FSDP2 shard), and a LoRA SFT stage (stage.lora, rank
+16) from each model's first checkpoint; prints tokens/s, MFU and peak memory of each run, read back from its
+TensorBoard events (the Throughput plugin's perf/* scalars).
 
     python scripts/gpu_check.py [--steps 30] [--models 150m 1b] [--out /tmp/gpu_check]
     python scripts/gpu_check.py --cpu-smoke   # the same path on CPU with `tiny`, to check the script itself
@@ -50,20 +51,28 @@ def main() -> None:
     rows = []
     runs = [(*r, "adamw") for r in itertools.product(args.models, backends, [False, True])]
     runs += [(m, "sdpa", c, "muon") for m, c in itertools.product(args.models, [False, True])]
+    runs += [(m, "sdpa", False, "lora") for m in args.models]
     for model, backend, compile_, optimizer in runs:
-        name = f"{model}-{backend}-{'compile' if compile_ else 'eager'}" + ("-muon" if optimizer == "muon" else "")
+        name = f"{model}-{backend}-{'compile' if compile_ else 'eager'}" + (
+            "" if optimizer == "adamw" else f"-{optimizer}"
+        )
         run_dir = Path(args.out) / name
         tokens = args.steps * args.seq_len * args.batch
+        stage = [f"train.max_tokens={tokens}", f"optimizer={optimizer}"]
+        if optimizer == "lora":  # ~20-token conversations packed into seq_len rows: about args.steps steps
+            base = Path(args.out) / f"{model}-sdpa-eager" / "checkpoints" / "last.ckpt"
+            examples = args.steps * args.batch * args.seq_len // 20
+            stage = ["stage=sft", f"init_from={base}", "stage.lora={rank: 16}", "optimizer=adamw",
+                     f"stage.train_examples={examples}", "stage.test_examples=20", "stage.epochs=1"]  # fmt: skip
         cmd = [
             sys.executable,
             str(ROOT / "train.py"),
             f"model={model}",
             *hw,
             f"model.attention.backend={backend}",
-            f"optimizer={optimizer}",
+            *stage,
             f"data.seq_len={args.seq_len}",
             f"data.batch_size={args.batch}",
-            f"train.max_tokens={tokens}",
             f"train.compile={str(compile_).lower()}",
             "train.val_every_steps=100000",
             "train.sample_tokens=0",
