@@ -175,3 +175,28 @@ def test_lora_targets_must_name_linear_layers(small_cfg):
     with pytest.raises(ConfigError, match=r"stage.lora.targets=\['q_proj', 'wq'\]: \['wq'\] names no linear"):
         apply_lora(model, LoraSection(targets=["q_proj", "wq"]), [])
     assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
+
+
+def test_muon_trains_a_lora_model_whose_adapters_are_all_it_trains():
+    """From a checkpoint that has the chat tokens, a LoRA model trains adapter matrices only, all Muon's:
+    optimizer=muon's AdamW half is empty, and the step still runs and resumes from its state dict."""
+    from lmstack.adapt.lora import LoraSection, apply_lora
+    from lmstack.config.schema import OptimizerSection
+    from lmstack.train.muon import muon
+
+    model = small_model()
+    apply_lora(model, LoraSection(rank=4), [])
+    opt = muon(model, OptimizerSection(name="muon", lr=1e-2))
+    assert [len(g["params"]) for g in opt.param_groups] == [14, 0]  # 7 projections x (A, B); no AdamW part
+    b = model.blocks[0].attn.q_proj.lora_B.default.weight
+    model(torch.randint(0, 64, (2, 8))).float().pow(2).mean().backward()
+    opt.step()
+    assert float(b.abs().max()) > 0  # B starts at zero and moved
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+
+
+def small_model():
+    from lmstack.model import ModelConfig, Transformer
+
+    return Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4))

@@ -66,7 +66,9 @@ def build_adamw(
     exclude: set[int] = frozenset(),
 ) -> torch.optim.AdamW:
     groups = param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases, exclude)
-    groups = [g for g in groups if g["params"]]
+    # an empty group is kept when nothing else is left: optimizer=muon's AdamW half of a LoRA model whose
+    # trainable parameters are all adapter matrices (Muon's)
+    groups = [g for g in groups if g["params"]] or groups[:1]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
