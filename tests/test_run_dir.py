@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def test_a_second_run_into_a_busy_run_directory_is_refused_at_once(tmp_path, cac
                 break
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()[-2000:]
+        os.kill(first.pid, signal.SIGSTOP)  # it holds the directory, alive, without taking the CPU meanwhile
         started = time.time()
         second = subprocess.run(args, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
