@@ -52,6 +52,8 @@ class LMDataModule(L.LightningDataModule):
         self.parts: list[tuple[int, PreparedCorpus, str, float]] = []
 
     def prepare_data(self) -> None:
+        if self.parts:  # prepared already: Lightning calls this for every fit and validate of the run
+            return
         if any(s.prepared for s in self.sources):
             self._load_prepared()
             return
