@@ -259,7 +259,9 @@ class TrainModule(L.LightningModule):
         }
         add_extras(checkpoint, self.context.tokenizer_json, self.token_bytes.cpu(), guard, record)
         if self.context.lora:  # a LoRA stage keeps what trains; the frozen base is its recorded checkpoint
-            keep = {"model." + n for n, p in self.model.named_parameters() if p.requires_grad}
+            from lmstack.adapt.lora import trainable_keys
+
+            keep = trainable_keys(self.model, prefix="model.")
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint):

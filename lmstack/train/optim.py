@@ -66,9 +66,9 @@ def build_adamw(
     exclude: set[int] = frozenset(),
 ) -> torch.optim.AdamW:
     groups = param_groups(model, weight_decay, no_decay_patterns, decay_norms, decay_biases, exclude)
-    # an empty group is kept when nothing else is left: optimizer=muon's AdamW half of a LoRA model whose
-    # trainable parameters are all adapter matrices (Muon's)
-    groups = [g for g in groups if g["params"]] or groups[:1]
+    # the AdamW half of a split optimizer (`exclude`: optimizer=muon's) may be empty, e.g. a LoRA model whose
+    # trainable parameters are all adapter matrices: one empty group then; plain AdamW with none is refused
+    groups = [g for g in groups if g["params"]] or (groups[:1] if exclude else [])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 

@@ -128,12 +128,13 @@ class QualityClassifier:
         if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"{where}.keep_fraction={self.keep_fraction}: a share of documents, above 0 up to 1")
         try:
-            check_model_path(self.model)
-            regression = False
-            if os.path.isdir(os.path.expanduser(self.model)):
-                info = folder_info(os.path.expanduser(self.model))
-                resolve_label(self.model, info, self.label)
+            path, regression = os.path.expanduser(str(self.model)), False
+            if os.path.isdir(path):  # config.json read once: its kind of head and its labels
+                info = folder_info(path)
+                resolve_label(path, info, self.label)
                 regression = info["regression"]
+            else:
+                check_model_path(path)
         except (OSError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
         if self.threshold is not None and not regression and not 0.0 <= self.threshold <= 1.0:

@@ -71,7 +71,7 @@ class HFClassifier:
         self.model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).eval()
         self.model.to(torch.float32)
         limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
-        self.max_length = min(int(x) for x in limits if x and x < 10**6) if any(limits) else 512
+        self.max_length = min((int(x) for x in limits if x and x < 10**6), default=512)  # 1e30: "no limit"
         self.labels = self.info["labels"]
 
     def probs(self, texts: list[str], label: Optional[str] = None) -> np.ndarray:
